@@ -1,0 +1,385 @@
+"""The encrypted file format, version 1 (specified in SECURITY.md).
+
+    file   = "SSTVAULT" version:u8 header_len:u32be header body
+    header = canonical JSON (sorted keys, no spaces): who wrote what, for which app/stage/kind
+    body   = zlib-compressed SST file, sealed under a key derived from the vault key and header
+
+Cipher "chacha20-poly1305" (age backend) is age's own payload construction: a per-file key
+from HKDF-SHA-256 (salt: 32 fresh random bytes; info: a label and SHA-256 of the header), then
+STREAM with 64 KiB chunks and ChaCha20-Poly1305, nonce = 11-byte counter || last-chunk flag.
+Because the header is part of the key derivation, editing any header byte, or moving the file
+to another app, stage or kind (checked against the header), makes the file fail to open.
+
+Cipher "fernet" (fernet backend) is one Fernet token over SHA-256(header) || compressed data.
+
+This module parses untrusted bytes (`read_header`), then verifies and decrypts (`open_`); it
+knows nothing of where keys come from: callers pass a `FileKey`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from vault.errors import NewerFormatError, NotAVaultFileError, TamperedError, WrongKeyError
+
+MAGIC = b"SSTVAULT"
+FORMAT_VERSION = 1
+CHUNK_SIZE = 64 * 1024
+TAG_SIZE = 16
+SALT_SIZE = 32
+MAX_HEADER_SIZE = 16 * 1024  # a header is a few hundred bytes; anything huge is not ours
+COMPRESSION_LEVEL = 6
+CIPHER_STREAM = "chacha20-poly1305"
+CIPHER_FERNET = "fernet"
+_PREFIX = struct.Struct(">8sBI")
+_READ_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """The secret a file is sealed under: the vault's data key (age) or a Fernet key."""
+
+    key_id: str
+    cipher: str
+    secret: bytes
+
+    def fingerprint_key(self) -> bytes:
+        return _hkdf(self._ikm(), b"", b"sst-vault/1 fingerprint")
+
+    def _ikm(self) -> bytes:
+        if self.cipher == CIPHER_FERNET:
+            import base64
+
+            return base64.urlsafe_b64decode(self.secret)
+        return self.secret
+
+
+@dataclass(frozen=True)
+class Header:
+    """The clear, authenticated header of a vault file."""
+
+    v: int
+    app: str
+    stage: str
+    kind: str
+    serial: int
+    key_id: str
+    writer: str
+    time: str
+    cipher: str
+    compression: str
+    salt: str  # hex, fresh for every write
+    fingerprint: str  # keyed HMAC-SHA-256 of the plaintext: "unchanged" without decrypting
+    size: int  # plaintext length in bytes
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+
+def fingerprint(key: FileKey, chunks: Iterator[bytes] | bytes) -> str:
+    """Keyed fingerprint of plaintext; equal plaintexts under one key give equal values."""
+    mac = hmac.new(key.fingerprint_key(), digestmod=hashlib.sha256)
+    if isinstance(chunks, bytes):
+        mac.update(chunks)
+    else:
+        for chunk in chunks:
+            mac.update(chunk)
+    return mac.hexdigest()
+
+
+def iter_file(handle: BinaryIO, size: int = _READ_SIZE) -> Iterator[bytes]:
+    while chunk := handle.read(size):
+        yield chunk
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def seal(
+    source: BinaryIO,
+    out: BinaryIO,
+    key: FileKey,
+    *,
+    app: str,
+    stage: str,
+    kind: str,
+    serial: int,
+    writer: str,
+    now: datetime | None = None,
+    randbytes: Callable[[int], bytes] = os.urandom,
+) -> Header:
+    """Encrypt seekable `source` into `out`. Reads `source` twice: fingerprint, then body.
+
+    Raises `ChangedWhileReading` when the two passes disagree (SST wrote meanwhile).
+    """
+    source.seek(0)
+    fp_mac = hmac.new(key.fingerprint_key(), digestmod=hashlib.sha256)
+    size = 0
+    for chunk in iter_file(source):
+        fp_mac.update(chunk)
+        size += len(chunk)
+    header = Header(
+        v=FORMAT_VERSION,
+        app=app,
+        stage=stage,
+        kind=kind,
+        serial=serial,
+        key_id=key.key_id,
+        writer=writer,
+        time=(now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        cipher=key.cipher,
+        compression="zlib",
+        salt=randbytes(SALT_SIZE).hex(),
+        fingerprint=fp_mac.hexdigest(),
+        size=size,
+    )
+    raw = header.encode()
+    out.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(raw)))
+    out.write(raw)
+    source.seek(0)
+    check = hmac.new(key.fingerprint_key(), digestmod=hashlib.sha256)
+
+    def plaintext() -> Iterator[bytes]:
+        for chunk in iter_file(source):
+            check.update(chunk)
+            yield chunk
+
+    if key.cipher == CIPHER_FERNET:
+        _seal_fernet(plaintext(), out, key, raw, now)
+    else:
+        _seal_stream(plaintext(), out, _file_key(key, header, raw))
+    if not hmac.compare_digest(check.hexdigest(), header.fingerprint):
+        raise ChangedWhileReading("the file changed while it was being read")
+    return header
+
+
+class ChangedWhileReading(Exception):
+    """Internal: the source changed between the two passes of `seal`."""
+
+
+def _compressed(plain: Iterator[bytes]) -> Iterator[bytes]:
+    comp = zlib.compressobj(COMPRESSION_LEVEL)
+    for chunk in plain:
+        data = comp.compress(chunk)
+        if data:
+            yield data
+    yield comp.flush()
+
+
+def _seal_stream(plain: Iterator[bytes], out: BinaryIO, file_key: bytes) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    aead = ChaCha20Poly1305(file_key)
+    buffer = bytearray()
+    counter = 0
+    for data in _compressed(plain):
+        buffer += data
+        # Keep at least one byte back so the last chunk is never empty unless all is empty.
+        while len(buffer) > CHUNK_SIZE:
+            out.write(aead.encrypt(_nonce(counter, last=False), bytes(buffer[:CHUNK_SIZE]), None))
+            del buffer[:CHUNK_SIZE]
+            counter += 1
+    out.write(aead.encrypt(_nonce(counter, last=True), bytes(buffer), None))
+
+
+def _seal_fernet(
+    plain: Iterator[bytes], out: BinaryIO, key: FileKey, raw_header: bytes, now: datetime | None
+) -> None:
+    from cryptography.fernet import Fernet
+
+    body = hashlib.sha256(raw_header).digest() + b"".join(_compressed(plain))
+    fernet = Fernet(key.secret)
+    at = int((now or datetime.now(UTC)).timestamp())
+    out.write(fernet.encrypt_at_time(body, at))
+
+
+def _nonce(counter: int, last: bool) -> bytes:
+    if counter >= 1 << 88:
+        raise OverflowError("stream too long")
+    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt or None, info=info).derive(ikm)
+
+
+def _file_key(key: FileKey, header: Header, raw_header: bytes) -> bytes:
+    info = b"sst-vault/1 payload" + hashlib.sha256(raw_header).digest()
+    return _hkdf(key.secret, bytes.fromhex(header.salt), info)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def read_header(handle: BinaryIO, path: Path | str) -> tuple[Header, bytes]:
+    """Parse the clear header of untrusted bytes; nothing here is verified yet."""
+    prefix = handle.read(_PREFIX.size)
+    if len(prefix) < len(MAGIC) or not prefix.startswith(MAGIC):
+        raise NotAVaultFileError(path, "no sst-vault signature", "is this file from sst-vault?")
+    if len(prefix) < _PREFIX.size:
+        raise TamperedError(path, "truncated header", "restore it from git")
+    _, version, length = _PREFIX.unpack(prefix)
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(
+            path, f"format version {version}", "upgrade sst-vault to read this file"
+        )
+    if version != FORMAT_VERSION or length > MAX_HEADER_SIZE:
+        raise TamperedError(path, "malformed header", "restore it from git")
+    raw = handle.read(length)
+    if len(raw) != length:
+        raise TamperedError(path, "truncated header", "restore it from git")
+    try:
+        fields = json.loads(raw)
+        header = Header(**fields)
+        if header.v != version or not isinstance(header.serial, int):
+            raise ValueError
+        bytes.fromhex(header.salt)
+    except (ValueError, TypeError):
+        raise TamperedError(path, "malformed header", "restore it from git") from None
+    return header, raw
+
+
+def open_(
+    handle: BinaryIO,
+    out: BinaryIO,
+    key: FileKey,
+    path: Path | str,
+    *,
+    app: str,
+    stage: str,
+    kind: str,
+) -> Header:
+    """Verify and decrypt a vault file into `out` (a temporary file; the caller replaces).
+
+    `out` may hold partial plaintext when this raises: callers must discard it.
+    """
+    header, raw = read_header(handle, path)
+    check_header(header, path, app=app, stage=stage, kind=kind)
+    if header.key_id != key.key_id:
+        raise WrongKeyError(
+            path,
+            f"sealed under key id {header.key_id}, this key is {key.key_id}",
+            "use the vault's current key (SST_VAULT_KEY) or ask a member to re-add you",
+        )
+    if header.cipher != key.cipher:
+        raise TamperedError(path, f"cipher {header.cipher} does not match the vault", None)
+    mac = hmac.new(key.fingerprint_key(), digestmod=hashlib.sha256)
+    if header.cipher == CIPHER_FERNET:
+        plain = _open_fernet(handle, key, raw, path)
+    else:
+        plain = _open_stream(handle, _file_key(key, header, raw), path)
+    size = 0
+    for chunk in _decompressed(plain, path):
+        mac.update(chunk)
+        size += len(chunk)
+        out.write(chunk)
+    if size != header.size or not hmac.compare_digest(mac.hexdigest(), header.fingerprint):
+        raise TamperedError(path, "content does not match its header", "restore it from git")
+    return header
+
+
+def check_header(header: Header, path: Path | str, *, app: str, stage: str, kind: str) -> None:
+    """A file copied to another app, stage or kind must not open there."""
+    for name, want in (("app", app), ("stage", stage), ("kind", kind)):
+        got = getattr(header, name)
+        if got != want:
+            raise TamperedError(
+                path,
+                f"file belongs to {name} {got!r}, not {want!r}",
+                "vault files cannot be moved or renamed; restore it from git",
+            )
+
+
+def _open_stream(handle: BinaryIO, file_key: bytes, path: Path | str) -> Iterator[bytes]:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    aead = ChaCha20Poly1305(file_key)
+    block = CHUNK_SIZE + TAG_SIZE
+    current = handle.read(block)
+    counter = 0
+    while True:
+        following = handle.read(block)
+        last = not following
+        if len(current) < TAG_SIZE or (not last and len(current) != block):
+            raise TamperedError(path, "truncated", "restore it from git")
+        try:
+            chunk = aead.decrypt(_nonce(counter, last), current, None)
+        except InvalidTag:
+            raise TamperedError(
+                path,
+                "authentication failed (edited, truncated or header changed)",
+                "restore it from git",
+            ) from None
+        if last and not chunk and counter > 0:
+            raise TamperedError(path, "empty final chunk", "restore it from git")
+        yield chunk
+        if last:
+            return
+        current = following
+        counter += 1
+
+
+def _open_fernet(
+    handle: BinaryIO, key: FileKey, raw_header: bytes, path: Path | str
+) -> Iterator[bytes]:
+    from cryptography.fernet import Fernet, InvalidToken
+
+    try:
+        body = Fernet(key.secret).decrypt(handle.read())
+    except InvalidToken:
+        raise TamperedError(path, "authentication failed", "restore it from git") from None
+    digest = hashlib.sha256(raw_header).digest()
+    if not hmac.compare_digest(body[: len(digest)], digest):
+        raise TamperedError(path, "header does not match its content", "restore it from git")
+    view = memoryview(body)[len(digest) :]
+    for start in range(0, len(view), _READ_SIZE):
+        yield bytes(view[start : start + _READ_SIZE])
+
+
+def _decompressed(chunks: Iterator[bytes], path: Path | str) -> Iterator[bytes]:
+    decomp = zlib.decompressobj()
+    try:
+        for chunk in chunks:
+            data = decomp.decompress(chunk)
+            if data:
+                yield data
+        rest = decomp.flush()
+    except zlib.error:
+        raise TamperedError(path, "corrupt compressed data", "restore it from git") from None
+    if rest:
+        yield rest
+    if not decomp.eof or decomp.unused_data:
+        raise TamperedError(path, "corrupt compressed data", "restore it from git")
+
+
+def open_bytes(
+    data: bytes, key: FileKey, path: Path | str, *, app: str, stage: str, kind: str
+) -> tuple[Header, bytes]:
+    """Convenience for small files and history reads: decrypt to bytes in memory."""
+    import io
+
+    out = io.BytesIO()
+    header = open_(io.BytesIO(data), out, key, path, app=app, stage=stage, kind=kind)
+    return header, out.getvalue()
+
+
+def seal_bytes(data: bytes, key: FileKey, **meta: object) -> tuple[Header, bytes]:
+    import io
+
+    out = io.BytesIO()
+    header = seal(io.BytesIO(data), out, key, **meta)  # type: ignore[arg-type]
+    return header, out.getvalue()

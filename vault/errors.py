@@ -1,0 +1,118 @@
+"""The one exception hierarchy of sst-vault.
+
+Every error a user can cause is a `VaultError` whose message is one line that says what
+happened and what to do. The CLI maps `exit_code` to the process exit status in one place
+(`vault.cli.main`); nothing else decides exit codes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the operation was refused or failed; nothing was half-written
+EXIT_USAGE = 2  # usage or configuration error: fix the command line, config or environment
+
+
+class VaultError(Exception):
+    """Base of every error sst-vault reports to a user."""
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}: {self.hint}"
+        return self.message
+
+
+# --- usage and configuration (exit 2) ---------------------------------------------------
+
+
+class UsageError(VaultError):
+    """A bad argument: a stage name SST would not produce, conflicting options."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(VaultError):
+    """sst-vault.toml missing or invalid, not a git repository, unsafe state_dir."""
+
+    exit_code = EXIT_USAGE
+
+
+class NoKeyError(ConfigError):
+    """No key source is available (no variable, no file, no usable keyring)."""
+
+
+class KeyFormatError(ConfigError):
+    """A key was found but it is not a key sst-vault can use."""
+
+
+# --- encrypted files (exit 1) -----------------------------------------------------------
+
+
+class FileFormatError(VaultError):
+    """A vault file that cannot be opened. `reason` is the class a user acts on."""
+
+    reason = "unreadable"
+
+    def __init__(self, path: Path | str, detail: str, hint: str | None = None) -> None:
+        self.path = Path(path)
+        self.detail = detail
+        super().__init__(f"{path}: {self.reason}: {detail}", hint)
+
+
+class WrongKeyError(FileFormatError):
+    reason = "wrong key"
+
+
+class TamperedError(FileFormatError):
+    reason = "tampered"
+
+
+class NotAVaultFileError(FileFormatError):
+    reason = "not a vault file"
+
+
+class NewerFormatError(FileFormatError):
+    reason = "newer format"
+
+
+class KeyPinError(VaultError):
+    """The vault's data key differs from the pinned SST_VAULT_KEY_ID (a swapped data key)."""
+
+
+# --- sync, git, lock (exit 1) -----------------------------------------------------------
+
+
+class RefusedError(VaultError):
+    """An operation that would lose data: uncommitted home changes, a rollback, divergence."""
+
+
+class InvalidStateError(VaultError):
+    """SST state that SST itself would refuse (not JSON), or a file that is not what SST writes."""
+
+
+class UnsafePathError(VaultError):
+    """A symlink or other surprise where sst-vault writes or reads; never followed."""
+
+
+class BusyError(VaultError):
+    """Another sst-vault process holds the local file lock of this SST home or repository."""
+
+
+class GitError(VaultError):
+    """A git operation failed (push rejected, remote unreachable, repository broken)."""
+
+
+class LockHeldError(VaultError):
+    """The cross-machine deploy lock is held by someone else."""
+
+
+class LockError(VaultError):
+    """The deploy lock could not be read, taken or released."""

@@ -1,0 +1,134 @@
+"""`init`: the vault's first files (config, wrapped data key, git attributes and ignores)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vault import keys, safefs
+from vault.config import Config, app_from_sst_config, check_recipient_name, dumps, home_is_local
+from vault.errors import ConfigError, NoKeyError
+from vault.paths import CONFIG_NAME, DEFAULT_STATE_DIR, RepoLayout, check_app, check_state_dir
+
+MARK = "# sst-vault"
+
+
+@dataclass
+class InitReport:
+    config: Config
+    key_origin: str
+    key_id: str
+    generated: bool
+    public: str | None
+    written: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def gitattributes_block(state_dir: str) -> str:
+    return (
+        f"{MARK}: encrypted SST state; never convert line endings, merge or text-diff it\n"
+        f"{state_dir}/**/*.vault -text -merge -diff\n"
+        f"{state_dir}/data-key.age -text -merge\n"
+    )
+
+
+def gitignore_block(state_dir: str) -> str:
+    return (
+        f"{MARK}: plaintext SST state must never be committed\n"
+        f"{state_dir}/**/*.json\n"
+        f"{state_dir}/**/.sst-vault-tmp-*\n"
+    )
+
+
+def init(
+    project: Path,
+    *,
+    app: str | None = None,
+    backend: str | None = None,
+    state_dir: str = DEFAULT_STATE_DIR,
+    use_keyring: bool = True,
+    recipients: dict[str, str] | None = None,
+    name: str | None = None,
+) -> InitReport:
+    from vault.gitstore import GitStore
+
+    project = project.resolve()
+    GitStore(project)  # refuse early outside a git work tree
+    if (project / CONFIG_NAME).exists():
+        raise ConfigError(f"{project / CONFIG_NAME} already exists", "this project is initialised")
+    app = app or app_from_sst_config(project)
+    if not app:
+        raise ConfigError("no app name found in sst.config.ts", "pass --app NAME")
+    check_app(app)
+    state_dir = check_state_dir(state_dir)
+    warnings = []
+    if home_is_local(project) is False:
+        warnings.append(
+            'sst.config.ts does not set home: "local"; sst-vault syncs local state only'
+        )
+
+    secret, origin, generated = _initial_secret(backend, use_keyring)
+    backend = backend or secret.backend
+    if secret.backend != backend:
+        raise ConfigError(f"{origin} holds a {secret.backend} key, not a {backend} key")
+    config = Config(app=app, backend=backend, state_dir=state_dir)
+    layout = RepoLayout(project, state_dir)
+    written: list[Path] = []
+    public = None
+    if backend == "age":
+        public = secret.public()
+        owner = check_recipient_name(name or ("ci" if origin.startswith("$") else _user()))
+        config.recipients = {owner: public}
+        for extra_name, extra_pub in (recipients or {}).items():
+            keys.parse_recipient(extra_pub, check_recipient_name(extra_name))
+            config.recipients[extra_name] = extra_pub.strip()
+        data_key = keys.new_data_key()
+        key_id = keys.data_file_key(data_key).key_id
+        wrapped = keys.wrap_data_key(data_key, config.recipients.values())
+    else:
+        key_id = keys.fernet_file_key(secret).key_id
+    config.validate()
+    if generated:
+        keys.keyring_set(config.vault_id, [secret])
+        origin = "the OS keyring (new key)"
+    if backend == "age":
+        safefs.write_atomic(project, layout.data_key_parts, wrapped, 0o644)
+        written.append(layout.data_key_file)
+    _append_block(project / ".gitattributes", gitattributes_block(state_dir))
+    _append_block(project / ".gitignore", gitignore_block(state_dir))
+    safefs.write_atomic(project, (CONFIG_NAME,), dumps(config).encode(), 0o644)
+    written += [project / CONFIG_NAME, project / ".gitattributes", project / ".gitignore"]
+    return InitReport(config, origin, key_id, generated, public, written, warnings)
+
+
+def _initial_secret(backend: str | None, use_keyring: bool) -> tuple[keys.Secret, str, bool]:
+    """The key from the environment if there is one; else a new key meant for the keyring."""
+    if os.environ.get(keys.ENV_KEY) is not None or os.environ.get(keys.ENV_KEY_FILE):
+        source = keys.find_source(None, use_keyring=False)
+        return source.secrets[0], source.origin, False
+    if not use_keyring:
+        raise NoKeyError(
+            f"--no-keyring needs the key in ${keys.ENV_KEY} or ${keys.ENV_KEY_FILE}",
+            f"export {keys.ENV_KEY}=$(sst-vault key generate)",
+        )
+    keys._keyring()  # fail now, naming the backend to install, before any file is written
+    return keys.generate(backend or "age"), "the OS keyring", True
+
+
+def _user() -> str:
+    try:
+        return "".join(c for c in getpass.getuser() if c.isalnum() or c in "._-") or "me"
+    except (KeyError, OSError):
+        return "me"
+
+
+def _append_block(path: Path, block: str) -> None:
+    current = path.read_text() if path.is_file() else ""
+    if block in current:
+        return
+    if current and not current.endswith("\n"):
+        current += "\n"
+    separator = "\n" if current else ""
+    safefs.write_atomic(path.parent, (path.name,), (current + separator + block).encode(), 0o644)

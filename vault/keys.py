@@ -1,0 +1,316 @@
+"""Where the vault's secret comes from, and how it becomes the key that seals files.
+
+Key sources, first found wins: `SST_VAULT_KEY` (one key a line, newest first), the file named by
+`SST_VAULT_KEY_FILE`, then the OS keyring entry of this vault. A secret is never taken from an
+argument, and `SST_VAULT_KEY` is removed from this process's environment once read, so no child
+(git, the command under `run`) inherits it.
+
+age backend: the secret is an age identity; it unwraps the vault's random 32-byte data key from
+`<state_dir>/data-key.age`, a standard age file (armored) that the `age` CLI opens too.
+fernet backend: the secret is a Fernet key that seals files directly; older keys listed after
+the first still open files they sealed.
+
+The key id names the data key (or Fernet key) without revealing it: HKDF-SHA-256 of the secret.
+Pinning it (`SST_VAULT_KEY_ID`) makes a data key swapped in the repo fail loudly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vault.envelope import CIPHER_FERNET, CIPHER_STREAM, FileKey, _hkdf
+from vault.errors import (
+    ConfigError,
+    KeyFormatError,
+    KeyPinError,
+    NoKeyError,
+    TamperedError,
+    WrongKeyError,
+)
+
+ENV_KEY = "SST_VAULT_KEY"
+ENV_KEY_FILE = "SST_VAULT_KEY_FILE"
+ENV_KEY_ID = "SST_VAULT_KEY_ID"
+KEYRING_SERVICE = "sst-vault"
+BACKENDS = ("age", "fernet")
+AGE_PREFIX = "AGE-SECRET-KEY-1"
+AGE_PQ_PREFIX = "AGE-SECRET-KEY-PQ-1"
+DATA_KEY_SIZE = 32
+MAX_KEYS = 16  # a rotation needs two or three; dozens means a pasted file went wrong
+
+
+@dataclass(frozen=True)
+class Secret:
+    """One parsed secret key. `text` is never printed unless a user asked for it."""
+
+    backend: str
+    text: str = field(repr=False)
+
+    def public(self) -> str:
+        if self.backend == "age":
+            return str(_age_identity(self.text).to_public())
+        return "(fernet keys have no public part)"
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """The secrets found and where they came from (for messages and `doctor`)."""
+
+    secrets: tuple[Secret, ...]
+    origin: str
+
+
+# --- generating and parsing ---------------------------------------------------------------
+
+
+def generate(backend: str = "age") -> Secret:
+    if backend == "age":
+        from pyrage import x25519
+
+        return Secret("age", str(x25519.Identity.generate()))
+    if backend == "fernet":
+        from cryptography.fernet import Fernet
+
+        return Secret("fernet", Fernet.generate_key().decode())
+    raise ConfigError(f"unknown backend {backend!r}", "use age or fernet")
+
+
+def parse_secret(text: str, origin: str) -> Secret:
+    text = text.strip()
+    if text.startswith(AGE_PQ_PREFIX):
+        raise KeyFormatError(
+            f"{origin}: post-quantum age identities are not supported yet",
+            "generate an X25519 identity with `sst-vault key generate` or `age-keygen`",
+        )
+    if text.upper().startswith(AGE_PREFIX):
+        _age_identity(text, origin)
+        return Secret("age", text)
+    try:
+        raw = base64.urlsafe_b64decode(text.encode())
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(text) == 44 and len(raw) == 32:
+        return Secret("fernet", text)
+    raise KeyFormatError(
+        f"{origin} does not hold an age identity or a Fernet key",
+        "expected AGE-SECRET-KEY-1… or a 44-character Fernet key, one per line",
+    )
+
+
+def _age_identity(text: str, origin: str = "key"):  # -> pyrage.x25519.Identity
+    from pyrage import IdentityError, x25519
+
+    try:
+        return x25519.Identity.from_str(text.strip())
+    except IdentityError:
+        raise KeyFormatError(
+            f"{origin} holds a malformed age identity", "check that the whole key was copied"
+        ) from None
+
+
+def parse_recipient(text: str, name: str = "recipient"):  # -> pyrage.x25519.Recipient
+    from pyrage import RecipientError, x25519
+
+    try:
+        return x25519.Recipient.from_str(text.strip())
+    except RecipientError:
+        raise ConfigError(
+            f"{name}: {text.strip()[:20]}… is not an age X25519 recipient",
+            "expected age1… (from `sst-vault key export-public` or `age-keygen -y`)",
+        ) from None
+
+
+def parse_secrets(text: str, origin: str) -> tuple[Secret, ...]:
+    lines = [ln.strip() for ln in text.splitlines()]
+    found = tuple(parse_secret(ln, origin) for ln in lines if ln and not ln.startswith("#"))
+    if not found:
+        raise NoKeyError(f"{origin} is empty", "put the secret key in it, one per line")
+    if len(found) > MAX_KEYS:
+        raise KeyFormatError(f"{origin} holds {len(found)} keys, at most {MAX_KEYS} are allowed")
+    return found
+
+
+# --- sources ------------------------------------------------------------------------------
+
+
+def keyring_username(vault_id: str) -> str:
+    return f"vault:{vault_id}"
+
+
+def find_source(vault_id: str | None, *, use_keyring: bool = True) -> KeySource:
+    """The first available key source, or NoKeyError saying exactly what to set or install."""
+    value = os.environ.pop(ENV_KEY, None)  # children must never inherit it
+    if value is not None:
+        if value.strip():
+            return KeySource(parse_secrets(value, f"${ENV_KEY}"), f"${ENV_KEY}")
+        raise NoKeyError(f"${ENV_KEY} is set but empty", "set it to the vault's secret key")
+    key_file = os.environ.get(ENV_KEY_FILE)
+    if key_file:
+        path = Path(key_file).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise NoKeyError(
+                f"${ENV_KEY_FILE}={key_file} cannot be read ({exc.strerror})",
+                "point it at the file holding the secret key",
+            ) from None
+        return KeySource(parse_secrets(text, str(path)), str(path))
+    if use_keyring and vault_id:
+        text = keyring_get(vault_id)
+        if text:
+            return KeySource(parse_secrets(text, "the OS keyring"), "the OS keyring")
+        raise NoKeyError(
+            "no key for this vault in the OS keyring",
+            f"set {ENV_KEY} (or {ENV_KEY_FILE}), or run `sst-vault key import`",
+        )
+    raise NoKeyError(
+        "no key found", f"set {ENV_KEY} to the vault's secret key (or {ENV_KEY_FILE} to a file)"
+    )
+
+
+_NO_KEYRING_HINT = (
+    f"set {ENV_KEY} (or {ENV_KEY_FILE}); or install a keyring backend: on Linux "
+    "gnome-keyring or KeePassXC (Secret Service) with a D-Bus session, "
+    "or `pip install keyrings.alt`"
+)
+
+
+def _keyring():  # -> the keyring module, or NoKeyError when no backend can be used
+    try:
+        import keyring
+        from keyring.backends import fail
+    except ImportError:  # pragma: no cover - keyring is a dependency
+        raise NoKeyError("the keyring package is not installed", _NO_KEYRING_HINT) from None
+    backend = keyring.get_keyring()
+    if isinstance(backend, fail.Keyring):
+        raise NoKeyError("no OS keyring backend is available", _NO_KEYRING_HINT)
+    return keyring
+
+
+def keyring_get(vault_id: str) -> str | None:
+    keyring = _keyring()
+    from keyring.errors import KeyringError
+
+    try:
+        return keyring.get_password(KEYRING_SERVICE, keyring_username(vault_id))
+    except KeyringError as exc:
+        raise NoKeyError(f"the OS keyring cannot be read ({exc})", _NO_KEYRING_HINT) from None
+
+
+def keyring_set(vault_id: str, secrets: Iterable[Secret]) -> None:
+    keyring = _keyring()
+    from keyring.errors import KeyringError
+
+    text = "\n".join(s.text for s in secrets)
+    try:
+        keyring.set_password(KEYRING_SERVICE, keyring_username(vault_id), text)
+    except KeyringError as exc:
+        raise NoKeyError(f"the OS keyring cannot be written ({exc})", _NO_KEYRING_HINT) from None
+
+
+def keyring_delete(vault_id: str) -> bool:
+    keyring = _keyring()
+    from keyring.errors import PasswordDeleteError
+
+    try:
+        keyring.delete_password(KEYRING_SERVICE, keyring_username(vault_id))
+    except PasswordDeleteError:
+        return False
+    return True
+
+
+# --- data keys and key ids ----------------------------------------------------------------
+
+
+def key_id_of(secret_bytes: bytes) -> str:
+    return "svk1-" + _hkdf(secret_bytes, b"", b"sst-vault/1 key id")[:16].hex()
+
+
+def wrap_data_key(data_key: bytes, recipients: Iterable[str]) -> bytes:
+    """A standard armored age file holding the data key, openable by `age -d -i KEY`."""
+    import pyrage
+
+    parsed = [parse_recipient(r) for r in recipients]
+    if not parsed:
+        raise ConfigError(
+            "the vault has no recipients", "add one with `sst-vault init --recipient`"
+        )
+    return pyrage.encrypt(data_key, parsed, armored=True)
+
+
+def unwrap_data_key(wrapped: bytes, secrets: Iterable[Secret], path: Path) -> bytes:
+    import pyrage
+
+    identities = [_age_identity(s.text) for s in secrets if s.backend == "age"]
+    if not identities:
+        raise WrongKeyError(
+            path,
+            "the key is a Fernet key but this vault uses age",
+            "set SST_VAULT_KEY to an age identity (AGE-SECRET-KEY-1…)",
+        )
+    try:
+        # The age spec allows surrounding whitespace around armor; pyrage does not.
+        data_key = pyrage.decrypt(wrapped.strip(), identities)
+    except pyrage.DecryptError as exc:
+        if "no matching keys" in str(exc).lower():
+            raise WrongKeyError(
+                path,
+                "this key is not a recipient of the vault",
+                "use a key that was added with `sst-vault recipients add`",
+            ) from None
+        raise TamperedError(path, f"age: {exc}", "restore it from git") from None
+    if len(data_key) != DATA_KEY_SIZE:
+        raise TamperedError(path, "the data key has the wrong size", "restore it from git")
+    return data_key
+
+
+def new_data_key() -> bytes:
+    return os.urandom(DATA_KEY_SIZE)
+
+
+@dataclass(frozen=True)
+class VaultKeys:
+    """The keys that seal (first) and open files, with the pin check applied."""
+
+    sealing: FileKey
+    opening: dict[str, FileKey]
+    origin: str
+
+    def for_id(self, key_id: str) -> FileKey | None:
+        return self.opening.get(key_id)
+
+
+def data_file_key(data_key: bytes) -> FileKey:
+    return FileKey(key_id_of(data_key), CIPHER_STREAM, data_key)
+
+
+def fernet_file_key(secret: Secret) -> FileKey:
+    raw = base64.urlsafe_b64decode(secret.text.encode())
+    return FileKey(key_id_of(raw), CIPHER_FERNET, secret.text.encode())
+
+
+def check_pin(key_id: str, pinned: str | None, where: str) -> None:
+    if pinned and pinned.strip() and pinned.strip() != key_id:
+        raise KeyPinError(
+            f"the vault's data key {key_id} is not the pinned {pinned.strip()} ({where})",
+            "someone replaced the data key in the repo: check `git log` of it before trusting it",
+        )
+
+
+def pinned_key_id() -> str | None:
+    value = os.environ.get(ENV_KEY_ID)
+    return value.strip() if value and value.strip() else None
+
+
+def ensure_backend(source: KeySource, backend: str) -> None:
+    wrong = [s for s in source.secrets if s.backend != backend]
+    if wrong:
+        raise KeyFormatError(
+            f"{source.origin} holds a {wrong[0].backend} key but this vault uses {backend}",
+            f"give it the vault's {backend} key",
+        )

@@ -1,0 +1,183 @@
+"""Every path sst-vault touches, in one screen.
+
+The SST home (where SST keeps local state) follows Go's `os.UserConfigDir()` + "/sst", because
+that is what the SST binary uses. The repo side mirrors the published plaintext recipe
+(`infra/state/<kind>/<stage>.json`) with a `.vault` suffix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from vault.errors import ConfigError, UsageError
+
+CONFIG_NAME = "sst-vault.toml"
+DEFAULT_STATE_DIR = "infra/state"
+DATA_KEY_NAME = "data-key.age"  # the age backend's wrapped data key, inside state_dir
+VAULT_SUFFIX = ".json.vault"
+
+# The kinds of SST state we sync, in the order SST needs them (passphrase opens the rest).
+KINDS: tuple[str, ...] = ("passphrase", "app", "secret")
+# What SST keeps per machine and we never touch: lock, update/, snapshot/, eventlog/.
+FALLBACK_STAGE = "_fallback"
+
+# SST stage names become parts of resource names and of file paths; we accept what SST's
+# own stage names look like and nothing that could walk a path (no "/", "\\", "..", NUL).
+_STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
+_APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+# Our own bookkeeping inside the SST home: sync records, backups, the local file lock.
+HOME_BOOKKEEPING = ".sst-vault"
+
+
+def check_stage(stage: str) -> str:
+    """Return `stage` if SST could have produced it, else raise UsageError."""
+    if stage == FALLBACK_STAGE or _STAGE_RE.fullmatch(stage):
+        return stage
+    raise UsageError(
+        f"invalid stage name {stage!r}",
+        "use letters, digits and '-' as SST does (or _fallback for fallback secrets)",
+    )
+
+
+def check_app(app: str) -> str:
+    if _APP_RE.fullmatch(app):
+        return app
+    raise ConfigError(
+        f"invalid app name {app!r}", "use the name from sst.config.ts (letters, digits, '-', '_')"
+    )
+
+
+def default_sst_home(platform: str | None = None, environ: dict[str, str] | None = None) -> Path:
+    """Go's os.UserConfigDir() + "/sst", which is where the SST binary keeps `home: "local"`."""
+    platform = platform or sys.platform
+    env = os.environ if environ is None else environ
+    if platform.startswith("win"):
+        appdata = env.get("AppData") or env.get("APPDATA")
+        if not appdata:
+            raise ConfigError("%AppData% is not set", "pass --sst-home DIR")
+        return Path(appdata) / "sst"
+    home = env.get("HOME")
+    if platform == "darwin":
+        if not home:
+            raise ConfigError("$HOME is not set", "pass --sst-home DIR")
+        return Path(home) / "Library" / "Application Support" / "sst"
+    # Go: $XDG_CONFIG_HOME if it is an absolute path, else $HOME/.config.
+    xdg = env.get("XDG_CONFIG_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "sst"
+    if not home:
+        raise ConfigError("neither $XDG_CONFIG_HOME nor $HOME is set", "pass --sst-home DIR")
+    return Path(home) / ".config" / "sst"
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    """Where SST keeps one app's local state: <home>/state/<kind>/<app>/<stage>.json."""
+
+    root: Path
+
+    def state_parts(self, kind: str, app: str, stage: str) -> tuple[str, ...]:
+        """Path components below `root`; walked one by one so no symlink is followed."""
+        return ("state", kind, app, f"{stage}.json")
+
+    def state_file(self, kind: str, app: str, stage: str) -> Path:
+        return self.root.joinpath(*self.state_parts(kind, app, stage))
+
+    def stages(self, app: str) -> set[str]:
+        """Stages that have any synced kind in this home."""
+        found: set[str] = set()
+        for kind in KINDS:
+            folder = self.root / "state" / kind / app
+            if folder.is_dir() and not folder.is_symlink():
+                found.update(
+                    p.name[: -len(".json")]
+                    for p in folder.iterdir()
+                    if p.name.endswith(".json") and _is_stage(p.name[: -len(".json")])
+                )
+        return found
+
+    @property
+    def bookkeeping(self) -> Path:
+        return self.root / HOME_BOOKKEEPING
+
+
+@dataclass(frozen=True)
+class RepoLayout:
+    """Where the vault lives in the project: <project>/<state_dir>/<kind>/<stage>.json.vault."""
+
+    project: Path
+    state_dir: str = DEFAULT_STATE_DIR
+
+    @property
+    def state_root(self) -> Path:
+        return self.project / self.state_dir
+
+    @property
+    def config_file(self) -> Path:
+        return self.project / CONFIG_NAME
+
+    @property
+    def state_parts(self) -> tuple[str, ...]:
+        return PurePosixPath(self.state_dir).parts
+
+    @property
+    def data_key_parts(self) -> tuple[str, ...]:
+        return (*self.state_parts, DATA_KEY_NAME)
+
+    @property
+    def data_key_file(self) -> Path:
+        return self.project.joinpath(*self.data_key_parts)
+
+    def vault_parts(self, kind: str, stage: str) -> tuple[str, ...]:
+        return (*self.state_parts, kind, f"{stage}{VAULT_SUFFIX}")
+
+    def vault_file(self, kind: str, stage: str) -> Path:
+        return self.project.joinpath(*self.vault_parts(kind, stage))
+
+    def stages(self) -> set[str]:
+        found: set[str] = set()
+        for kind in KINDS:
+            folder = self.state_root / kind
+            if folder.is_dir() and not folder.is_symlink():
+                found.update(
+                    p.name[: -len(VAULT_SUFFIX)]
+                    for p in folder.iterdir()
+                    if p.name.endswith(VAULT_SUFFIX) and _is_stage(p.name[: -len(VAULT_SUFFIX)])
+                )
+        return found
+
+
+def _is_stage(name: str) -> bool:
+    return name == FALLBACK_STAGE or bool(_STAGE_RE.fullmatch(name))
+
+
+def check_state_dir(state_dir: str) -> str:
+    """A relative, normalised POSIX path inside the project; anything else is refused."""
+    if not state_dir or "\\" in state_dir or "\0" in state_dir:
+        raise ConfigError(f"state_dir {state_dir!r} is not a relative path inside the project")
+    pure = PurePosixPath(state_dir)
+    if pure.is_absolute() or any(part in ("..", ".") for part in pure.parts) or not pure.parts:
+        raise ConfigError(
+            f"state_dir {state_dir!r} points outside the project",
+            "use a relative path such as infra/state",
+        )
+    if pure.parts[0] == ".git":
+        raise ConfigError(f"state_dir {state_dir!r} is inside .git", "use infra/state")
+    return str(pure)
+
+
+def find_project(start: Path) -> Path:
+    """Search upward from `start` for sst-vault.toml, as git does for .git."""
+    here = start.resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise ConfigError(
+        f"no {CONFIG_NAME} in {here} or any parent",
+        "run `sst-vault init` next to sst.config.ts, or pass --project DIR",
+    )

@@ -1,0 +1,566 @@
+"""prepare, commit and status: moving SST state between the SST home and the repo.
+
+A sync record per SST home remembers, for each app, stage and kind, the serial and keyed
+fingerprint last prepared or committed there. With it `status` is a three-way compare, and
+`prepare` can tell a home change that was never committed (refused without --force) from a
+home that is merely behind. Each command holds a file lock on the SST home (and `commit` one
+on the repository) so two processes never interleave.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import getpass
+import io
+import json
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from vault import envelope, safefs
+from vault.envelope import FileKey, Header
+from vault.errors import (
+    InvalidStateError,
+    RefusedError,
+    UsageError,
+    WrongKeyError,
+)
+from vault.paths import FALLBACK_STAGE, KINDS, check_stage
+from vault.project import Project
+
+RECORDS_VERSION = 1
+
+IN_SYNC = "in sync"
+HOME_AHEAD = "home ahead"
+REPO_AHEAD = "repo ahead"
+DIVERGED = "diverged"
+MISSING = "missing"
+
+
+# --- sync records -------------------------------------------------------------------------
+
+
+@dataclass
+class SyncRecord:
+    serial: int
+    fingerprint: str
+    key_id: str
+    action: str  # "prepare" or "commit"
+    time: str
+
+
+class Records:
+    """The sync records of one app in one SST home: <home>/.sst-vault/sync/<app>.json."""
+
+    def __init__(self, project: Project) -> None:
+        self.root = project.home.root
+        self.parts = (".sst-vault", "sync", f"{project.app}.json")
+        raw = safefs.read_bytes(self.root, self.parts) if self.root.is_dir() else None
+        self.data: dict[str, dict[str, dict]] = {}
+        if raw:
+            try:
+                loaded = json.loads(raw)
+                if loaded.get("version") == RECORDS_VERSION:
+                    self.data = loaded.get("stages", {})
+            except (ValueError, AttributeError):
+                self.data = {}  # a broken record only costs the three-way compare
+
+    def get(self, stage: str, kind: str) -> SyncRecord | None:
+        entry = self.data.get(stage, {}).get(kind)
+        try:
+            return SyncRecord(**entry) if entry else None
+        except TypeError:
+            return None
+
+    def set(self, stage: str, kind: str, header: Header, action: str) -> None:
+        record = SyncRecord(header.serial, header.fingerprint, header.key_id, action, _now())
+        self.data.setdefault(stage, {})[kind] = asdict(record)
+
+    def stages(self) -> set[str]:
+        return set(self.data)
+
+    def save(self) -> None:
+        body = json.dumps({"version": RECORDS_VERSION, "stages": self.data}, indent=1)
+        safefs.write_atomic(self.root, self.parts, body.encode())
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def writer_name() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+# --- shared helpers -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def home_lock(project: Project) -> Iterator[None]:
+    project.home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with safefs.exclusive(project.home.bookkeeping / "lock", f"the SST home {project.home.root}"):
+        yield
+
+
+def resolve_stages(
+    project: Project, stages: Iterable[str], all_: bool, *, source: str
+) -> list[str]:
+    """The stages a command acts on; `--all` means every stage found on `source`'s side."""
+    stages = list(stages)
+    if all_ and stages:
+        raise UsageError("give stage names or --all, not both")
+    if all_:
+        found = project.repo.stages() if source == "repo" else project.home.stages(project.app)
+        if not found:
+            where = project.repo.state_root if source == "repo" else project.home.root
+            raise UsageError(f"no stages found in {where}", "name the stage to use")
+        return sorted(found)
+    if not stages:
+        raise UsageError("no stage given", "name one or more stages, or pass --all")
+    return [check_stage(s) for s in dict.fromkeys(stages)]
+
+
+def _read_repo_header(project: Project, stage: str, kind: str) -> tuple[Header, BinaryIO] | None:
+    handle = safefs.open_read(project.root, project.repo.vault_parts(kind, stage))
+    if handle is None:
+        return None
+    path = project.repo.vault_file(kind, stage)
+    try:
+        header, _ = envelope.read_header(handle, path)
+        envelope.check_header(header, path, app=project.app, stage=stage, kind=kind)
+    except BaseException:
+        handle.close()
+        raise
+    handle.seek(0)
+    return header, handle
+
+
+class _HomeFile:
+    """One SST file in the home, fingerprinted lazily under whichever key a compare needs."""
+
+    def __init__(self, project: Project, stage: str, kind: str) -> None:
+        self.root = project.home.root
+        self.parts = project.home.state_parts(kind, project.app, stage)
+        self.path = project.home.state_file(kind, project.app, stage)
+        self._fps: dict[str, str] = {}
+        self._exists: bool | None = None
+
+    @property
+    def exists(self) -> bool:
+        if self._exists is None:
+            handle = safefs.open_read(self.root, self.parts) if self.root.is_dir() else None
+            self._exists = handle is not None
+            if handle:
+                handle.close()
+        return self._exists
+
+    def fingerprint(self, key: FileKey | None) -> str | None:
+        if key is None or not self.exists:
+            return None
+        if key.key_id not in self._fps:
+            handle = safefs.open_read(self.root, self.parts)
+            if handle is None:
+                return None
+            with handle:
+                self._fps[key.key_id] = envelope.fingerprint(key, envelope.iter_file(handle))
+        return self._fps[key.key_id]
+
+    def read(self) -> bytes | None:
+        return safefs.read_bytes(self.root, self.parts)
+
+
+def _home_changed(home: _HomeFile, record: SyncRecord | None, project: Project) -> bool:
+    """True when the home file differs from what was last synced (or was never synced)."""
+    if not home.exists:
+        return False
+    if record is None:
+        return True
+    key = project.keys.for_id(record.key_id)
+    return key is None or home.fingerprint(key) != record.fingerprint
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+@dataclass
+class KindStatus:
+    stage: str
+    kind: str
+    state: str
+    repo_serial: int | None = None
+    synced_serial: int | None = None
+    home_present: bool = False
+    repo_writer: str | None = None
+    repo_time: str | None = None
+
+
+def status(project: Project, stages: Iterable[str] = ()) -> list[KindStatus]:
+    stages = [check_stage(s) for s in stages]
+    records = Records(project)
+    if not stages:
+        stages = sorted(project.repo.stages() | project.home.stages(project.app) | records.stages())
+    rows: list[KindStatus] = []
+    for stage in stages:
+        stage_rows = [
+            row
+            for kind in KINDS
+            if (row := _kind_status(project, records, stage, kind)) is not None
+        ]
+        rows += stage_rows or [KindStatus(stage, "-", MISSING)]
+    return rows
+
+
+def _kind_status(project: Project, records: Records, stage: str, kind: str) -> KindStatus | None:
+    found = _read_repo_header(project, stage, kind)
+    header = None
+    if found:
+        header, handle = found
+        handle.close()
+    home = _HomeFile(project, stage, kind)
+    record = records.get(stage, kind)
+    row = KindStatus(stage, kind, MISSING, home_present=home.exists)
+    row.synced_serial = record.serial if record else None
+    if header:
+        row.repo_serial, row.repo_writer, row.repo_time = header.serial, header.writer, header.time
+    if header is None and not home.exists:
+        return None
+    if header is None:
+        row.state = HOME_AHEAD
+    elif not home.exists:
+        row.state = REPO_AHEAD
+    elif home.fingerprint(project.keys.for_id(header.key_id)) == header.fingerprint:
+        row.state = IN_SYNC
+    else:
+        home_changed = _home_changed(home, record, project)
+        repo_changed = record is None or (header.serial, header.fingerprint) != (
+            record.serial,
+            record.fingerprint,
+        )
+        if home_changed and repo_changed:
+            row.state = DIVERGED
+        elif home_changed:
+            row.state = HOME_AHEAD
+        else:
+            row.state = REPO_AHEAD
+    return row
+
+
+# --- prepare ------------------------------------------------------------------------------
+
+
+@dataclass
+class FileAction:
+    stage: str
+    kind: str
+    action: str  # "written", "unchanged", "absent"
+    serial: int | None = None
+    backup: Path | None = None
+
+
+@dataclass
+class PrepareReport:
+    actions: list[FileAction] = field(default_factory=list)
+
+    @property
+    def written(self) -> list[FileAction]:
+        return [a for a in self.actions if a.action == "written"]
+
+
+def prepare(
+    project: Project, stages: list[str], *, force: bool = False, missing_ok: bool = False
+) -> PrepareReport:
+    """Decrypt the stages' vault files into the SST home, all of them or none.
+
+    `missing_ok` (used by `run`) lets a stage with no vault files pass: a first deploy.
+    """
+    report = PrepareReport()
+    with home_lock(project), safefs.Transaction() as txn:
+        records = Records(project)
+        plan: list[tuple[str, str, Header, BinaryIO, FileKey]] = []
+        backups: list[tuple[_HomeFile, str]] = []
+        try:
+            for stage in stages:
+                found_any = False
+                for kind in KINDS:
+                    found = _read_repo_header(project, stage, kind)
+                    if found is None:
+                        continue
+                    found_any = True
+                    header, handle = found
+                    plan.append(
+                        (stage, kind, header, handle, _opening_key(project, header, kind, stage))
+                    )
+                if not found_any and not missing_ok:
+                    known = sorted(project.repo.stages())
+                    raise UsageError(
+                        f"stage {stage!r} has no vault files in {project.repo.state_root}",
+                        f"known stages: {', '.join(known)}" if known else "commit it first",
+                    )
+            # Check everything before writing anything.
+            todo = []
+            for stage, kind, header, handle, key in plan:
+                home = _HomeFile(project, stage, kind)
+                if home.fingerprint(key) == header.fingerprint:
+                    records.set(stage, kind, header, "prepare")
+                    report.actions.append(FileAction(stage, kind, "unchanged", header.serial))
+                    continue
+                record = records.get(stage, kind)
+                if record and header.serial < record.serial and not force:
+                    raise RefusedError(
+                        f"{project.repo.vault_file(kind, stage)} has serial {header.serial}, older "
+                        f"than serial {record.serial} last synced into this SST home",
+                        "pull the latest commit, or pass --force to go back to it",
+                    )
+                if _home_changed(home, record, project):
+                    if not force:
+                        raise RefusedError(
+                            f"{home.path} has changes that were never committed",
+                            f"run `sst-vault commit {stage}` first, or pass --force to overwrite"
+                            " it (a backup is kept)",
+                        )
+                    backups.append((home, stage))
+                todo.append((stage, kind, header, handle, key))
+            for stage, kind, header, handle, key in todo:
+                path = project.repo.vault_file(kind, stage)
+                parts = project.home.state_parts(kind, project.app, stage)
+                with safefs.AtomicWriter(project.home.root, parts, 0o600) as out:
+                    assert out.file is not None
+                    envelope.open_(
+                        handle, out.file, key, path, app=project.app, stage=stage, kind=kind
+                    )
+                    txn.add(out.finish())
+                records.set(stage, kind, header, "prepare")
+                report.actions.append(FileAction(stage, kind, "written", header.serial))
+            for home, stage in backups:
+                backup = _backup(project, home, stage)
+                for action in report.actions:
+                    if action.stage == stage and home.parts[1] == action.kind:
+                        action.backup = backup
+            txn.commit()
+            records.save()
+        finally:
+            for *_, handle, _key in plan:
+                handle.close()
+    return report
+
+
+def _opening_key(project: Project, header: Header, kind: str, stage: str) -> FileKey:
+    key = project.keys.for_id(header.key_id)
+    if key is None:
+        raise WrongKeyError(
+            project.repo.vault_file(kind, stage),
+            f"sealed under key id {header.key_id}, not under any key given "
+            f"({', '.join(project.keys.opening)})",
+            "use the vault's current key, or pull the latest commit",
+        )
+    return key
+
+
+def _backup(project: Project, home: _HomeFile, stage: str) -> Path:
+    """Keep the home file that --force is about to overwrite, next to the sync records."""
+    data = home.read() or b""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + f"-{time.monotonic_ns() % 10**6:06d}"
+    parts = (".sst-vault", "backup", project.app, stage, f"{home.parts[1]}-{stamp}.json")
+    safefs.write_atomic(project.home.root, parts, data)
+    return project.home.root.joinpath(*parts)
+
+
+# --- commit -------------------------------------------------------------------------------
+
+
+@dataclass
+class CommitReport:
+    actions: list[FileAction] = field(default_factory=list)
+    commit: str | None = None
+    pushed: bool = False
+
+    @property
+    def written(self) -> list[FileAction]:
+        return [a for a in self.actions if a.action == "written"]
+
+
+def own_files(project: Project) -> list[Path]:
+    """sst-vault's own files that commit may stage besides vault files."""
+    files = [project.repo.config_file, project.root / ".gitattributes", project.root / ".gitignore"]
+    if project.config.backend == "age":
+        files.append(project.repo.data_key_file)
+    return [f for f in files if f.is_file()]
+
+
+def commit(
+    project: Project,
+    stages: list[str],
+    *,
+    message: str | None = None,
+    push: bool = False,
+    force: bool = False,
+) -> CommitReport:
+    """Encrypt the stages' SST files into the repo and commit exactly those files."""
+    from vault.gitstore import GitStore
+
+    store = GitStore(project.root)
+    report = CommitReport()
+    key = project.keys.sealing
+    writer = writer_name()
+    with home_lock(project), safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
+        records = Records(project)
+        with safefs.Transaction() as txn:
+            for stage in stages:
+                for kind in KINDS:
+                    action = _seal_one(project, records, txn, key, stage, kind, writer, force)
+                    report.actions.append(action)
+            if not any(a.action != "absent" for a in report.actions):
+                names = ", ".join(stages)
+                raise UsageError(
+                    f"no SST state for {names} in {project.home.root / 'state'}",
+                    "deploy or `sst secret set` first, or check --sst-home and the stage name",
+                )
+            txn.commit()
+        records.save()
+        paths = [
+            project.repo.vault_file(a.kind, a.stage) for a in report.actions if a.action != "absent"
+        ]
+        report.commit = store.commit_paths(
+            paths + own_files(project), _message(project, report, message)
+        )
+        if push:
+            store.push(project.config.remote)
+            report.pushed = True
+    return report
+
+
+def _seal_one(
+    project: Project,
+    records: Records,
+    txn: safefs.Transaction,
+    key: FileKey,
+    stage: str,
+    kind: str,
+    writer: str,
+    force: bool,
+) -> FileAction:
+    home = _HomeFile(project, stage, kind)
+    data = home.read() if home.root.is_dir() else None
+    if data is None:
+        return FileAction(stage, kind, "absent")
+    home_fp = envelope.fingerprint(key, data)
+    found = _read_repo_header(project, stage, kind)
+    header = None
+    if found:
+        header, handle = found
+        handle.close()
+    record = records.get(stage, kind)
+    if header and header.key_id == key.key_id and header.fingerprint == home_fp:
+        records.set(stage, kind, header, "commit")
+        return FileAction(stage, kind, "unchanged", header.serial)
+    if header and not force and (record is None or header.serial > record.serial):
+        since = f"serial {record.serial}" if record else "never prepared here"
+        raise RefusedError(
+            f"{project.repo.vault_file(kind, stage)} is at serial {header.serial} but this "
+            f"SST home is based on {since}: committing would overwrite a newer state",
+            f"run `sst-vault prepare {stage}` (after `git pull`), redeploy, then commit; "
+            "or pass --force to overwrite",
+        )
+    _validate(kind, data, home.path)
+    serial = max(header.serial if header else 0, record.serial if record else 0) + 1
+    path = project.repo.vault_file(kind, stage)
+    with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
+        assert out.file is not None
+        sealed = envelope.seal(
+            io.BytesIO(data),
+            out.file,
+            key,
+            app=project.app,
+            stage=stage,
+            kind=kind,
+            serial=serial,
+            writer=writer,
+        )
+        # Verify that what we wrote opens to the same bytes before it replaces anything.
+        check = envelope.open_(
+            out.read_back(), _Discard(), key, path, app=project.app, stage=stage, kind=kind
+        )
+        if check.fingerprint != home_fp:
+            raise RefusedError(f"{path}: the sealed file does not round-trip", "report this bug")
+        txn.add(out.finish())
+    records.set(stage, kind, sealed, "commit")
+    return FileAction(stage, kind, "written", serial)
+
+
+class _Discard(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return len(data)
+
+
+def _validate(kind: str, data: bytes, path: Path) -> None:
+    """Refuse what SST itself would refuse, so a corrupt state never reaches the repo."""
+    if kind == "app":
+        try:
+            # Discarding each object as it is parsed keeps memory near the input's size.
+            json.loads(data, object_pairs_hook=lambda _pairs: None)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidStateError(
+                f"{path} is not valid JSON ({exc})",
+                "SST would refuse it too; redeploy or restore it with `sst-vault prepare --force`",
+            ) from None
+    elif kind == "passphrase":
+        try:
+            raw = base64.b64decode(data.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise InvalidStateError(
+                f"{path} is not an SST passphrase (base64 of 32 bytes)",
+                "restore it with `sst-vault prepare --force`",
+            )
+    elif kind == "secret" and len(data) < 12 + 16:
+        raise InvalidStateError(
+            f"{path} is too short to be an SST secret file",
+            "re-set the secret with `sst secret set`",
+        )
+
+
+def _message(project: Project, report: CommitReport, message: str | None) -> str:
+    by_stage: dict[str, list[str]] = {}
+    for action in report.actions:
+        if action.action == "written":
+            by_stage.setdefault(action.stage, []).append(action.kind)
+    summary = (
+        "; ".join(f"{project.app}/{stage}: {', '.join(kinds)}" for stage, kinds in by_stage.items())
+        or f"{project.app}: sst-vault files"
+    )
+    if message:
+        return f"{message}\n\nsst-vault: {summary}"
+    return f"sst-vault: state of {summary}"
+
+
+__all__ = [
+    "DIVERGED",
+    "FALLBACK_STAGE",
+    "HOME_AHEAD",
+    "IN_SYNC",
+    "MISSING",
+    "REPO_AHEAD",
+    "CommitReport",
+    "FileAction",
+    "KindStatus",
+    "PrepareReport",
+    "Records",
+    "commit",
+    "prepare",
+    "resolve_stages",
+    "status",
+]
