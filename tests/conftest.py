@@ -1,0 +1,157 @@
+"""Shared fixtures: a real git repository with an initialised vault, and the CLI as a subprocess.
+
+Nothing here mocks git, crypto or the file system. Each test gets its own HOME, git config and
+SST home under tmp_path, and the keyring is switched off (the `fail` backend) unless a test
+sets up a real Secret Service itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+APP = "demo-app"
+SST_CONFIG = (
+    "/// <reference path=\"./.sst/platform/config.d.ts\" />\n"
+    "export default $config({\n"
+    "  app(input) {\n"
+    f'    return {{ name: "{APP}", removal: "retain", home: "local" }};\n'
+    "  },\n"
+    "  async run() {},\n"
+    "});\n"
+)
+
+
+@dataclass
+class CLIResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def output(self) -> str:
+        return self.out + self.err
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str], input: str | None = None,
+            timeout: float = 120) -> CLIResult:
+    """Run `python -m vault ARGS` as a real subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "vault", *args],
+        cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout,
+    )
+    return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment: own HOME and git identity, no key, no usable keyring."""
+    home = tmp_path / "user-home"
+    home.mkdir(exist_ok=True)
+    gitconfig = tmp_path / "gitconfig"
+    gitconfig.write_text(
+        "[user]\n\tname = Test User\n\temail = test@example.com\n"
+        "[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SST_VAULT_", "GIT_"))}
+    env.pop("XDG_CONFIG_HOME", None)
+    env.update(
+        HOME=str(home),
+        GIT_CONFIG_GLOBAL=str(gitconfig),
+        GIT_CONFIG_NOSYSTEM="1",
+        PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+    )
+    return env
+
+
+def new_key(env: dict[str, str], backend: str = "age") -> str:
+    result = run_cli("key", "generate", "--backend", backend, cwd=Path.cwd(), env=env)
+    assert result.code == 0, result.err
+    return result.out.strip()
+
+
+@dataclass
+class VaultProject:
+    """A git repo with sst.config.ts and an initialised vault, plus an SST home."""
+
+    root: Path
+    home: Path
+    env: dict[str, str]
+    key: str
+    app: str = APP
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
+            cwd: Path | None = None) -> CLIResult:
+        return run_cli("--sst-home", str(self.home), *args, cwd=cwd or self.root,
+                       env=env if env is not None else self.env, input=input)
+
+    def git(self, *args: str) -> str:
+        return git(*args, cwd=self.root, env=self.env)
+
+    def state_file(self, kind: str, stage: str) -> Path:
+        return self.home / "state" / kind / self.app / f"{stage}.json"
+
+    def vault_file(self, kind: str, stage: str) -> Path:
+        return self.root / "infra" / "state" / kind / f"{stage}.json.vault"
+
+    def snapshot_home(self) -> dict[str, bytes]:
+        """Every file under the SST home's state folder, for "nothing changed" checks."""
+        state = self.home / "state"
+        if not state.exists():
+            return {}
+        return {
+            str(p.relative_to(state)): p.read_bytes()
+            for p in sorted(state.rglob("*")) if p.is_file() and not p.is_symlink()
+        }
+
+    def snapshot_repo(self) -> dict[str, bytes]:
+        state = self.root / "infra" / "state"
+        return {
+            str(p.relative_to(state)): p.read_bytes()
+            for p in sorted(state.rglob("*")) if p.is_file() and not p.is_symlink()
+        }
+
+
+def make_project(tmp_path: Path, name: str = "repo", backend: str = "age",
+                 key: str | None = None, env: dict[str, str] | None = None) -> VaultProject:
+    env = dict(env or base_env(tmp_path))
+    root = tmp_path / name
+    root.mkdir()
+    git("init", "-q", cwd=root, env=env)
+    (root / "sst.config.ts").write_text(SST_CONFIG)
+    git("add", "sst.config.ts", cwd=root, env=env)
+    git("commit", "-q", "-m", "app", cwd=root, env=env)
+    key = key or new_key(env, backend)
+    env["SST_VAULT_KEY"] = key
+    home = tmp_path / f"{name}-sst-home"
+    project = VaultProject(root, home, env, key)
+    result = project.cli("init", "--no-keyring")
+    assert result.code == 0, result.output
+    return project
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return base_env(tmp_path)
+
+
+@pytest.fixture
+def vault_project(tmp_path: Path) -> VaultProject:
+    """An age vault, initialised with a key from SST_VAULT_KEY."""
+    return make_project(tmp_path)
+
+
+@pytest.fixture
+def fernet_project(tmp_path: Path) -> VaultProject:
+    return make_project(tmp_path, backend="fernet")

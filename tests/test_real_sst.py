@@ -1,0 +1,163 @@
+"""End to end with the real SST CLI: SST writes secrets, sst-vault commits them encrypted, the SST
+home is wiped (and a second machine starts empty), sst-vault prepares it, SST reads it back.
+
+SST cannot deploy offline (it downloads pulumi and needs a cloud), so the `app` checkpoint comes
+from tests/sstfake.py, with a secret output encrypted under SST's own passphrase: the real
+`sst state export --decrypt` opening it proves that `app` and `passphrase` came back together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sst_real
+import sstfake
+
+APP = "vaulte2e"
+pytestmark = pytest.mark.real_sst
+
+
+def vault(sst: sst_real.SstProject, key: str, *args: str,
+          home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(sst.root / "home"),
+        "TMPDIR": str(sst.root / "tmp"),
+        "SST_VAULT_KEY": key,
+        # Never reach for a desktop keyring from a test.
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    # This checkout's `vault`, whether or not it is pip-installed.
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(sst_real.REPO), os.environ.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "vault", "--sst-home", str(home or sst.sst_home), *args]
+    out = subprocess.run(cmd, cwd=sst.project, env=env, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=120)
+    assert out.returncode == 0, f"sst-vault {' '.join(args)}: {out.returncode}\n{out.stderr}"
+    return out
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd.parent / "home"),
+           "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True, errors="replace").stdout
+
+
+def synced(home: Path) -> dict[str, bytes]:
+    return {k: v for k, v in sstfake.list_files(home).items()
+            if k.split("/", 1)[0] in sstfake.SYNCED_KINDS}
+
+
+@pytest.fixture
+def sst(tmp_path):
+    reason = sst_real.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    project = sst_real.SstProject(tmp_path, sst_real.find_sst_binary(), app=APP)
+    (project.project / ".gitignore").write_text(".sst\nnode_modules\n")
+    git(project.project, "init", "-q", "-b", "main")
+    git(project.project, "config", "user.name", "Test")
+    git(project.project, "config", "user.email", "test@example.com")
+    git(project.project, "add", "sst.config.ts", ".gitignore")
+    git(project.project, "commit", "-q", "-m", "app")
+    return project
+
+
+def test_secrets_and_state_survive_a_round_trip_through_git(sst):
+    assert sst.config_dir() == sst.sst_home
+    values = {name: f"{name}-{secrets.token_hex(12)}" for name in ("db", "api", "fb", "stg")}
+    marker = f"MARKER-{secrets.token_hex(8)}"
+    sst.secret_set("DbPassword", values["db"], "prod")
+    sst.secret_set("ApiKey", values["api"], "prod")
+    sst.secret_set("Shared", values["fb"], "prod", fallback=True)
+    sst.secret_set("Other", values["stg"], "staging")
+    sstfake.write_state(sst.sst_home, APP, "prod", resources=4, marker=marker,
+                        secret_outputs={"DbPassword": values["db"]})
+    history = sstfake.write_lock_and_history(sst.sst_home, APP, "prod", locked=False)
+    expected = {
+        "prod": {"fallback": {"Shared": values["fb"]},
+                 "prod": {"DbPassword": values["db"], "ApiKey": values["api"]}},
+        "staging": {"fallback": {"Shared": values["fb"]}, "staging": {"Other": values["stg"]}},
+    }
+    for stage, want in expected.items():
+        assert sst.secret_list(stage) == want
+    export = sst.state_export("prod")
+    decrypted = sst.state_export("prod", decrypt=True)
+    [secret_output] = [r["outputs"]["value"] for r in json.loads(decrypted)["latest"]["resources"]
+                       if r["type"] == "sst:sst:Secret"]
+    assert secret_output["plaintext"] == json.dumps(values["db"])
+    before = synced(sst.sst_home)
+    needles = [*values.values(), marker,
+               *(v.decode() for k, v in before.items() if k.startswith("passphrase/"))]
+
+    key = subprocess.run([sys.executable, "-m", "vault", "key", "generate"], capture_output=True,
+                         text=True, check=True, cwd=sst_real.REPO,
+                         env={**os.environ, "HOME": str(sst.root / "home")}).stdout.strip()
+    assert key.startswith("AGE-SECRET-KEY-1")
+    vault(sst, key, "init", "--no-keyring")
+    for name in ("sst-vault.toml", ".gitattributes", ".gitignore", "infra/state/data-key.age"):
+        assert (sst.project / name).is_file(), name
+    vault(sst, key, "commit", "--all", "-m", "state after deploy")
+
+    state_dir = sst.project / "infra" / "state"
+    vault_files = {str(p.relative_to(state_dir)) for p in state_dir.rglob("*.vault")}
+    assert vault_files == {
+        "app/prod.json.vault", "passphrase/prod.json.vault", "secret/prod.json.vault",
+        "passphrase/staging.json.vault", "secret/staging.json.vault",
+        "passphrase/_fallback.json.vault", "secret/_fallback.json.vault",
+    }
+    head = git(sst.project, "rev-parse", "HEAD")
+    assert git(sst.project, "status", "--porcelain", "--", "infra", "sst-vault.toml",
+               ".gitattributes") == ""
+
+    # Machine 1 loses its SST home; prepare brings back exactly what SST wrote.
+    shutil.rmtree(sst.sst_home / "state")
+    vault(sst, key, "prepare", "--all")
+    assert synced(sst.sst_home) == before
+    for name in before:
+        assert stat.S_IMODE((sst.sst_home / "state" / name).stat().st_mode) == 0o600, name
+    for path in history:
+        assert not path.exists(), f"{path} is per-machine history, never synced"
+    for stage, want in expected.items():
+        assert sst.secret_list(stage) == want
+    assert sst.state_export("prod") == export
+    assert sst.state_export("prod", decrypt=True) == decrypted
+
+    # Nothing changed since the commit: no new commit.
+    vault(sst, key, "commit", "--all", "-m", "no-op")
+    assert git(sst.project, "rev-parse", "HEAD") == head
+    assert "prod" in json.dumps(json.loads(vault(sst, key, "status", "--json").stdout))
+
+    # SST changes a secret on machine 1; machine 2 starts from an empty SST home.
+    values["api2"] = f"api2-{secrets.token_hex(12)}"
+    needles.append(values["api2"])
+    sst.secret_set("ApiKey", values["api2"], "prod")
+    vault(sst, key, "commit", "prod", "-m", "rotate api key")
+    assert git(sst.project, "rev-parse", "HEAD") != head
+    machine2 = sst.root / "config2"
+    vault(sst, key, "prepare", "--all", home=machine2 / "sst")
+    expected["prod"]["prod"]["ApiKey"] = values["api2"]
+    for stage, want in expected.items():
+        assert sst.secret_list(stage, config_home=machine2) == want
+    assert sst.state_export("prod", config_home=machine2) == export
+
+    # No secret, passphrase or state marker in the history or in any git object.
+    log = git(sst.project, "log", "-p", "--all", "--binary")
+    objects = subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"],
+                             cwd=sst.project, capture_output=True, check=True).stdout
+    worktree = b"".join(p.read_bytes() for p in sst.project.rglob("*")
+                       if p.is_file() and ".git" not in p.parts and ".sst" not in p.parts)
+    for needle in needles:
+        assert needle not in log, needle
+        assert needle.encode() not in objects, needle
+        assert needle.encode() not in worktree, needle
