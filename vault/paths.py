@@ -25,10 +25,11 @@ KINDS: tuple[str, ...] = ("passphrase", "app", "secret")
 # What SST keeps per machine and we never touch: lock, update/, snapshot/, eventlog/.
 FALLBACK_STAGE = "_fallback"
 
-# SST stage names become parts of resource names and of file paths; we accept what SST's
-# own stage names look like and nothing that could walk a path (no "/", "\\", "..", NUL).
-_STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
-_APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+# SST refuses a stage matching [^a-zA-Z0-9-] (project.InvalidStageRegex) and, in practice, one
+# longer than 250 characters (<stage>.json must fit a 255-byte file name). Apps must also start
+# with a letter. Nothing accepted here can walk a path: no "/", "\\", ".", NUL.
+_STAGE_RE = re.compile(r"^[A-Za-z0-9-]{1,250}$")
+_APP_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 
 # Our own bookkeeping inside the SST home: sync records, backups, the local file lock.
 HOME_BOOKKEEPING = ".sst-vault"
@@ -40,7 +41,7 @@ def check_stage(stage: str) -> str:
         return stage
     raise UsageError(
         f"invalid stage name {stage!r}",
-        "use letters, digits and '-' as SST does (or _fallback for fallback secrets)",
+        "SST stages use only letters, digits and '-' (and _fallback for fallback secrets)",
     )
 
 
@@ -48,7 +49,8 @@ def check_app(app: str) -> str:
     if _APP_RE.fullmatch(app):
         return app
     raise ConfigError(
-        f"invalid app name {app!r}", "use the name from sst.config.ts (letters, digits, '-', '_')"
+        f"invalid app name {app!r}",
+        "use the name from sst.config.ts (a letter, then letters, digits, '-')",
     )
 
 

@@ -9,8 +9,6 @@ on the repository) so two processes never interleave.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import getpass
 import io
@@ -516,16 +514,11 @@ def _validate(kind: str, data: bytes, path: Path) -> None:
                 f"{path} is not valid JSON ({exc})",
                 "SST would refuse it too; redeploy or restore it with `sst-vault prepare --force`",
             ) from None
-    elif kind == "passphrase":
-        try:
-            raw = base64.b64decode(data.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != 32:
-            raise InvalidStateError(
-                f"{path} is not an SST passphrase (base64 of 32 bytes)",
-                "restore it with `sst-vault prepare --force`",
-            )
+    elif kind == "passphrase" and not data.strip():
+        # Opaque to us: usually base64 of 32 bytes, but SST stores $SST_PASSPHRASE verbatim.
+        raise InvalidStateError(
+            f"{path} is an empty SST passphrase", "restore it with `sst-vault prepare --force`"
+        )
     elif kind == "secret" and len(data) < 12 + 16:
         raise InvalidStateError(
             f"{path} is too short to be an SST secret file",
