@@ -33,7 +33,7 @@ def vault(sst: sst_real.SstProject, key: str, *args: str,
         "TMPDIR": str(sst.root / "tmp"),
         "SST_VAULT_KEY": key,
         # Never reach for a desktop keyring from a test.
-        "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
         "GIT_CONFIG_NOSYSTEM": "1",
     }
     # This checkout's `vault`, whether or not it is pip-installed.
@@ -83,7 +83,8 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
     sst.secret_set("Other", values["stg"], "staging")
     sstfake.write_state(sst.sst_home, APP, "prod", resources=4, marker=marker,
                         secret_outputs={"DbPassword": values["db"]})
-    history = sstfake.write_lock_and_history(sst.sst_home, APP, "prod", locked=False)
+    history = {p: p.read_bytes()
+               for p in sstfake.write_lock_and_history(sst.sst_home, APP, "prod", locked=True)}
     expected = {
         "prod": {"fallback": {"Shared": values["fb"]},
                  "prod": {"DbPassword": values["db"], "ApiKey": values["api"]}},
@@ -102,7 +103,9 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
 
     key = subprocess.run([sys.executable, "-m", "vault", "key", "generate"], capture_output=True,
                          text=True, check=True, cwd=sst_real.REPO,
-                         env={**os.environ, "HOME": str(sst.root / "home")}).stdout.strip()
+                         env={**os.environ, "HOME": str(sst.root / "home"),
+                              "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"},
+                         ).stdout.strip()
     assert key.startswith("AGE-SECRET-KEY-1")
     vault(sst, key, "init", "--no-keyring")
     for name in ("sst-vault.toml", ".gitattributes", ".gitignore", "infra/state/data-key.age"):
@@ -116,6 +119,8 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
         "passphrase/staging.json.vault", "secret/staging.json.vault",
         "passphrase/_fallback.json.vault", "secret/_fallback.json.vault",
     }
+    for path, data in history.items():
+        assert path.read_bytes() == data, f"{path} is SST's per-machine history"
     head = git(sst.project, "rev-parse", "HEAD")
     assert git(sst.project, "status", "--porcelain", "--", "infra", "sst-vault.toml",
                ".gitattributes") == ""

@@ -183,3 +183,31 @@ def find_project(start: Path) -> Path:
         f"no {CONFIG_NAME} in {here} or any parent",
         "run `sst-vault init` next to sst.config.ts, or pass --project DIR",
     )
+
+
+def home_from_sst_binary(timeout: float = 10.0) -> Path | None:
+    """What an installed `sst` says its home is (`sst version --verbose`, line `config DIR`).
+
+    A cross-check only: SST has no setting that moves its home, so the platform rule above is
+    authoritative; a disagreement means HOME/XDG_CONFIG_HOME differ between the two processes.
+    """
+    import shutil
+    import subprocess
+
+    sst = shutil.which("sst")
+    if sst is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SST_VAULT_")}
+    env.update(SST_SKIP_DEPENDENCY_CHECK="1", SST_TELEMETRY_DISABLED="1", DO_NOT_TRACK="1")
+    try:
+        out = subprocess.run(
+            [sst, "version", "--verbose"], env=env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "config" and value.strip():
+            return Path(value.strip())
+    return None

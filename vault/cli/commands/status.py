@@ -9,6 +9,7 @@ import click
 
 from vault import sync
 from vault.cli.context import Context, pass_context
+from vault.paths import home_from_sst_binary
 
 
 @click.command("status")
@@ -29,6 +30,11 @@ def status_cmd(ctx: Context, stages: tuple[str, ...], as_json: bool) -> None:
     """
     project = ctx.project()
     rows = sync.status(project, stages)
+    if ctx.verbose:
+        ctx.info(f"SST home: {project.home.root}")
+        reported = home_from_sst_binary()
+        if reported is not None and reported != project.home.root:
+            ctx.info(f"Warning: `sst version --verbose` uses {reported} as its home")
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return
