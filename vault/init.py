@@ -105,7 +105,7 @@ def init(
 
 def _initial_secret(backend: str | None, use_keyring: bool) -> tuple[keys.Secret, str, bool]:
     """The key from the environment if there is one; else a new key meant for the keyring."""
-    if os.environ.get(keys.ENV_KEY) is not None or os.environ.get(keys.ENV_KEY_FILE):
+    if keys.take_environment_key() is not None or os.environ.get(keys.ENV_KEY_FILE):
         source = keys.find_source(None, use_keyring=False)
         return source.secrets[0], source.origin, False
     if not use_keyring:
