@@ -23,6 +23,7 @@ class InitReport:
     generated: bool
     public: str | None
     written: list[Path] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -77,10 +78,12 @@ def init(
     layout = RepoLayout(project, state_dir)
     written: list[Path] = []
     public = None
+    owners: list[str] = []
     if backend == "age":
         public = secret.public()
         owner = check_recipient_name(name or ("ci" if origin.startswith("$") else _user()))
         config.recipients = {owner: public}
+        owners = [owner]
         for extra_name, extra_pub in (recipients or {}).items():
             keys.parse_recipient(extra_pub, check_recipient_name(extra_name))
             config.recipients[extra_name] = extra_pub.strip()
@@ -100,7 +103,7 @@ def init(
     _append_block(project / ".gitignore", gitignore_block(state_dir))
     safefs.write_atomic(project, (CONFIG_NAME,), dumps(config).encode(), 0o644)
     written += [project / CONFIG_NAME, project / ".gitattributes", project / ".gitignore"]
-    return InitReport(config, origin, key_id, generated, public, written, warnings)
+    return InitReport(config, origin, key_id, generated, public, written, warnings, owners)
 
 
 def _initial_secret(backend: str | None, use_keyring: bool) -> tuple[keys.Secret, str, bool]:

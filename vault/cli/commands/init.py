@@ -90,10 +90,16 @@ def init_cmd(
         ctx.info(f"Recipients: {', '.join(report.config.recipients)}")
     ctx.info("")
     ctx.info("Set these CI variables (mark SST_VAULT_KEY secret):")
-    if report.generated:
+    others = [n for n in report.config.recipients if n not in report.owners]
+    if report.generated and others:
         ctx.info(
-            "  SST_VAULT_KEY     a key of CI's own: `sst-vault key generate`, then add its "
-            "public key as a recipient (init --recipient ci=age1… in a new vault)"
+            f"  SST_VAULT_KEY     the secret key of recipient {others[0]!r} "
+            "(what its `sst-vault key generate` printed)"
+        )
+    elif report.generated:
+        ctx.info(
+            "  SST_VAULT_KEY     a key of CI's own: `sst-vault key generate > ci.key`, then "
+            "`sst-vault recipients add ci <its public key>`"
         )
     else:
         ctx.info(f"  SST_VAULT_KEY     the secret key now in {report.key_origin}")
