@@ -1,19 +1,41 @@
-"""The encrypted file format, version 1 (specified in SECURITY.md).
+"""The encrypted file format, version 1: one SST file in one vault file.
 
-    file   = "SSTVAULT" version:u8 header_len:u32be header body
-    header = canonical JSON (sorted keys, no spaces): who wrote what, for which app/stage/kind
-    body   = zlib-compressed SST file, sealed under a key derived from the vault key and header
+This docstring is the specification (SECURITY.md repeats it); `examples/recover.py` decrypts a
+vault file from it with `cryptography` and `zlib` alone. Use `seal`/`open_` (or the `_bytes`
+variants); callers pass a `FileKey` and this module knows nothing of where keys come from.
+Parsing untrusted bytes (`read_header`) is separate from verifying and decrypting (`open_`).
 
-Cipher "chacha20-poly1305" (age backend) is age's own payload construction: a per-file key
-from HKDF-SHA-256 (salt: 32 fresh random bytes; info: a label and SHA-256 of the header), then
-STREAM with 64 KiB chunks and ChaCha20-Poly1305, nonce = 11-byte counter || last-chunk flag.
-Because the header is part of the key derivation, editing any header byte, or moving the file
-to another app, stage or kind (checked against the header), makes the file fail to open.
+    file   = "SSTVAULT" version:u8 (=1) header_len:u32be header body
+    header = header_len bytes of JSON (written with sorted keys, no spaces), an object with
+             v (=1), app, stage, kind, serial, key_id, writer, time, cipher ("chacha20-poly1305"
+             or "fernet"), compression ("zlib"), salt (64 hex digits, fresh for every write),
+             fingerprint, size (plaintext length). The header is in clear but authenticated:
+             H = SHA-256 of the header bytes exactly as stored is bound into the body.
+    body   = the SST file compressed as one zlib stream (RFC 1950), then sealed by `cipher`.
 
-Cipher "fernet" (fernet backend) is one Fernet token over SHA-256(header) || compressed data.
+Keys, from IKM = the vault's 32-byte data key (age backend, unwrapped from data-key.age) or
+the 32 bytes that the Fernet key base64url-decodes to (fernet backend), all with HKDF-SHA-256
+(RFC 5869), length 32:
+    key_id      = "svk1-" + hex(HKDF(IKM, salt=none, info="sst-vault/1 key id")[:16])
+    fingerprint = hex(HMAC-SHA-256(HKDF(IKM, salt=none, info="sst-vault/1 fingerprint"), plain))
+    file key    = HKDF(IKM, salt=bytes.fromhex(header.salt), info="sst-vault/1 payload" || H)
+("salt=none" is RFC 5869's default, HashLen zero bytes.)
 
-This module parses untrusted bytes (`read_header`), then verifies and decrypts (`open_`); it
-knows nothing of where keys come from: callers pass a `FileKey`.
+Cipher "chacha20-poly1305" (age backend): age's STREAM payload construction under the file key.
+The compressed bytes are cut into chunks of 64 KiB (the last one shorter, and empty only when
+it is the only chunk); chunk i is ChaCha20-Poly1305 with no associated data and nonce = i as
+an 11-byte big-endian counter || 0x01 for the last chunk, 0x00 otherwise; the body is the
+concatenated ciphertexts (each 16 bytes longer than its chunk). Because H is in the file key,
+editing any header byte makes the first chunk fail; a dropped, reordered or appended chunk
+fails on the counter or the last-chunk flag.
+
+Cipher "fernet" (fernet backend): the body is one Fernet token under the Fernet key itself,
+whose plaintext is H (32 bytes) || the compressed bytes.
+
+A reader checks, before trusting anything: the signature and version, that app, stage and kind
+match where the file was found (a file moved to another app, stage or kind must not open
+there), that key_id is the key it holds, the authentication of every chunk (or the token), H,
+and finally that size and fingerprint match the decompressed plaintext.
 """
 
 from __future__ import annotations
@@ -30,7 +52,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from vault.errors import NewerFormatError, NotAVaultFileError, TamperedError, WrongKeyError
+from vault.errors import (
+    NewerFormatError,
+    NotAVaultFileError,
+    RefusedError,
+    TamperedError,
+    WrongKeyError,
+)
 
 MAGIC = b"SSTVAULT"
 FORMAT_VERSION = 1
@@ -159,12 +187,14 @@ def seal(
     else:
         _seal_stream(plaintext(), out, _file_key(key, header, raw))
     if not hmac.compare_digest(check.hexdigest(), header.fingerprint):
-        raise ChangedWhileReading("the file changed while it was being read")
+        raise ChangedWhileReading(
+            "the file changed while it was being encrypted", "wait for SST to finish and retry"
+        )
     return header
 
 
-class ChangedWhileReading(Exception):
-    """Internal: the source changed between the two passes of `seal`."""
+class ChangedWhileReading(RefusedError):
+    """The source changed between the two passes of `seal` (SST wrote meanwhile)."""
 
 
 def _compressed(plain: Iterator[bytes]) -> Iterator[bytes]:
@@ -247,7 +277,7 @@ def read_header(handle: BinaryIO, path: Path | str) -> tuple[Header, bytes]:
         if header.v != version or not isinstance(header.serial, int):
             raise ValueError
         bytes.fromhex(header.salt)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise TamperedError(path, "malformed header", "restore it from git") from None
     return header, raw
 
@@ -351,12 +381,16 @@ def _open_fernet(
 
 
 def _decompressed(chunks: Iterator[bytes], path: Path | str) -> Iterator[bytes]:
+    # Bounded output per step: 64 KiB of zlib can expand to 64 MiB, which must not sit in memory.
     decomp = zlib.decompressobj()
     try:
         for chunk in chunks:
-            data = decomp.decompress(chunk)
-            if data:
-                yield data
+            data = chunk
+            while data:
+                out = decomp.decompress(data, _READ_SIZE)
+                if out:
+                    yield out
+                data = decomp.unconsumed_tail
         rest = decomp.flush()
     except zlib.error:
         raise TamperedError(path, "corrupt compressed data", "restore it from git") from None

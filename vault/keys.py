@@ -19,9 +19,10 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from vault.envelope import CIPHER_FERNET, CIPHER_STREAM, FileKey, _hkdf
 from vault.errors import (
@@ -82,7 +83,7 @@ def generate(backend: str = "age") -> Secret:
 
 def parse_secret(text: str, origin: str) -> Secret:
     text = text.strip()
-    if text.startswith(AGE_PQ_PREFIX):
+    if text.upper().startswith(AGE_PQ_PREFIX):
         raise KeyFormatError(
             f"{origin}: post-quantum age identities are not supported yet",
             "generate an X25519 identity with `sst-vault key generate` or `age-keygen`",
@@ -142,9 +143,24 @@ def keyring_username(vault_id: str) -> str:
     return f"vault:{vault_id}"
 
 
+_environment_key: str | None = None
+
+
+def take_environment_key() -> str | None:
+    """Read SST_VAULT_KEY and remove it from os.environ, so no child process inherits it.
+
+    The value is kept in this module so a second read in the same process still finds it.
+    """
+    global _environment_key
+    value = os.environ.pop(ENV_KEY, None)
+    if value is not None:
+        _environment_key = value
+    return _environment_key
+
+
 def find_source(vault_id: str | None, *, use_keyring: bool = True) -> KeySource:
     """The first available key source, or NoKeyError saying exactly what to set or install."""
-    value = os.environ.pop(ENV_KEY, None)  # children must never inherit it
+    value = take_environment_key()
     if value is not None:
         if value.strip():
             return KeySource(parse_secrets(value, f"${ENV_KEY}"), f"${ENV_KEY}")
@@ -158,6 +174,11 @@ def find_source(vault_id: str | None, *, use_keyring: bool = True) -> KeySource:
             raise NoKeyError(
                 f"${ENV_KEY_FILE}={key_file} cannot be read ({exc.strerror})",
                 "point it at the file holding the secret key",
+            ) from None
+        except UnicodeDecodeError:
+            raise KeyFormatError(
+                f"${ENV_KEY_FILE}={key_file} holds binary data, not a secret key",
+                "point it at the file holding the secret key (text, one key per line)",
             ) from None
         return KeySource(parse_secrets(text, str(path)), str(path))
     if use_keyring and vault_id:
@@ -186,42 +207,69 @@ def _keyring():  # -> the keyring module, or NoKeyError when no backend can be u
         from keyring.backends import fail
     except ImportError:  # pragma: no cover - keyring is a dependency
         raise NoKeyError("the keyring package is not installed", _NO_KEYRING_HINT) from None
-    backend = keyring.get_keyring()
+    try:
+        backend = keyring.get_keyring()
+    except (RuntimeError, ImportError, AttributeError, ValueError) as exc:
+        # A backend named by PYTHON_KEYRING_BACKEND or keyringrc.cfg that cannot run here (the
+        # Secret Service without a D-Bus session) raises RuntimeError; a misspelled one, the rest.
+        raise NoKeyError(
+            f"the configured keyring backend cannot be used ({_one_line(exc)})", _NO_KEYRING_HINT
+        ) from None
     if isinstance(backend, fail.Keyring):
         raise NoKeyError("no OS keyring backend is available", _NO_KEYRING_HINT)
     return keyring
 
 
-def keyring_get(vault_id: str) -> str | None:
-    keyring = _keyring()
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+T = TypeVar("T")
+
+
+def _keyring_call(action: str, call: Callable[[], T]) -> T:
+    """Run one keyring operation; any failure of the OS keyring becomes a one-line NoKeyError."""
     from keyring.errors import KeyringError
 
     try:
-        return keyring.get_password(KEYRING_SERVICE, keyring_username(vault_id))
+        return call()
     except KeyringError as exc:
-        raise NoKeyError(f"the OS keyring cannot be read ({exc})", _NO_KEYRING_HINT) from None
+        reason = _one_line(exc)
+    except Exception as exc:
+        # Backends let their transport's errors through (jeepney's D-Bus errors, secretstorage's
+        # "service not available" when the daemon went away between two calls).
+        reason = f"{type(exc).__name__}: {_one_line(exc)}"
+    raise NoKeyError(f"the OS keyring cannot be {action} ({reason})", _NO_KEYRING_HINT)
+
+
+def keyring_get(vault_id: str) -> str | None:
+    keyring = _keyring()
+    return _keyring_call(
+        "read", lambda: keyring.get_password(KEYRING_SERVICE, keyring_username(vault_id))
+    )
 
 
 def keyring_set(vault_id: str, secrets: Iterable[Secret]) -> None:
     keyring = _keyring()
-    from keyring.errors import KeyringError
-
     text = "\n".join(s.text for s in secrets)
-    try:
-        keyring.set_password(KEYRING_SERVICE, keyring_username(vault_id), text)
-    except KeyringError as exc:
-        raise NoKeyError(f"the OS keyring cannot be written ({exc})", _NO_KEYRING_HINT) from None
+    _keyring_call(
+        "written", lambda: keyring.set_password(KEYRING_SERVICE, keyring_username(vault_id), text)
+    )
 
 
 def keyring_delete(vault_id: str) -> bool:
+    """Forget this vault's key; False when there was no entry to forget."""
     keyring = _keyring()
     from keyring.errors import PasswordDeleteError
 
-    try:
-        keyring.delete_password(KEYRING_SERVICE, keyring_username(vault_id))
-    except PasswordDeleteError:
-        return False
-    return True
+    def delete() -> bool:
+        try:
+            keyring.delete_password(KEYRING_SERVICE, keyring_username(vault_id))
+        except PasswordDeleteError:
+            return False
+        return True
+
+    return _keyring_call("written", delete)
 
 
 # --- data keys and key ids ----------------------------------------------------------------
@@ -263,7 +311,8 @@ def unwrap_data_key(wrapped: bytes, secrets: Iterable[Secret], path: Path) -> by
                 "this key is not a recipient of the vault",
                 "use a key that was added with `sst-vault recipients add`",
             ) from None
-        raise TamperedError(path, f"age: {exc}", "restore it from git") from None
+        reason = " ".join(str(exc).split())  # one line, whatever the age library says
+        raise TamperedError(path, f"age: {reason}", "restore it from git") from None
     if len(data_key) != DATA_KEY_SIZE:
         raise TamperedError(path, "the data key has the wrong size", "restore it from git")
     return data_key
