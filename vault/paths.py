@@ -68,9 +68,15 @@ def default_sst_home(platform: str | None = None, environ: dict[str, str] | None
         if not home:
             raise ConfigError("$HOME is not set", "pass --sst-home DIR")
         return Path(home) / "Library" / "Application Support" / "sst"
-    # Go: $XDG_CONFIG_HOME if it is an absolute path, else $HOME/.config.
+    # Go: $XDG_CONFIG_HOME if set, else $HOME/.config. A relative $XDG_CONFIG_HOME is an
+    # error there (and SST panics), so guessing ~/.config would sync a folder SST never reads.
     xdg = env.get("XDG_CONFIG_HOME", "")
-    if xdg and os.path.isabs(xdg):
+    if xdg:
+        if not os.path.isabs(xdg):
+            raise ConfigError(
+                f"$XDG_CONFIG_HOME ({xdg}) is a relative path, which SST refuses too",
+                "make it absolute, or pass --sst-home DIR",
+            )
         return Path(xdg) / "sst"
     if not home:
         raise ConfigError("neither $XDG_CONFIG_HOME nor $HOME is set", "pass --sst-home DIR")
@@ -161,15 +167,19 @@ def _is_stage(name: str) -> bool:
 def check_state_dir(state_dir: str) -> str:
     """A relative, normalised POSIX path inside the project; anything else is refused."""
     if not state_dir or "\\" in state_dir or "\0" in state_dir:
-        raise ConfigError(f"state_dir {state_dir!r} is not a relative path inside the project")
+        raise ConfigError(
+            f"state_dir {state_dir!r} is not a relative POSIX path inside the project",
+            "use a relative path such as infra/state",
+        )
     pure = PurePosixPath(state_dir)
     if pure.is_absolute() or any(part in ("..", ".") for part in pure.parts) or not pure.parts:
         raise ConfigError(
             f"state_dir {state_dir!r} points outside the project",
             "use a relative path such as infra/state",
         )
-    if pure.parts[0] == ".git":
-        raise ConfigError(f"state_dir {state_dir!r} is inside .git", "use infra/state")
+    if any(part.lower() == ".git" for part in pure.parts):
+        # git silently skips any path with a .git component: the vault would never be committed.
+        raise ConfigError(f"state_dir {state_dir!r} is inside a .git folder", "use infra/state")
     return str(pure)
 
 

@@ -22,7 +22,8 @@ from typing import BinaryIO
 from vault.errors import BusyError, UnsafePathError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: opening a planted FIFO for reading would otherwise wait forever for a writer.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 TEMP_PREFIX = ".sst-vault-tmp-"
 
 
@@ -86,6 +87,7 @@ def open_read(root: Path, parts: tuple[str, ...]) -> BinaryIO | None:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise _unsafe(root.joinpath(*parts), "is not a regular file")
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
 
@@ -222,10 +224,25 @@ def write_atomic(root: Path, parts: tuple[str, ...], data: bytes, mode: int = 0o
 
 
 @contextlib.contextmanager
-def exclusive(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold an flock on `lock_file` so two sst-vault processes never interleave on `what`."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def exclusive(lock_file: Path, what: str, root: Path | None = None) -> Iterator[None]:
+    """Hold an flock on `lock_file` so two sst-vault processes never interleave on `what`.
+
+    With `root`, the folders from `root` down to the lock file are walked without following
+    symlinks (the SST home is not ours: a planted link must not make us create files elsewhere).
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    if root is None:
+        lock_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock_file, flags, 0o600)
+    else:
+        parts = lock_file.relative_to(root).parts
+        with open_dir(root, parts[:-1], create=True) as dfd:
+            try:
+                fd = os.open(parts[-1], flags, 0o600, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _unsafe(lock_file, "is a symlink") from None
+                raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

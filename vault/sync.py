@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from vault import envelope, safefs
 from vault.envelope import FileKey, Header
@@ -31,6 +31,9 @@ from vault.errors import (
 )
 from vault.paths import FALLBACK_STAGE, KINDS, check_stage
 from vault.project import Project
+
+if TYPE_CHECKING:
+    from vault.gitstore import GitStore
 
 RECORDS_VERSION = 1
 
@@ -106,7 +109,9 @@ def writer_name() -> str:
 @contextlib.contextmanager
 def home_lock(project: Project) -> Iterator[None]:
     project.home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with safefs.exclusive(project.home.bookkeeping / "lock", f"the SST home {project.home.root}"):
+    with safefs.exclusive(
+        project.home.bookkeeping / "lock", f"the SST home {project.home.root}", project.home.root
+    ):
         yield
 
 
@@ -183,7 +188,7 @@ def _home_changed(home: _HomeFile, record: SyncRecord | None, project: Project) 
         return False
     if record is None:
         return True
-    key = project.keys.for_id(record.key_id)
+    key = project.keys.for_id(record.key_id) or project.past_file_key(record.key_id)
     return key is None or home.fingerprint(key) != record.fingerprint
 
 
@@ -309,6 +314,12 @@ def prepare(
             for stage, kind, header, handle, key in plan:
                 home = _HomeFile(project, stage, kind)
                 if home.fingerprint(key) == header.fingerprint:
+                    # The header is not authenticated until the body is: a tampered file
+                    # whose header still matches the home must fail, not pass as unchanged.
+                    envelope.open_(
+                        handle, _Discard(), key, project.repo.vault_file(kind, stage),
+                        app=project.app, stage=stage, kind=kind,
+                    )
                     records.set(stage, kind, header, "prepare")
                     report.actions.append(FileAction(stage, kind, "unchanged", header.serial))
                     continue
@@ -387,11 +398,30 @@ class CommitReport:
         return [a for a in self.actions if a.action == "written"]
 
 
-def own_files(project: Project) -> list[Path]:
-    """sst-vault's own files that commit may stage besides vault files."""
-    files = [project.repo.config_file, project.root / ".gitattributes", project.root / ".gitignore"]
+def own_files(project: Project, store: GitStore | None = None) -> list[Path]:
+    """sst-vault's own files that commit may stage besides vault files.
+
+    `.gitattributes` and `.gitignore` are shared with the user: they are taken only while the
+    work tree has the entries `init` wrote and HEAD does not yet (the vault's first commit), so
+    the user's own uncommitted lines there are never swept into later state commits.
+    """
+    from vault.gitstore import GitStore
+    from vault.init import gitattributes_block, gitignore_block
+
+    files = [project.repo.config_file]
     if project.config.backend == "age":
         files.append(project.repo.data_key_file)
+    state_dir = project.config.state_dir
+    for name, block in (
+        (".gitattributes", gitattributes_block(state_dir)),
+        (".gitignore", gitignore_block(state_dir)),
+    ):
+        path = project.root / name
+        if not path.is_file() or block.encode() not in path.read_bytes():
+            continue
+        store = store or GitStore(project.root)
+        if block.encode() not in (store.show("HEAD", path) or b""):
+            files.append(path)
     return [f for f in files if f.is_file()]
 
 
@@ -429,7 +459,7 @@ def commit(
             project.repo.vault_file(a.kind, a.stage) for a in report.actions if a.action != "absent"
         ]
         report.commit = store.commit_paths(
-            paths + own_files(project), _message(project, report, message)
+            paths + own_files(project, store), _message(project, report, message)
         )
         if push:
             store.push(project.config.remote)
