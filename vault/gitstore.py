@@ -3,17 +3,24 @@
 This is the one seam for the storage location (DESIGN.md: a later mode keeps vault files on a
 dedicated state branch). Everything here runs real git through GitPython; it stages exactly
 the paths it is given and never runs `git add .`. The secret key never reaches git: it was
-removed from this process's environment when it was read (`vault.keys.find_source`).
+removed from this process's environment when it was read (`vault.keys.find_source`), and
+`GitStore.git` strips it from git's environment as well.
+
+Pushing never forces and never resets: when the remote branch moved, its commits are fetched
+and ours rebased onto them, unless the remote changed a file ours change too (two deploys of
+one stage diverged): then the local commit is kept as it is and the push is refused.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vault.errors import ConfigError, GitError
+from vault.errors import ConfigError, GitError, RefusedError
 
 if TYPE_CHECKING:
     import git
@@ -21,6 +28,55 @@ if TYPE_CHECKING:
 # Commits made by sst-vault when the user has no git identity (a bare CI runner).
 FALLBACK_NAME = "sst-vault"
 FALLBACK_EMAIL = "sst-vault@localhost"
+# Never handed to git (vault.keys.ENV_KEY; not imported, to keep this module light).
+ENV_KEY = "SST_VAULT_KEY"
+# Rebase-and-retry rounds when the remote branch keeps moving during a push.
+PUSH_RETRIES = 5
+REACH_HINT = "check the network and your git credentials for that remote, then retry"
+
+
+class DivergedError(RefusedError):
+    """The remote changed the same state this clone committed: never rebased, never forced."""
+
+
+@dataclass
+class GitResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def reason(self) -> str:
+        """The line of git's stderr that says why (fatal:/error: first), for one-line errors."""
+        lines = [ln.strip() for ln in self.err.splitlines() if ln.strip()]
+        for line in lines:
+            if line.startswith(("fatal:", "error:")):
+                return line.split(":", 1)[1].strip()
+        return lines[-1] if lines else f"exit status {self.code}"
+
+
+@dataclass
+class PushResult:
+    branch: str
+    remote: str
+    head: str = ""
+    rebased: int = 0
+
+
+def porcelain_status(out: str, ref: str) -> str | None:
+    """The flag `git push --porcelain` printed for `ref` (" ", "*", "=", "!", "+", "-")."""
+    for line in out.splitlines():
+        flag, _, rest = line.partition("\t")
+        if len(flag) == 1 and rest.split("\t", 1)[0].endswith(f":{ref}"):
+            return flag
+    return None
+
+
+def porcelain_reason(out: str) -> str:
+    for line in out.splitlines():
+        if line.startswith("!\t"):
+            return line.split("\t")[-1].strip()
+    return "rejected"
 
 
 class GitStore:
@@ -74,13 +130,19 @@ class GitStore:
 
     def _has_identity(self) -> bool:
         if getattr(self, "_identity", None) is None:
-            reader = self.repo.config_reader()
-            name = reader.get_value("user", "name", default="") or os.environ.get("GIT_AUTHOR_NAME")
-            email = reader.get_value("user", "email", default="") or os.environ.get(
-                "GIT_AUTHOR_EMAIL"
-            )
+            # Ask git itself: GitPython's config reader misses GIT_CONFIG_GLOBAL and includeIf.
+            name = self._config("user.name") or os.environ.get("GIT_AUTHOR_NAME")
+            email = self._config("user.email") or os.environ.get("GIT_AUTHOR_EMAIL")
             self._identity = bool(name and email)
         return bool(self._identity)
+
+    def _config(self, key: str) -> str:
+        import git
+
+        try:
+            return str(self.repo.git.config("--get", key)).strip()
+        except git.GitCommandError:
+            return ""
 
     def commit_paths(self, paths: Iterable[Path], message: str) -> str | None:
         """Stage and commit exactly `paths` (other staged work stays staged, uncommitted).
@@ -115,12 +177,180 @@ class GitStore:
                 "HEAD is detached", "check out a branch before committing state"
             ) from None
 
-    def push(self, remote: str = "origin") -> None:
-        """Push the current branch; a rejected push is reported, never forced."""
+    def push(
+        self, remote: str = "origin", protect: Iterable[str] = (), retries: int = PUSH_RETRIES
+    ) -> PushResult:
+        """Push the current branch; when the remote moved, rebase and retry, never force.
+
+        `protect` lists repo-relative paths (a stage's vault files) whose change on the remote
+        means two writers diverged: then nothing is rebased and `DivergedError` keeps the local
+        commit. Files the local commits change are always protected as well.
+        """
         branch = self.current_branch()
-        if remote not in [r.name for r in self.repo.remotes]:
-            raise GitError(f"no remote named {remote!r}", "add one with `git remote add`")
-        self._run("push", "--porcelain", remote, f"HEAD:refs/heads/{branch}")
+        self.require_remote(remote)
+        result = PushResult(branch=branch, remote=remote)
+        for attempt in range(retries + 1):
+            outcome = self._push_branch(remote, branch)
+            if outcome == "ok":
+                result.head = self.head()
+                return result
+            if attempt == retries:
+                break
+            # The remote moved under us: bring its commits in, then try again.
+            remote_sha = self.fetch_branch(remote, branch)
+            if remote_sha is None:
+                continue
+            action = self.integrate(remote_sha, protect, remote=remote, branch=branch)
+            if action == "rebased":
+                result.rebased += 1
+        raise GitError(
+            f"git push to {remote} kept being rejected after {retries} rebases "
+            f"(others keep pushing to {branch})",
+            f"the state is committed locally as {self.head()[:12]}: retry "
+            f"`git pull --rebase && git push {remote} {branch}`",
+        )
+
+    # --- remote plumbing for push, pull and the deploy lock ---------------------------------
+
+    def git(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> GitResult:
+        """Run git in the work tree without the secret key in its environment."""
+        full_env = {k: v for k, v in os.environ.items() if k != ENV_KEY}
+        full_env.update(self._env())
+        full_env.update(env or {})
+        env = full_env
+        # A CI job must fail, not hang, when a remote asks for credentials.
+        env.setdefault("GIT_TERMINAL_PROMPT", "0")
+        proc = subprocess.run(
+            ["git", *args], cwd=self.top, env=env, input=input, capture_output=True, text=True
+        )
+        result = GitResult(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise GitError(f"git {args[0]} failed: {result.reason}")
+        return result
+
+    def has_remote(self, name: str) -> bool:
+        return self.git("remote", check=False).out.split().count(name) > 0
+
+    def require_remote(self, name: str) -> None:
+        if not self.has_remote(name):
+            raise GitError(
+                f"no remote named {name!r}",
+                "add one with `git remote add`, or set `remote` in sst-vault.toml",
+            )
+
+    def unpushed(self, remote: str, branch: str) -> int:
+        """Commits on HEAD that the last fetch did not see on <remote>/<branch>."""
+        tracking = f"refs/remotes/{remote}/{branch}"
+        if self.git("rev-parse", "--verify", "-q", tracking, check=False).code != 0:
+            return 1  # the branch was never fetched or pushed: push it
+        return int(self.git("rev-list", "--count", f"{tracking}..HEAD").out.strip() or 0)
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD").out.strip()
+
+    def ls_remote(self, remote: str, ref: str) -> str | None:
+        """The remote's current value of `ref`, or None when it does not exist there."""
+        result = self.git("ls-remote", "--refs", remote, ref, check=False)
+        if result.code != 0:
+            raise GitError(f"cannot reach remote {remote!r}: {result.reason}", REACH_HINT)
+        for line in result.out.splitlines():
+            sha, _, name = line.partition("\t")
+            if name == ref:
+                return sha
+        return None
+
+    def fetch_branch(self, remote: str, branch: str) -> str | None:
+        """Fetch `branch` into refs/remotes/<remote>/<branch>; None when the remote lacks it."""
+        tracking = f"refs/remotes/{remote}/{branch}"
+        refspec = f"+refs/heads/{branch}:{tracking}"
+        result = self.git("fetch", "--quiet", "--no-tags", remote, refspec, check=False)
+        if result.code != 0:
+            if "couldn't find remote ref" in result.err:
+                return None
+            raise GitError(f"git fetch from {remote} failed: {result.reason}", REACH_HINT)
+        return self.git("rev-parse", "--verify", "-q", tracking).out.strip()
+
+    def pull(self, remote: str, protect: Iterable[str] = ()) -> str:
+        """Fetch the current branch and fast-forward (or rebase, see `integrate`) onto it."""
+        branch = self.current_branch()
+        remote_sha = self.fetch_branch(remote, branch)
+        if remote_sha is None:
+            return "no remote branch"
+        return self.integrate(remote_sha, protect, remote=remote, branch=branch)
+
+    def integrate(
+        self, remote_sha: str, protect: Iterable[str], *, remote: str, branch: str
+    ) -> str:
+        """Bring `remote_sha` into the current branch without losing a local commit.
+
+        Returns "up to date", "fast-forward" or "rebased"; raises DivergedError when the
+        remote changed a protected path (or one the local commits changed) and leaves
+        everything as it was.
+        """
+        head = self.head()
+        if self.git("merge-base", "--is-ancestor", remote_sha, head, check=False).code == 0:
+            return "up to date"
+        if self.git("merge-base", "--is-ancestor", head, remote_sha, check=False).code == 0:
+            self.git("merge", "--ff-only", "--quiet", remote_sha)
+            return "fast-forward"
+        base = self.git("merge-base", head, remote_sha, check=False).out.strip()
+        if not base:
+            raise DivergedError(
+                f"{remote}/{branch} shares no history with the local {branch}",
+                "check that `remote` in sst-vault.toml names the right repository",
+            )
+        local = set(self._changed(base, head))
+        theirs = set(self._changed(base, remote_sha))
+        clash = sorted(theirs & (local | set(protect)))
+        if clash:
+            who = self.git(
+                "log", "-1", "--format=%h by %an (%s)", f"{base}..{remote_sha}", "--", *clash
+            ).out.strip()
+            raise DivergedError(
+                f"{remote}/{branch} changed {clash[0]} too (commit {who}): two writers diverged, "
+                f"so nothing was rebased or pushed",
+                f"your commit {head[:12]} is kept on the local {branch}; compare both states "
+                f"(`sst-vault status`), keep one with `git rebase {remote}/{branch}`, "
+                "then refresh with `sst refresh`",
+            )
+        result = self.git("rebase", "--autostash", "--quiet", remote_sha, check=False)
+        if result.code != 0:
+            self.git("rebase", "--abort", check=False)
+            raise DivergedError(
+                f"rebasing {branch} onto {remote}/{branch} failed: {result.reason}",
+                f"your commit {head[:12]} is kept; rebase by hand, then push",
+            )
+        return "rebased"
+
+    def _changed(self, old: str, new: str) -> list[str]:
+        out = self.git("diff", "--name-only", "-z", "--no-renames", old, new).out
+        return [p for p in out.split("\0") if p]
+
+    def _push_branch(self, remote: str, branch: str) -> str:
+        """Return "ok", or "moved" when the remote branch moved on; else raise GitError."""
+        result = self.git("push", "--porcelain", remote, f"HEAD:refs/heads/{branch}", check=False)
+        status = porcelain_status(result.out, f"refs/heads/{branch}")
+        if result.code == 0 and status in (" ", "*", "=", "+"):
+            return "ok"
+        if status == "!" and ("fetch first" in result.out or "non-fast-forward" in result.out):
+            return "moved"
+        if status == "!":
+            raise GitError(
+                f"{remote} refused the push to {branch}: {porcelain_reason(result.out)}",
+                f"the state is committed locally as {self.head()[:12]}; check the branch's "
+                "protection rules or hooks, then `git push`",
+            )
+        raise GitError(
+            f"git push to {remote} failed: {result.reason}",
+            f"the state is committed locally as {self.head()[:12]} on {branch} in {self.top}; "
+            f"push it with `git push {remote} {branch}` once {remote} is reachable",
+        )
 
     def show(self, rev: str, path: Path) -> bytes | None:
         """The bytes of `path` at `rev`, or None when it did not exist there."""

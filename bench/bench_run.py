@@ -1,0 +1,185 @@
+"""`sst-vault run` against a loopback git remote: where one run's time goes, and contention.
+
+    python bench/bench_run.py                 # 5 single runs, 4 runners x 3 runs
+    python bench/bench_run.py --runners 6 --rounds 2 --repeat 9
+
+Part 1 runs `sst-vault run --stage prod -- python -c pass` (a no-op deploy that leaves the
+state unchanged) and `... -- python bump.py` (a deploy that changes it, so commit and push do
+real work) against `git daemon` on 127.0.0.1, with SST_VAULT_TIMINGS=1, and prints the median
+of each phase: setup (key, repo), lock, pull, prepare, command, commit, push, unlock.
+Part 2 starts N clones ("runners") at once, each doing R runs of the bumping command under
+`--lock-timeout`, and reports wall time, runs per second and the lock's overhead against the
+same number of runs done one after another; the counter in the state must equal N x R.
+Not part of the test suite: timings are never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, make_team  # noqa: E402
+
+PY = sys.executable
+PHASES = ("setup", "lock", "pull", "prepare", "command", "commit", "push", "unlock")
+
+
+def vault(project, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PY, "-m", "vault", "--sst-home", str(project.home), *args],
+        cwd=project.root,
+        env=env or project.env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def timed_run(project, command: list[str]) -> tuple[float, dict[str, float]]:
+    env = dict(project.env, SST_VAULT_TIMINGS="1")
+    start = time.perf_counter()
+    result = vault(project, "run", "--stage", STAGE, "--", *command, env=env)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"run failed: {result.stderr}")
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("sst-vault timings:"))
+    phases = {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", line)}
+    return wall, phases
+
+
+def part1(team: Team, script: Path, repeat: int) -> None:
+    runner = team.clone("single")
+    baseline = statistics.median(_time([PY, "-c", "pass"]) for _ in range(repeat))
+    ls_remote = statistics.median(
+        _time(["git", "-C", str(runner.root), "ls-remote", "origin", "HEAD"]) for _ in range(repeat)
+    )
+    print(
+        f"\nreference: python -c pass {baseline * 1000:.0f} ms; "
+        f"git ls-remote over git:// {ls_remote * 1000:.0f} ms"
+    )
+    for label, command in (("no-op", [PY, "-c", "pass"]), ("bump", bump_cmd(runner, script))):
+        timed_run(runner, command)  # warm-up, unmeasured
+        samples = [timed_run(runner, command) for _ in range(repeat)]
+        walls = [w for w, _ in samples]
+        print(f"\n`sst-vault run` around a {label} command, median of {repeat} (ms)")
+        print("  " + " ".join(f"{p:>8}" for p in (*PHASES, "in-proc", "wall")))
+        cells = [statistics.median(s[1].get(p, 0.0) for s in samples) for p in PHASES]
+        inproc = statistics.median(s[1].get("total", 0.0) for s in samples)
+        row = [*cells, inproc, statistics.median(walls)]
+        print("  " + " ".join(f"{v * 1000:8.0f}" for v in row))
+        overhead = statistics.median(walls) - statistics.median(s[1]["command"] for s in samples)
+        print(
+            f"  sst-vault's own share: {overhead * 1000:.0f} ms "
+            f"= {overhead / baseline:.0f} x `python -c pass`"
+        )
+
+
+def _time(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def part2(team: Team, script: Path, runners: int, rounds: int) -> None:
+    clones = [team.clone(f"runner{i}") for i in range(runners)]
+    start_counter = _remote_counter(team, "before")
+    # Serial reference: the same number of runs, one after another, on one clone.
+    start = time.perf_counter()
+    for _ in range(runners * rounds):
+        timed_run(clones[0], bump_cmd(clones[0], script))
+    serial = time.perf_counter() - start
+
+    start = time.perf_counter()
+    procs = []
+    for clone in clones:
+        one = [
+            PY,
+            "-m",
+            "vault",
+            "--sst-home",
+            str(clone.home),
+            "run",
+            "--stage",
+            STAGE,
+            "--lock-timeout",
+            "600",
+            "--",
+            *bump_cmd(clone, script),
+        ]
+        line = " && ".join([" ".join(map(repr, one))] * rounds)
+        procs.append(
+            subprocess.Popen(
+                ["sh", "-c", line],
+                cwd=clone.root,
+                env=clone.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"a runner failed:\n{out}")
+    contended = time.perf_counter() - start
+    total = runners * rounds
+    end_counter = _remote_counter(team, "after")
+    merges = team.remote_git("rev-list", "--merges", "main").strip()
+    print(f"\n{runners} runners x {rounds} runs contending for {STAGE} (git daemon on loopback)")
+    print(f"  {'runs':>6} {'serial s':>9} {'contended s':>12} {'runs/s':>7} {'vs serial':>10}")
+    print(
+        f"  {total:>6} {serial:9.2f} {contended:12.2f} {total / contended:7.2f} "
+        f"{contended / serial:9.2f}x"
+    )
+    ok = end_counter - start_counter == 2 * total and not merges and not team.lock_refs()
+    print(
+        f"  counter +{end_counter - start_counter} (expected +{2 * total}), linear history "
+        f"{'yes' if not merges else 'NO'}, lock refs left {len(team.lock_refs())}: "
+        f"{'ok' if ok else 'FAILED'}"
+    )
+
+
+def _remote_counter(team: Team, name: str) -> int:
+    fresh = team.clone(f"check-{name}")
+    if vault(fresh, "prepare", STAGE).returncode != 0:
+        raise SystemExit("prepare failed")
+    return counter_of(fresh)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--runners", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    from conftest import base_env
+
+    (tmp / "remotes").mkdir()
+    daemon = Daemon(tmp / "remotes", base_env(tmp)).start()
+    try:
+        team = make_team(tmp, daemon, seeded=True)
+        script = tmp / "bump.py"
+        script.write_text(BUMP)
+        print(
+            f"git {subprocess.run(['git', '--version'], capture_output=True, text=True).stdout}"
+            f"python {sys.version.split()[0]}, remote git://127.0.0.1:{daemon.port}"
+        )
+        part1(team, script, args.repeat)
+        part2(team, script, args.runners, args.rounds)
+    finally:
+        daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""`lock acquire|release|status|break`: the cross-machine deploy lock of a stage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import click
+
+from vault.cli.context import Context, pass_context
+
+stage_option = click.option("--stage", required=True, help="The SST stage the lock guards.")
+
+
+@click.group("lock")
+def lock_group() -> None:
+    """The deploy lock: a ref on the git remote that one runner at a time holds.
+
+    `sst-vault run` takes and releases it for you; use these to inspect it, to hold it over
+    several CI steps, or to remove one left behind by a killed job.
+    """
+
+
+def _open(ctx: Context, stage: str):  # -> vault.lock.DeployLock
+    from vault.lock import DeployLock
+
+    lock = DeployLock(ctx.project(), stage)
+    if lock.local_only:
+        ctx.info(f"Warning: {lock.local_warning()}")
+    return lock
+
+
+@lock_group.command("acquire")
+@stage_option
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    envvar="SST_VAULT_LOCK_TIMEOUT",
+    show_envvar=True,
+    help="Seconds to wait for a held lock (0: fail at once, naming the holder).",
+)
+@click.option(
+    "--lock-ttl",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Seconds after which others may take over a lock left behind (default 6 hours).",
+)
+@pass_context
+def acquire_cmd(ctx: Context, stage: str, lock_timeout: float, lock_ttl: int | None) -> None:
+    """Take the deploy lock of STAGE for this clone, until `lock release`.
+
+    \b
+    Example:
+      sst-vault lock acquire --stage prod --lock-timeout 600
+      ... several deploy steps, each with `sst-vault run --no-lock` ...
+      sst-vault lock release --stage prod
+    """
+    from vault.lock import DEFAULT_TTL
+
+    lock = _open(ctx, stage)
+    mine = lock.held_here()
+    if mine and lock.current_sha() == mine:
+        ctx.info(f"This clone already holds the deploy lock of {lock.name}")
+        return
+    info = lock.acquire(
+        timeout=lock_timeout,
+        ttl=DEFAULT_TTL if lock_ttl is None else lock_ttl,
+        command="sst-vault lock acquire",
+        on_wait=lambda h: ctx.info(f"Waiting for the deploy lock: {h.describe()}"),
+        on_takeover=lambda h: ctx.info(f"Took over the expired lock of {h.describe()}"),
+    )
+    ctx.info(f"Acquired the deploy lock of {lock.name} ({info.sha[:12]})")
+
+
+@lock_group.command("release")
+@stage_option
+@pass_context
+def release_cmd(ctx: Context, stage: str) -> None:
+    """Release the deploy lock of STAGE that this clone holds (anyone else's is refused)."""
+    lock = _open(ctx, stage)
+    if lock.release():
+        ctx.info(f"Released the deploy lock of {lock.name}")
+    else:
+        ctx.info(f"The deploy lock of {lock.name} was already gone (broken by someone)")
+
+
+@lock_group.command("status")
+@stage_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def status_cmd(ctx: Context, stage: str, as_json: bool) -> None:
+    """Show who holds the deploy lock of STAGE, since when, running what."""
+    lock = _open(ctx, stage)
+    holder = lock.status()
+    if as_json:
+        data: dict[str, object] = {"stage": stage, "ref": lock.ref, "held": holder is not None}
+        if holder:
+            data.update(
+                asdict(holder),
+                age_seconds=int(holder.age()),
+                expired=holder.expired(),
+                held_here=lock.held_here() == holder.sha,
+            )
+        json.dump(data, sys.stdout, indent=1)
+        click.echo()
+        return
+    if holder is None:
+        click.echo(f"{lock.name}: not locked")
+        return
+    here = " (this clone)" if lock.held_here() == holder.sha else ""
+    click.echo(f"{lock.name}: locked by {holder.describe()}{here}")
+
+
+@lock_group.command("break")
+@stage_option
+@pass_context
+def break_cmd(ctx: Context, stage: str) -> None:
+    """Remove the deploy lock of STAGE whoever holds it (for a job that was killed).
+
+    Make sure its holder is gone first: two deploys at once can corrupt the state.
+    """
+    lock = _open(ctx, stage)
+    holder = lock.break_()
+    if holder is None:
+        ctx.info(f"{lock.name} was not locked")
+    else:
+        ctx.info(f"Broke the deploy lock of {lock.name}, held by {holder.describe()}")

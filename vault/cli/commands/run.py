@@ -1,0 +1,74 @@
+"""`run`: lock, pull, prepare, run the deploy command, commit, push, unlock (the CI step)."""
+
+from __future__ import annotations
+
+import click
+
+from vault.cli.context import Context, pass_context
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--stage", required=True, help="The SST stage the command deploys.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    envvar="SST_VAULT_LOCK_TIMEOUT",
+    show_envvar=True,
+    help="Seconds to wait for a held deploy lock (0: fail at once, naming the holder).",
+)
+@click.option(
+    "--lock-ttl",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Seconds after which others may take over this lock if it is left behind "
+    "(default 6 hours; 0: never).",
+)
+@click.option("--no-push", is_flag=True, help="Commit the state but do not push it.")
+@click.option("--no-lock", is_flag=True, help="Do not take the deploy lock (you guard it).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_context
+@click.pass_context
+def run_cmd(
+    click_ctx: click.Context,
+    ctx: Context,
+    stage: str,
+    lock_timeout: float,
+    lock_ttl: int | None,
+    no_push: bool,
+    no_lock: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND for STAGE with its state in place, then commit and push the new state.
+
+    In order: take the deploy lock, pull, decrypt the stage's state into the SST home, run
+    COMMAND (without SST_VAULT_KEY in its environment), commit whatever state it left (also
+    when it failed), push (rebasing over unrelated commits), release the lock. SIGINT and
+    SIGTERM go to COMMAND first; the commit and release still run. Exits with COMMAND's code.
+
+    \b
+    Example (one CI step):
+      sst-vault run --stage prod --lock-timeout 600 -- npx sst deploy --stage prod
+    """
+    from vault import runner
+    from vault.lock import DEFAULT_TTL
+
+    project = ctx.project()
+    result = runner.run(
+        project,
+        stage,
+        command,
+        lock_timeout=lock_timeout,
+        lock_ttl=DEFAULT_TTL if lock_ttl is None else lock_ttl,
+        push=not no_push,
+        use_lock=not no_lock,
+        info=ctx.info,
+    )
+    if result.commit:
+        ctx.info(
+            f"sst-vault: committed {result.commit[:12]}" + (" and pushed" if result.pushed else "")
+        )
+    elif result.pushed:
+        ctx.info("sst-vault: state unchanged; pushed earlier local commits")
+    click_ctx.exit(result.code)

@@ -1,0 +1,347 @@
+"""`run`: the one CI step. Lock, pull, prepare, run the command, commit, push, unlock.
+
+The recipe this replaces loses the state of a deploy that fails half way, because its commit
+step never runs. Here the commit runs on every path on which the command ran (also when it
+failed or was interrupted), and the deploy lock is released on every path. Signals reach the
+command first; this process only finishes its own work (commit, push, release) afterwards.
+
+The secret key is read before anything is spawned (`Project.keys` removes SST_VAULT_KEY from
+this process's environment) and the command's environment is built without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from vault import sync
+from vault.errors import UsageError, VaultError
+from vault.gitstore import DivergedError, GitStore, porcelain_status
+from vault.keys import ENV_KEY
+from vault.lock import DEFAULT_TTL, DeployLock, LockBrokenError, LockInfo
+from vault.paths import KINDS, check_stage
+from vault.project import Project
+
+ENV_TIMINGS = "SST_VAULT_TIMINGS"  # "1": print how long each phase took, on stderr
+
+
+class _Interrupted(BaseException):
+    """SIGINT/SIGTERM before the command started: stop, release, exit 128+signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class Timings:
+    enabled: bool = False
+    start: float = field(default_factory=time.perf_counter)
+    last: float = 0.0
+    phases: list[tuple[str, float]] = field(default_factory=list)
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((phase, now - (self.last or self.start)))
+        self.last = now
+
+    def report(self) -> str:
+        parts = [f"{name}={seconds:.3f}" for name, seconds in self.phases]
+        return "sst-vault timings: " + " ".join(parts) + f" total={self.last - self.start:.3f}"
+
+
+class _Signals:
+    """Forward SIGINT/SIGTERM to the command while it runs; stop cleanly before it starts."""
+
+    def __init__(self, info: Callable[[str], None]) -> None:
+        self.info = info
+        self.child: subprocess.Popen[bytes] | None = None
+        self.own_group = False
+        self.after = False
+        self.spawning = False
+        self.pending: list[int] = []
+        self.received: list[int] = []
+        self._old: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._old.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        if self.spawning:
+            self.pending.append(signum)  # forwarded as soon as the child exists
+            return
+        child = self.child
+        if child is not None and child.returncode is None:
+            self._forward(child, signum)
+            return
+        if not self.after:
+            raise _Interrupted(signum)
+        if len(self.received) == 1:
+            name = signal.Signals(signum).name
+            self.info(f"sst-vault: got {name}; finishing the commit and the unlock first")
+
+    def _forward(self, child: subprocess.Popen[bytes], signum: int) -> None:
+        if len(self.received) == 1:
+            name = signal.Signals(signum).name
+            self.info(f"sst-vault: {name} passed to the command; its state will still be committed")
+        try:
+            if self.own_group:
+                os.killpg(child.pid, signum)  # npx → node → sst: the whole group
+            elif signum != signal.SIGINT:
+                # Same process group as a terminal: Ctrl-C already reached the command.
+                os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def spawn(self, command: Sequence[str], env: dict[str, str]) -> int:
+        # A terminal keeps the command in its foreground group (it may prompt); in CI it gets a
+        # group of its own so a forwarded signal reaches its children too.
+        self.own_group = hasattr(os, "killpg") and not _stdin_is_tty()  # POSIX only
+        # Signals that arrive while the child is being created wait for it (a blocked signal
+        # mask would be inherited by the child, so it is not used here).
+        self.spawning = True
+        try:
+            self.child = subprocess.Popen(
+                list(command), env=env, process_group=0 if self.own_group else None
+            )
+        except OSError as exc:
+            raise UsageError(
+                f"cannot run {command[0]!r}: {exc.strerror or exc}",
+                "check the command after `--` (it runs without a shell)",
+            ) from None
+        finally:
+            self.spawning = False
+        for signum in self.pending:
+            self._forward(self.child, signum)
+        code = self.child.wait()
+        self.after = True
+        return 128 - code if code < 0 else code
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return os.isatty(0)
+    except OSError:
+        return False
+
+
+@dataclass
+class RunResult:
+    code: int
+    commit: str | None = None
+    pushed: bool = False
+    timings: Timings | None = None
+
+
+def run(
+    project: Project,
+    stage: str,
+    command: Sequence[str],
+    *,
+    lock_timeout: float = 0,
+    lock_ttl: int = DEFAULT_TTL,
+    push: bool = True,
+    use_lock: bool = True,
+    info: Callable[[str], None] = lambda _msg: None,
+) -> RunResult:
+    """Run `command` for `stage` under the deploy lock; the result carries its exit code."""
+    timings = Timings(enabled=os.environ.get(ENV_TIMINGS) == "1")
+    stage = check_stage(stage)
+    if not command:
+        raise UsageError("no command given", "put it after `--`, e.g. -- npx sst deploy")
+    project.keys  # noqa: B018 - read (and drop from the environment) before spawning anything
+    store = GitStore(project.root)
+    remote: str | None = project.config.remote
+    if not store.has_remote(remote):
+        info(f"sst-vault: warning: no remote {remote!r}; the state is committed but not pushed")
+        remote = None
+    elif push:
+        store.current_branch()  # a detached HEAD cannot be pushed: say so before deploying
+    timings.mark("setup")
+    job = _Run(project, stage, list(command), store, remote, push, info, timings)
+    job.signals.install()
+    try:
+        job.execute(use_lock, lock_timeout, lock_ttl)
+    finally:
+        job.signals.restore()
+    timings.mark("unlock")
+    if timings.enabled:
+        print(timings.report(), file=sys.stderr)
+    return job.result
+
+
+class _Run:
+    """One `run`: its steps, and the lock it must give back on every path."""
+
+    def __init__(
+        self,
+        project: Project,
+        stage: str,
+        command: list[str],
+        store: GitStore,
+        remote: str | None,
+        push: bool,
+        info: Callable[[str], None],
+        timings: Timings,
+    ) -> None:
+        self.project, self.stage, self.command = project, stage, command
+        self.store, self.remote, self.push, self.info = store, remote, push, info
+        self.timings = timings
+        self.result = RunResult(code=0, timings=timings)
+        self.signals = _Signals(info)
+        self.lock: DeployLock | None = None
+        self.held: LockInfo | None = None
+
+    def execute(self, use_lock: bool, lock_timeout: float, lock_ttl: int) -> None:
+        try:
+            self._steps(use_lock, lock_timeout, lock_ttl)
+        except _Interrupted as exc:
+            self.signals.after = True  # a second signal must not cut the cleanup short
+            self._release(quiet=True)
+            name = signal.Signals(exc.signum).name
+            self.info(f"sst-vault: interrupted by {name} before the command ran")
+            self.result.code = 128 + exc.signum
+            return
+        except VaultError as exc:
+            ran = self.signals.child is not None
+            self.signals.after = True
+            if ran and self.result.code != 0:
+                exc.exit_code = self.result.code  # the command's own failure stays visible
+            self._release(quiet=True)
+            raise
+        except BaseException:
+            self.signals.after = True
+            self._release(quiet=True)
+            raise
+        try:
+            self._release(quiet=False)
+        except VaultError as exc:
+            if self.result.code != 0:
+                exc.exit_code = self.result.code
+            raise
+
+    def _steps(self, use_lock: bool, lock_timeout: float, lock_ttl: int) -> None:
+        info, timings = self.info, self.timings
+        if use_lock:
+            self.lock = DeployLock(self.project, self.stage, self.store)
+            if self.lock.local_only:
+                info(f"sst-vault: warning: {self.lock.local_warning()}")
+            self.held = self.lock.acquire(
+                timeout=lock_timeout,
+                ttl=lock_ttl,
+                command=shlex.join(self.command),
+                on_wait=lambda h: info(f"sst-vault: waiting for the deploy lock: {h.describe()}"),
+                on_takeover=lambda h: info(
+                    f"sst-vault: took over the expired deploy lock of {h.describe()}"
+                ),
+            )
+        timings.mark("lock")
+        if self.remote:
+            self.store.pull(self.remote)
+        timings.mark("pull")
+        sync.prepare(self.project, [self.stage], missing_ok=True)
+        timings.mark("prepare")
+        env = {k: v for k, v in os.environ.items() if k != ENV_KEY}
+        self.result.code = self.signals.spawn(self.command, env)
+        timings.mark("command")
+        self._commit()
+        timings.mark("commit")
+        if self.remote and self.push:
+            self._push()
+        timings.mark("push")
+
+    def _commit(self) -> None:
+        """Commit whatever state the command left, also after a failure."""
+        project, stage = self.project, self.stage
+        home_files = [project.home.state_file(kind, project.app, stage) for kind in KINDS]
+        if not any(path.is_file() for path in home_files):
+            return  # nothing deployed (a first deploy that failed early): nothing to keep
+        summary = shlex.join(self.command)
+        if len(summary) > 100:
+            summary = summary[:99] + "…"
+        try:
+            report = sync.commit(
+                project,
+                [stage],
+                # [skip ci]: this push must not start another deploy pipeline.
+                message=f"sst-vault run --stage {stage}: `{summary}` exited {self.result.code} "
+                "[skip ci]",
+                push=False,
+            )
+        except VaultError as exc:
+            exc.hint = (exc.hint + "; " if exc.hint else "") + (
+                f"the state the command left is still in {project.home.root / 'state'} "
+                f"(*/{project.app}/{stage}.json): commit it from this machine with "
+                f"`sst-vault commit {stage} --push`"
+            )
+            raise
+        self.result.commit = report.commit
+
+    def _push(self) -> None:
+        store, remote = self.store, self.remote
+        assert remote is not None
+        if not (self.result.commit or store.unpushed(remote, store.current_branch())):
+            return
+        protect = [store.relative(self.project.repo.vault_file(k, self.stage)) for k in KINDS]
+        try:
+            store.push(remote, protect)
+        except DivergedError as exc:
+            # A CI runner's clone is thrown away after the job: keep the commit on the remote.
+            saved = self._rescue()
+            if saved:
+                exc.hint = f"{exc.hint}; it is also saved on {remote} as {saved}"
+            raise
+        self.result.pushed = True
+
+    def _rescue(self) -> str | None:
+        assert self.remote is not None
+        ref = rescue_ref(self.project, self.stage, self.store.head())
+        result = self.store.git("push", "--porcelain", self.remote, f"HEAD:{ref}", check=False)
+        return ref if porcelain_status(result.out, ref) in ("*", "=") else None
+
+    def _release(self, *, quiet: bool) -> None:
+        """Give the lock back. With `quiet`, another error is on its way: only report."""
+        lock = self.lock
+        if lock is None:
+            return
+        if self.held is None:
+            lock.abandon()  # interrupted or refused while taking it
+            return
+        broken = "sst-vault: warning: the deploy lock was broken while this run held it"
+        try:
+            released = lock.release(self.held.sha)
+        except LockBrokenError as exc:
+            self.info(f"{broken}: {exc}")  # our state is safe; nothing of ours left to release
+        except VaultError as exc:
+            if not quiet:
+                raise
+            self.info(f"sst-vault: the deploy lock of {lock.name} was not released: {exc}")
+        else:
+            if not released:
+                self.info(f"{broken}; check that nobody else deployed {lock.stage} meanwhile")
+            elif quiet:
+                self.info(f"sst-vault: released the deploy lock of {lock.name}")
+
+
+def rescue_ref(project: Project, stage: str, sha: str) -> str:
+    """Where a state commit that could not be pushed is kept on the remote (next to the locks)."""
+    parent = project.config.lock_prefix.rsplit("/", 1)[0]
+    if parent == "refs":
+        parent = project.config.lock_prefix
+    return f"{parent}/rescue/{project.app}/{stage}/{sha[:12]}"
