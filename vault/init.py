@@ -29,8 +29,8 @@ class InitReport:
 
 def gitattributes_block(state_dir: str) -> str:
     return (
-        f"{MARK}: encrypted SST state; never convert line endings, merge or text-diff it\n"
-        f"{state_dir}/**/*.vault -text -merge -diff\n"
+        f"{MARK}: encrypted SST state; never convert or merge it; `sst-vault setup-git` diffs it\n"
+        f"{state_dir}/**/*.vault -text -merge diff=sst-vault\n"
         f"{state_dir}/data-key.age -text -merge\n"
     )
 
@@ -102,6 +102,9 @@ def init(
     _append_block(project / ".gitattributes", gitattributes_block(state_dir))
     _append_block(project / ".gitignore", gitignore_block(state_dir))
     safefs.write_atomic(project, (CONFIG_NAME,), dumps(config).encode(), 0o644)
+    from vault.history import register_diff_driver  # the git diff driver for *.vault
+
+    register_diff_driver(project)
     written += [project / CONFIG_NAME, project / ".gitattributes", project / ".gitignore"]
     return InitReport(config, origin, key_id, generated, public, written, warnings, owners)
 

@@ -8,10 +8,22 @@ from pathlib import Path
 import click
 
 from vault.cli.commands.commit import commit_cmd
+from vault.cli.commands.diff import diff_cmd
+from vault.cli.commands.doctor import doctor_cmd
 from vault.cli.commands.init import init_cmd
 from vault.cli.commands.key import key_group
+from vault.cli.commands.lock import lock_group
+from vault.cli.commands.log import log_cmd
+from vault.cli.commands.migrate import migrate_cmd
 from vault.cli.commands.prepare import prepare_cmd
+from vault.cli.commands.recipients import recipients_group
+from vault.cli.commands.rollback import rollback_cmd
+from vault.cli.commands.rotate import rotate_cmd
+from vault.cli.commands.run import run_cmd
+from vault.cli.commands.scan import scan_cmd
+from vault.cli.commands.setup_git import setup_git_cmd
 from vault.cli.commands.status import status_cmd
+from vault.cli.commands.textconv import textconv_cmd
 from vault.cli.context import Context
 from vault.errors import EXIT_REFUSED, EXIT_USAGE, VaultError
 
@@ -61,12 +73,25 @@ cli.add_command(init_cmd)
 cli.add_command(prepare_cmd)
 cli.add_command(commit_cmd)
 cli.add_command(status_cmd)
+cli.add_command(recipients_group)
+cli.add_command(rotate_cmd)
+cli.add_command(run_cmd)
+cli.add_command(lock_group)
+cli.add_command(diff_cmd)
+cli.add_command(log_cmd)
+cli.add_command(rollback_cmd)
+cli.add_command(setup_git_cmd)
+cli.add_command(textconv_cmd)
+cli.add_command(migrate_cmd)
+cli.add_command(scan_cmd)
+cli.add_command(doctor_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every VaultError becomes one line on stderr and its exit code."""
     try:
-        cli.main(args=argv, prog_name="sst-vault", standalone_mode=False)
+        # A command's `ctx.exit(code)` comes back as the return value (how `run` keeps CMD's code).
+        code = cli.main(args=argv, prog_name="sst-vault", standalone_mode=False)
     except VaultError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -81,4 +106,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,337 @@
+"""A developer's key in the real OS keyring: import, export-public, forget, and the key-id pin.
+
+The Secret Service is gnome-keyring on a private D-Bus session (the `secret_service` fixture of
+test_keyring.py). CI is the key the vault was made with (`SST_VAULT_KEY`, no keyring); alice is a
+developer whose key lives in the keyring, on her own SST home.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import test_keyring
+from conftest import APP, VaultProject, make_project, new_key
+from helpers import assert_refused, deploy, head
+from test_keyring import keyring_env, new_repo, vault_id
+
+# The module-scoped gnome-keyring on a private D-Bus session, from test_keyring.py.
+secret_service = test_keyring.secret_service
+
+pytestmark = pytest.mark.keyring
+
+
+def entry(env: dict[str, str], username: str) -> str | None:
+    """A keyring entry of service sst-vault, read by another Secret Service client."""
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, keyring; v = keyring.get_password('sst-vault', sys.argv[1]); "
+         "print(v if v is not None else '', end='')", username],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )
+    return out.stdout or None
+
+
+def secret_of(env: dict[str, str], project: VaultProject) -> str | None:
+    return entry(env, f"vault:{vault_id(project)}")
+
+
+def pin_of(env: dict[str, str], project: VaultProject) -> str | None:
+    return entry(env, f"pin:{vault_id(project)}")
+
+
+def key_id(person: VaultProject) -> str:
+    result = person.cli("key", "id")
+    assert result.code == 0, result.output
+    return result.out.strip()
+
+
+def public(env: dict[str, str], secret: str, project: VaultProject) -> str:
+    result = project.cli("key", "export-public", env=dict(env, SST_VAULT_KEY=secret))
+    assert result.code == 0, result.output
+    return result.out.strip()
+
+
+def on_terminal(person: VaultProject, answer: str, *args: str) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal, answer its first question; (exit code, all output)."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI, as a developer would start it in a terminal
+        os.chdir(person.root)
+        os.execvpe(sys.executable, [sys.executable, "-m", "vault", "--sst-home",
+                                    str(person.home), *args], person.env)
+    output, answered = b"", False
+    while True:
+        ready, _, _ = select.select([fd], [], [], 60)
+        if not ready:
+            os.kill(pid, 9)
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+        if not answered and b"[y/N]" in output:
+            os.write(fd, answer.encode() + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def fresh_prepare(person: VaultProject, *stages: str):
+    if person.home.exists():
+        shutil.rmtree(person.home)
+    return person.cli("prepare", *stages)
+
+
+@pytest.fixture
+def team(tmp_path, secret_service):
+    """(ci, alice): a committed vault made by CI, alice added as a recipient, nothing imported."""
+    ci = make_project(tmp_path)
+    deploy(ci, "prod", "first", secrets={"Token": "t1"})
+    assert ci.cli("commit", "prod").code == 0
+    alice_key = new_key(ci.env)
+    env = keyring_env(tmp_path, secret_service)
+    alice = VaultProject(ci.root, tmp_path / "alice-sst-home", env, alice_key)
+    result = ci.cli("recipients", "add", "alice", public(ci.env, alice_key, ci))
+    assert result.code == 0, result.output
+    return ci, alice
+
+
+def import_key(person: VaultProject, secret: str | None = None, *args: str):
+    return person.cli("key", "import", *args, input=(secret or person.key) + "\n")
+
+
+# --- import, export-public, forget ---------------------------------------------------------
+
+
+def test_import_stores_a_checked_key_and_pins_the_data_key(team, tmp_path):
+    ci, alice = team
+    assert_refused(alice.cli("prepare", "prod"), 2, "key import")
+
+    result = import_key(alice)
+    assert result.code == 0, result.output
+    assert alice.key not in result.output
+    assert secret_of(alice.env, alice) == alice.key
+    assert pin_of(alice.env, alice) == key_id(ci)
+    assert "Pinned" in result.err
+
+    result = fresh_prepare(alice, "prod")  # the key now comes from the keyring
+    assert result.code == 0, result.output
+    assert alice.snapshot_home() == ci.snapshot_home()
+
+    result = import_key(alice)
+    assert result.code == 0, result.output
+    assert "already holds this key" in result.err
+
+    # export-public prints what `age-keygen -y` derives from the same secret.
+    result = alice.cli("key", "export-public")
+    assert result.code == 0, result.output
+    expected = subprocess.run(["age-keygen", "-y"], input=alice.key + "\n", text=True,
+                              capture_output=True, check=True).stdout.strip()
+    assert result.out.strip() == expected
+    assert "recipient alice" in result.err and "OS keyring" in result.err
+
+    # forget asks first; without a terminal it needs --yes, and keeps the key meanwhile.
+    assert_refused(alice.cli("key", "forget"), 2, "--yes")
+    assert secret_of(alice.env, alice) == alice.key
+    result = alice.cli("key", "forget", "--yes")
+    assert result.code == 0, result.output
+    assert secret_of(alice.env, alice) is None and pin_of(alice.env, alice) is None
+    result = alice.cli("key", "forget", "--yes")
+    assert result.code == 0, result.output
+    assert "nothing to forget" in result.err
+    assert_refused(alice.cli("prepare", "prod", "--force"), 2, "key import")
+
+    key_file = tmp_path / "alice.key"
+    key_file.write_text(f"# created: today\n# public key: {expected}\n{alice.key}\n")
+    result = alice.cli("key", "import", "--file", str(key_file))
+    assert result.code == 0, result.output
+    assert secret_of(alice.env, alice) == alice.key
+
+
+def test_import_refusals_store_nothing(team, tmp_path):
+    ci, alice = team
+    stranger = new_key(ci.env)
+    fernet_key = new_key(ci.env, "fernet")
+    cases = [
+        (stranger, 1, "wrong key"),  # not a recipient: it does not open this vault
+        ("hello", 2, "age identity"),
+        ("", 2, "stdin is empty"),
+        (fernet_key, 2, "fernet key"),
+    ]
+    for secret, code, words in cases:
+        result = alice.cli("key", "import", input=secret)
+        line = assert_refused(result, code, words)
+        if secret:
+            assert secret not in result.output, line
+    assert_refused(alice.cli("key", "import", "--file", str(tmp_path / "nope")), 2, "cannot read")
+    # A key given as an argument is refused without echoing it back.
+    result = alice.cli("key", "import", alice.key)
+    assert_refused(result, 2, "no key argument", "stdin")
+    assert alice.key not in result.output
+    assert secret_of(alice.env, alice) is None and pin_of(alice.env, alice) is None
+
+    # A different key already stored is never overwritten silently.
+    assert import_key(alice).code == 0
+    assert_refused(import_key(alice, ci.key), 1, "different key", "--replace")
+    assert secret_of(alice.env, alice) == alice.key
+    result = import_key(alice, ci.key, "--replace")
+    assert result.code == 0, result.output
+    assert secret_of(alice.env, alice) == ci.key
+
+
+def test_without_keyring_and_for_fernet(tmp_path, env):
+    key = new_key(env)
+    result = VaultProject(tmp_path, tmp_path / "home", dict(env, SST_VAULT_KEY=key), key).cli(
+        "key", "export-public"
+    )  # outside any vault: the key from the environment is enough
+    assert result.code == 0, result.output
+    assert result.out.startswith("age1") and key not in result.output
+    fernet = make_project(tmp_path, name="fernet", backend="fernet")
+    assert_refused(fernet.cli("key", "export-public"), 2, "Fernet key", "no public part")
+    assert_refused(fernet.cli("key", "trust"), 2, "age backend")
+
+    # No keyring backend (conftest's default): each keyring command says what to install.
+    project = make_project(tmp_path, name="age")
+    no_key = {k: v for k, v in project.env.items() if k != "SST_VAULT_KEY"}
+    assert_refused(project.cli("key", "import", env=no_key, input=project.key),
+                   2, "keyring", "gnome-keyring")
+    assert_refused(project.cli("key", "forget", "--yes", env=no_key), 2, "keyring")
+    # CI (key in the environment) can still review a data key: the pin is SST_VAULT_KEY_ID.
+    result = project.cli("key", "trust", "--yes")
+    assert result.code == 0, result.output
+    assert result.out.strip().endswith(f"SST_VAULT_KEY_ID={key_id(project)}")
+    assert "update SST_VAULT_KEY_ID" in result.err
+
+
+def test_fernet_key_import(tmp_path, secret_service):
+    project = make_project(tmp_path, backend="fernet")
+    deploy(project, "prod", "f")
+    assert project.cli("commit", "prod").code == 0
+    env = keyring_env(tmp_path, secret_service)
+    dev = VaultProject(project.root, tmp_path / "dev-home", env, project.key)
+    assert_refused(import_key(dev, new_key(env, "fernet")), 1, "wrong key")
+    result = import_key(dev)
+    assert result.code == 0, result.output
+    result = fresh_prepare(dev, "prod")
+    assert result.code == 0, result.output
+    assert pin_of(env, dev) is None  # a Fernet key is the secret itself: nothing to pin
+
+
+# --- the key-id pin ------------------------------------------------------------------------
+
+
+def test_first_unlock_pins_and_own_rotation_repins(tmp_path, secret_service):
+    env = keyring_env(tmp_path, secret_service)
+    project = new_repo(tmp_path, env)
+    result = project.cli("init")
+    assert result.code == 0, result.output
+    first = result.out.strip().removeprefix("SST_VAULT_KEY_ID=")
+    assert pin_of(env, project) is None
+    deploy(project, "prod", "one")
+    assert project.cli("commit", "prod").code == 0
+    assert pin_of(env, project) == first
+
+    result = project.cli("rotate")  # this developer's own rotation: their pin follows it
+    assert result.code == 0, result.output
+    second = result.out.strip().removeprefix("SST_VAULT_KEY_ID=")
+    assert second != first and pin_of(env, project) == second
+    assert "keyring now trusts the new data key" in result.err
+    assert fresh_prepare(project, "prod").code == 0
+
+
+def test_pin_refuses_a_rotated_data_key_until_trusted(team, tmp_path):
+    ci, alice = team
+    assert import_key(alice).code == 0
+    old = pin_of(alice.env, alice)
+    assert fresh_prepare(alice, "prod").code == 0
+
+    result = ci.cli("rotate")
+    assert result.code == 0, result.output
+    new = result.out.strip().removeprefix("SST_VAULT_KEY_ID=")
+    deploy(ci, "prod", "after-rotation")
+    assert ci.cli("commit", "prod").code == 0
+
+    home = alice.snapshot_home()
+    for args in (("prepare", "prod"), ("status",), ("commit", "prod")):
+        assert_refused(alice.cli(*args), 1, new, old, "sst-vault key trust")
+    assert alice.snapshot_home() == home
+
+    result = alice.cli("key", "trust")  # no terminal, no --yes: shows, then refuses
+    assert result.code == 2, result.output
+    assert f"data key is {new}" in result.out and f"trusts {old}" in result.out
+    assert "by Test User <test@example.com>" in result.out
+    assert f"rotate data key {old} -> {new}" in result.out
+    assert result.err.startswith("Error: not confirmed") and "--yes" in result.err
+    assert pin_of(alice.env, alice) == old
+
+    # On a terminal it asks; "no" keeps the old pin, "yes" pins the new key id.
+    code, output = on_terminal(alice, "n", "key", "trust")
+    assert code == 1 and f"Trust the data key {new}?" in output, output
+    assert "Traceback" not in output and pin_of(alice.env, alice) == old
+    code, output = on_terminal(alice, "y", "key", "trust")
+    assert code == 0 and f"SST_VAULT_KEY_ID={new}" in output, output
+    assert pin_of(alice.env, alice) == new
+
+    result = alice.cli("key", "trust", "--yes")  # already trusted: says so, changes nothing
+    assert result.code == 0 and "already trusts" in result.err, result.output
+    assert result.out.strip().endswith(f"SST_VAULT_KEY_ID={new}")
+    result = alice.cli("prepare", "prod")
+    assert result.code == 0, result.output
+    assert alice.snapshot_home() == ci.snapshot_home()
+
+
+@pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
+def test_pin_refuses_a_forged_vault(team, tmp_path):
+    """An attacker with push access but no secret: own data key, wrapped to the public keys."""
+    from vault import envelope, keys
+
+    ci, alice = team
+    assert import_key(alice).code == 0
+    assert fresh_prepare(alice, "prod").code == 0
+    genuine_home = alice.snapshot_home()
+    pinned = pin_of(alice.env, alice)
+
+    forged = os.urandom(32)
+    pubs = [public(ci.env, ci.key, ci), public(ci.env, alice.key, ci)]
+    wrapped = subprocess.run(
+        ["age", "-a", *(a for p in pubs for a in ("-r", p))], input=forged, capture_output=True,
+        check=True,
+    ).stdout
+    (ci.root / "infra/state/data-key.age").write_bytes(wrapped)
+    file_key = keys.data_file_key(forged)
+    for kind in ("passphrase", "app"):
+        plain = (ci.home / "state" / kind / APP / "prod.json").read_bytes()
+        if kind == "app":
+            plain = plain.replace(b'"first"', b'"mallory"')
+        _, sealed = envelope.seal_bytes(plain, file_key, app=APP, stage="prod", kind=kind,
+                                        serial=99, writer="mallory@evil")
+        ci.vault_file(kind, "prod").write_bytes(sealed)
+    ci.vault_file("secret", "prod").unlink()
+    ci.git("add", "-A", "infra/state")
+    mallory = dict(ci.env, GIT_AUTHOR_NAME="Mallory", GIT_AUTHOR_EMAIL="m@evil.example")
+    subprocess.run(["git", "commit", "-q", "-m", "bump deps"], cwd=ci.root, env=mallory,
+                   check=True)
+    forged_head = head(ci)
+
+    # Alice's keyring pin refuses it; her home is untouched.
+    assert_refused(alice.cli("prepare", "prod", "--force"), 1, file_key.key_id, pinned)
+    assert alice.snapshot_home() == genuine_home
+    result = alice.cli("key", "trust")
+    assert "by Mallory <m@evil.example>" in result.out and "bump deps" in result.out
+    assert pin_of(alice.env, alice) == pinned
+    # CI pinned with SST_VAULT_KEY_ID refuses it too...
+    ci_pinned = dict(ci.env, SST_VAULT_KEY_ID=pinned)
+    assert_refused(ci.cli("prepare", "prod", "--force", env=ci_pinned), 1, pinned)
+    # ...which is what protects: unpinned, the forgery would open.
+    assert head(ci) == forged_head
+    assert fresh_prepare(ci, "prod").code == 0

@@ -1,0 +1,72 @@
+"""`recipients list|add|remove`: who can open an age vault."""
+
+from __future__ import annotations
+
+import click
+
+from vault.cli.context import Context, pass_context
+
+
+@click.group("recipients")
+def recipients_group() -> None:
+    """List, add and remove the age public keys that can open the vault."""
+
+
+@recipients_group.command("list")
+@pass_context
+def list_cmd(ctx: Context) -> None:
+    """Print each recipient's name and age public key.
+
+    \b
+    Example:
+      sst-vault recipients list
+    """
+    from vault import team
+
+    recipients = team.list_recipients(ctx.project())
+    width = max((len(n) for n in recipients), default=0)
+    for name, public in recipients.items():
+        click.echo(f"{name:<{width}}  {public}")
+
+
+@recipients_group.command("add")
+@click.argument("name")
+@click.argument("public_key", metavar="PUBKEY")
+@pass_context
+def add_cmd(ctx: Context, name: str, public_key: str) -> None:
+    """Let NAME's age public key open the vault, and commit that.
+
+    Re-wraps the vault's data key to every recipient (sst-vault.toml and data-key.age change
+    together). Push afterwards; NAME can then `sst-vault key import` their secret key.
+
+    \b
+    Example:
+      sst-vault recipients add bob age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+    """
+    from vault import team
+
+    change = team.add_recipient(ctx.project(), name, public_key)
+    if change.commit:
+        ctx.info(f"Added recipient {change.name}; committed {change.commit[:12]}.")
+    else:
+        ctx.info(f"Added recipient {change.name}.")
+    ctx.info("Next: push it (git push); the data key id is unchanged.")
+
+
+@recipients_group.command("remove")
+@click.argument("name")
+@pass_context
+def remove_cmd(ctx: Context, name: str) -> None:
+    """Remove NAME, rotate the data key, re-seal every stage, and commit that.
+
+    NAME's key opens nothing committed from then on; it still opens git history, so the
+    secrets in it must be rotated (the command lists them). Pull before, push after.
+
+    \b
+    Example:
+      git pull && sst-vault recipients remove bob && git push
+    """
+    from vault import team
+    from vault.cli.commands.rotate import show_rotation
+
+    show_rotation(ctx, team.remove_recipient(ctx.project(), name))

@@ -1,0 +1,80 @@
+"""`rotate`: a new data key (age) or the newest Fernet key for every stage's files."""
+
+from __future__ import annotations
+
+import click
+
+from vault.cli.context import Context, pass_context
+
+
+@click.command("rotate")
+@pass_context
+def rotate_cmd(ctx: Context) -> None:
+    """Re-seal every stage's vault files under a new key, and commit that.
+
+    \b
+    age:    a new random data key, wrapped to every recipient; SST_VAULT_KEY_ID changes.
+    fernet: put a new key first in SST_VAULT_KEY (old key on the next line), then rotate:
+            every file moves to the new key; the old one still opens older revisions.
+
+    Pull before, push after. Git history keeps the old files, which the old key opens.
+
+    \b
+    Example:
+      export SST_VAULT_KEY="$(sst-vault key generate --backend fernet)
+      $SST_VAULT_KEY"
+      sst-vault rotate && git push
+    """
+    from vault import team
+
+    show_rotation(ctx, team.rotate(ctx.project()))
+
+
+def show_rotation(ctx: Context, report) -> None:  # report: vault.team.RotationReport
+    for item in report.files:
+        ctx.info(f"{item.stage} {item.kind}: re-sealed (serial {item.old_serial} -> {item.serial})")
+    if report.backend == "fernet" and not report.files:
+        ctx.info(
+            f"Every file is already sealed under the newest key {report.key_id}: nothing to do. "
+            "To rotate, put a new key (`sst-vault key generate --backend fernet`) first in "
+            "SST_VAULT_KEY, keep the old one on the next line, and run rotate again."
+        )
+        click.echo(f"SST_VAULT_KEY_ID={report.key_id}")
+        return
+    if report.removed:
+        ctx.info(f"Removed recipient {report.removed}; new data key {report.key_id}.")
+    elif report.backend == "age":
+        ctx.info(f"New data key {report.key_id} (was {report.old_key_id}).")
+    else:
+        ctx.info(f"Every file is now sealed under the Fernet key {report.key_id}.")
+    if report.commit:
+        ctx.info(f"Committed {report.commit[:12]}. Next: git push.")
+    for warning in report.warnings:
+        ctx.info(f"Warning: {warning}")
+    if report.backend == "age":
+        who = f"{report.removed}'s key" if report.removed else "the old data key"
+        ctx.info(
+            f"Git history still opens for {who}: every commit before this one holds state and "
+            "secrets it can decrypt."
+        )
+        stages = ", ".join(report.stages) or "none yet"
+        secrets = ", ".join(report.secret_stages)
+        if report.removed:
+            ctx.info(
+                "Treat what they could read as known to them and rotate it: the SST passphrase "
+                f"of every stage ({stages})"
+                + (f", every `sst secret` value of {secrets}" if secrets else "")
+                + ", and any credential kept in the state's resource outputs."
+            )
+        if report.pinned:
+            ctx.info("Your keyring now trusts the new data key.")
+        ctx.info(
+            "Other members: after pulling, run `sst-vault key trust`; CI: set the new "
+            "SST_VAULT_KEY_ID below."
+        )
+    else:
+        ctx.info(
+            "Once CI and every member use the new key first, the old key line can be dropped; "
+            "CI: set the new SST_VAULT_KEY_ID below."
+        )
+    click.echo(f"SST_VAULT_KEY_ID={report.key_id}")

@@ -1,0 +1,227 @@
+"""Find plaintext SST state in a work tree or in git history (works in any repository).
+
+A file is reported when its path is where the plaintext recipe or SST's home keeps state
+(`…/state/{app,passphrase,secret}/….json`), or when its content is what SST writes there:
+a Pulumi checkpoint (`"checkpoint": {"stack": …`) or an export of one, a passphrase (44
+characters of base64 of 32 bytes) in a `passphrase/` folder, an encrypted SST secret file
+(binary `*.json`) in a `secret/` folder. sst-vault's own files (`*.vault`, starting with the
+`SSTVAULT` signature) and the wrapped data key are never reported.
+
+Only the first `HEAD_SIZE` bytes of a file are read: every rule decides on them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from vault.envelope import MAGIC
+from vault.errors import UsageError
+from vault.paths import KINDS
+
+HEAD_SIZE = 64 * 1024
+SKIP_DIRS = {".git", "node_modules", ".sst"}  # when walking a folder that is not a git repo
+_CHECKPOINT_RE = re.compile(rb'"checkpoint"\s*:\s*\{\s*"stack"\s*:')
+_EXPORT_RE = re.compile(rb'^\s*\{\s*"stack"\s*:\s*"[^"]*"\s*,\s*"latest"\s*:')
+_DEPLOYMENT_RE = re.compile(rb'"deployment"\s*:\s*\{\s*"manifest"\s*:')
+_SECRET_MIN = 12 + 16  # nonce and GCM tag: the smallest SST secret file
+
+
+@dataclass
+class Finding:
+    path: str  # posix, relative to the scanned folder (tree) or the repository top (history)
+    reason: str
+    commit: str | None = None
+
+    def line(self) -> str:
+        where = f"{self.commit[:12]} " if self.commit else ""
+        return f"{where}{self.path}: {self.reason}"
+
+
+def classify(path: str, head: bytes) -> str | None:
+    """Why `path` with content starting with `head` is plaintext SST state, or None."""
+    if head.startswith(MAGIC):
+        return None  # an sst-vault file: encrypted
+    parts = PurePosixPath(path).parts
+    folders, name = parts[:-1], parts[-1] if parts else ""
+    stripped = head.lstrip()
+    if stripped.startswith(b"{"):
+        if _CHECKPOINT_RE.search(head):
+            return "Pulumi checkpoint (SST app state) in plaintext"
+        if _EXPORT_RE.search(head) or _DEPLOYMENT_RE.search(head):
+            return "exported Pulumi state in plaintext"
+    if "passphrase" in folders and _is_passphrase(head):
+        return "SST passphrase in plaintext (it opens the stage's secrets)"
+    if "secret" in folders and name.endswith(".json") and _is_sst_secret(head):
+        return "SST secret file (readable with the stage's passphrase)"
+    for i, folder in enumerate(folders[:-1]):
+        if folder == "state" and folders[i + 1] in KINDS and name.endswith(".json"):
+            return f"plaintext SST {folders[i + 1]} file (by its path)"
+    return None
+
+
+def _is_passphrase(head: bytes) -> bool:
+    text = head.strip()
+    if len(text) != 44:
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _is_sst_secret(head: bytes) -> bool:
+    if len(head) < _SECRET_MIN:
+        return False
+    try:
+        json.loads(head)
+    except (ValueError, RecursionError):
+        return True  # binary (or not JSON) under a *.json name in secret/: SST's format
+    return False
+
+
+# --- the work tree --------------------------------------------------------------------------
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    from vault.history import git_env
+
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=git_env(), capture_output=True, stdin=subprocess.DEVNULL
+    )
+
+
+def git_top(path: Path) -> Path | None:
+    proc = _git(path, "rev-parse", "--show-toplevel")
+    return Path(proc.stdout.decode().strip()) if proc.returncode == 0 else None
+
+
+def _read_head(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(HEAD_SIZE)
+
+
+def _tree_files(root: Path) -> Iterator[tuple[str, Path | None]]:
+    """(relative path, file to read or None when only the index holds it) under `root`."""
+    if git_top(root) is not None:
+        listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        for rel in dict.fromkeys(listed.stdout.decode(errors="surrogateescape").split("\0")):
+            if rel:
+                path = root / rel
+                yield rel, path if path.exists() or path.is_symlink() else None
+        return
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        for name in sorted(files):
+            path = Path(dirpath, name)
+            yield path.relative_to(root).as_posix(), path
+
+
+def scan_tree(path: Path) -> list[Finding]:
+    """Plaintext state among the files git would commit under `path` (or every file there)."""
+    path = path.absolute()
+    if path.is_file():
+        head = _read_head(path)
+        reason = classify(path.name, head) if head is not None else None
+        return [Finding(path.name, reason)] if reason else []
+    if not path.is_dir():
+        raise UsageError(f"{path} does not exist", "give a folder or file to scan")
+    findings = []
+    for rel, file in _tree_files(path):
+        if file is None:
+            proc = _git(path, "cat-file", "blob", f":./{rel}")
+            head = proc.stdout[:HEAD_SIZE] if proc.returncode == 0 else None
+        elif file.is_symlink() or not file.is_file():
+            continue
+        else:
+            head = _read_head(file)
+        if head is None:
+            continue
+        reason = classify(rel, head)
+        if reason:
+            findings.append(Finding(rel, reason))
+    if git_top(path) is not None:
+        findings += _staged_versions(path, {f.path for f in findings})
+    return findings
+
+
+def _staged_versions(root: Path, found: set[str]) -> list[Finding]:
+    """Staged content that differs from the work tree: it is what a commit would take."""
+    from vault.history import iter_blobs
+
+    changed = _git(root, "diff", "--name-only", "-z", "--relative").stdout.decode(
+        errors="surrogateescape"
+    )
+    paths = [p for p in changed.split("\0") if p and p not in found]
+    if not paths:
+        return []
+    staged = _git(root, "ls-files", "-s", "-z", "--", *paths).stdout.decode(
+        errors="surrogateescape"
+    )
+    blobs: dict[str, str] = {}
+    for entry in staged.split("\0"):
+        info, _, rel = entry.partition("\t")
+        fields = info.split()
+        if rel and len(fields) == 3 and fields[0] != "160000":
+            blobs[rel] = fields[1]
+    top = git_top(root) or root
+    heads = dict(iter_blobs(top, blobs.values(), head=HEAD_SIZE))
+    findings = []
+    for rel, blob in blobs.items():
+        head = heads.get(blob)
+        reason = classify(rel, head) if head is not None else None
+        if reason:
+            findings.append(Finding(rel, f"{reason} (staged version)"))
+    return findings
+
+
+# --- history --------------------------------------------------------------------------------
+
+
+def scan_history(path: Path) -> list[Finding]:
+    """Every file version any commit (on any ref) introduced under `path` that is plaintext."""
+    from vault.history import iter_blobs
+
+    path = path.absolute()
+    folder = path if path.is_dir() else path.parent
+    top = git_top(folder)
+    if top is None:
+        raise UsageError(f"{folder} is not inside a git repository", "--history needs git")
+    proc = _git(
+        folder, "log", "--all", "--format=%x1e%H", "--raw", "--no-abbrev", "--no-renames",
+        "--diff-merges=first-parent", "--", path.name if path.is_file() else ".",
+    )
+    if proc.returncode != 0:
+        return []  # a repository without commits has no history to scan
+    versions: list[tuple[str, str, str]] = []  # (commit, path from the top, blob)
+    for record in proc.stdout.decode(errors="surrogateescape").split("\x1e")[1:]:
+        commit, _, raw = record.partition("\n")
+        for line in raw.splitlines():
+            info, _, rel = line.partition("\t")
+            fields = info.split()
+            if line.startswith(":") and len(fields) >= 5 and fields[4][0] in "AMT":
+                versions.append((commit.strip(), rel, fields[3]))
+    heads = dict(iter_blobs(top, (blob for *_, blob in versions), head=HEAD_SIZE))
+    findings = []
+    for commit, rel, blob in versions:
+        head = heads.get(blob)
+        if head is None:
+            continue
+        reason = classify(rel, head)
+        if reason:
+            findings.append(Finding(rel, reason, commit))
+    return findings
+
+
+__all__ = ["Finding", "classify", "scan_history", "scan_tree"]

@@ -1,0 +1,458 @@
+"""Team key lifecycle: who can open the vault (age recipients), and rotating its key.
+
+age backend: `sst-vault.toml` names the recipients and `data-key.age` wraps the vault's one data
+key to all of them. Adding a member re-wraps the same data key. Removing one replaces the data
+key, since the removed member may have kept it: a new random data key is wrapped to the remaining
+recipients and every stage's current vault files are re-sealed under it (serials go up by one).
+Git history still holds the old files and the old `data-key.age`, which the removed key opens:
+what was in them must be treated as known to that person, and the report names those secrets.
+
+fernet backend: the Fernet key is the secret itself. `rotate` re-seals every file under the
+newest key (the first in SST_VAULT_KEY); the older keys listed after it still open old revisions.
+
+Every change here is all or nothing: new files are written beside the old ones, swapped in
+together (a failure part-way puts the old ones back), then committed as one commit of exactly
+those files. Nothing is pushed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vault import config as config_mod
+from vault import envelope, keys, pins, safefs
+from vault.envelope import FileKey, Header
+from vault.errors import GitError, RefusedError, UsageError, WrongKeyError
+from vault.paths import CONFIG_NAME, KINDS
+from vault.project import Project
+
+SPOOL_SIZE = 8 * 1024 * 1024  # plaintext above this goes to an unlinked file in the SST home
+
+
+@dataclass
+class Resealed:
+    stage: str
+    kind: str
+    old_serial: int
+    serial: int
+
+
+@dataclass
+class RotationReport:
+    backend: str
+    old_key_id: str
+    key_id: str  # the new value of SST_VAULT_KEY_ID
+    recipients: dict[str, str] = field(default_factory=dict)
+    files: list[Resealed] = field(default_factory=list)
+    removed: str | None = None
+    commit: str | None = None
+    pinned: bool = False  # this developer's keyring pin now names the new key id
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[str]:
+        return sorted({f.stage for f in self.files})
+
+    @property
+    def secret_stages(self) -> list[str]:
+        return sorted({f.stage for f in self.files if f.kind == "secret"})
+
+
+@dataclass
+class RecipientChange:
+    name: str
+    public: str
+    key_id: str
+    commit: str | None
+
+
+@dataclass
+class Change:
+    """One git commit that touched a file."""
+
+    commit: str
+    author: str
+    email: str
+    date: str
+    summary: str
+
+
+# --- recipients ---------------------------------------------------------------------------
+
+
+def require_age(project: Project, command: str) -> None:
+    if project.config.backend != "age":
+        raise UsageError(
+            f"`{command}` needs the age backend, and this vault uses fernet (one shared key,"
+            " no recipients)",
+            "share the Fernet key through a secret channel; `sst-vault rotate` moves to a new one",
+        )
+
+
+def list_recipients(project: Project) -> dict[str, str]:
+    require_age(project, "recipients")
+    return dict(project.config.recipients)
+
+
+def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
+    """Wrap the vault's data key to one more age public key, and commit that."""
+    from vault.gitstore import GitStore
+    from vault.sync import own_files
+
+    require_age(project, "recipients add")
+    config_mod.check_recipient_name(name)
+    public = public.strip()
+    keys.parse_recipient(public, name)
+    current = project.config.recipients
+    if name in current:
+        raise UsageError(
+            f"{name} is already a recipient ({current[name]})",
+            f"pick another name, or `sst-vault recipients remove {name}` first",
+        )
+    for other, pub in current.items():
+        if pub == public:
+            raise UsageError(f"that public key is already the recipient {other}", "nothing to do")
+    data_key = project.keys.sealing  # unwrapped and pin-checked: never re-wrap a swapped key
+    recipients = {**current, name: public}
+    config = dataclasses.replace(project.config, recipients=recipients).validate()
+    store = GitStore(project.root)
+    with safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
+        swap = _Swap()
+        try:
+            swap.add(
+                _pending(
+                    project.root,
+                    project.repo.data_key_parts,
+                    keys.wrap_data_key(data_key.secret, recipients.values()),
+                )
+            )
+            swap.add(_pending(project.root, (CONFIG_NAME,), config_mod.dumps(config).encode()))
+            swap.commit()
+        finally:
+            swap.close()
+        project.config = config
+        commit = _commit(
+            project, store, own_files(project, store), f"sst-vault: add recipient {name}"
+        )
+    return RecipientChange(name, public, data_key.key_id, commit)
+
+
+def remove_recipient(project: Project, name: str) -> RotationReport:
+    """Drop a recipient and rotate the data key, so their key opens nothing committed later."""
+    require_age(project, "recipients remove")
+    if name not in project.config.recipients:
+        known = ", ".join(project.config.recipients) or "none"
+        raise UsageError(f"{name} is not a recipient of this vault", f"recipients: {known}")
+    remaining = {n: p for n, p in project.config.recipients.items() if n != name}
+    if not remaining:
+        raise RefusedError(
+            f"{name} is the vault's only recipient: nobody could open it afterwards",
+            "add the new key first with `sst-vault recipients add`",
+        )
+    return rotate(project, recipients=remaining, removed=name)
+
+
+# --- rotation -----------------------------------------------------------------------------
+
+
+def rotate(
+    project: Project, *, recipients: dict[str, str] | None = None, removed: str | None = None
+) -> RotationReport:
+    """age: new data key for `recipients` (default: the current ones), every file re-sealed.
+
+    fernet: every file re-sealed under the newest key given, when it is not already.
+    """
+    from vault.gitstore import GitStore
+    from vault.sync import Records, home_lock, own_files
+
+    current = project.keys  # pin-checked: a data key swapped in the repo is never rotated in
+    if project.config.backend == "age":
+        recipients = dict(project.config.recipients if recipients is None else recipients)
+        _refuse_lockout(project, recipients, removed)
+        new_key = keys.data_file_key(keys.new_data_key())
+    else:
+        new_key = current.sealing
+    report = RotationReport(
+        project.config.backend,
+        current.sealing.key_id,
+        new_key.key_id,
+        recipients or {},
+        removed=removed,
+    )
+    store = GitStore(project.root)
+    writer = _writer()
+    resealed: list[tuple[Resealed, Header, Header]] = []
+    with home_lock(project), safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
+        swap = _Swap()
+        try:
+            for stage in sorted(project.repo.stages()):
+                for kind in KINDS:
+                    done = _reseal(project, current, new_key, stage, kind, writer, swap)
+                    if done:
+                        old, new = done
+                        resealed.append((Resealed(stage, kind, old.serial, new.serial), old, new))
+            if project.config.backend == "age":
+                wrapped = keys.wrap_data_key(new_key.secret, recipients.values())
+                swap.add(_pending(project.root, project.repo.data_key_parts, wrapped))
+                if recipients != project.config.recipients:
+                    config = dataclasses.replace(project.config, recipients=recipients).validate()
+                    swap.add(
+                        _pending(project.root, (CONFIG_NAME,), config_mod.dumps(config).encode())
+                    )
+            if not swap.pending:
+                return report  # fernet, every file already under the newest key
+            swap.commit()
+        finally:
+            swap.close()
+        if project.config.backend == "age" and recipients != project.config.recipients:
+            project.config = dataclasses.replace(project.config, recipients=recipients)
+        report.files = [r for r, _, _ in resealed]
+        paths = [project.repo.vault_file(r.kind, r.stage) for r in report.files]
+        report.commit = _commit(
+            project, store, paths + own_files(project, store), _rotation_message(report)
+        )
+        # This home was in sync with what was just re-sealed: it still is, at the new serial.
+        records = Records(project)
+        for item, old, new in resealed:
+            record = records.get(item.stage, item.kind)
+            if record and (record.serial, record.fingerprint, record.key_id) == (
+                old.serial,
+                old.fingerprint,
+                old.key_id,
+            ):
+                records.set(item.stage, item.kind, new, record.action)
+        records.save()
+    if project.config.backend == "age" and project.key_from_keyring:
+        try:
+            pins.set_pin(project.config.vault_id, new_key.key_id)
+            report.pinned = True
+        except keys.NoKeyError as exc:
+            report.warnings.append(f"your keyring pin was not updated ({exc})")
+    return report
+
+
+def _refuse_lockout(project: Project, recipients: dict[str, str], removed: str | None) -> None:
+    mine = {s.public() for s in project.key_source.secrets if s.backend == "age"}
+    if mine & set(recipients.values()):
+        return
+    if removed:
+        raise RefusedError(
+            f"removing {removed} would leave none of your keys able to open the vault",
+            "let another member remove it, or add your key first",
+        )
+    raise RefusedError(
+        "none of your keys is a recipient in sst-vault.toml, so rotating would lock you out",
+        "add your key with `sst-vault recipients add`, then rotate",
+    )
+
+
+def _reseal(
+    project: Project,
+    current: keys.VaultKeys,
+    new_key: FileKey,
+    stage: str,
+    kind: str,
+    writer: str,
+    swap: _Swap,
+) -> tuple[Header, Header] | None:
+    parts = project.repo.vault_parts(kind, stage)
+    path = project.repo.vault_file(kind, stage)
+    handle = safefs.open_read(project.root, parts)
+    if handle is None:
+        return None
+    with handle:
+        old, _ = envelope.read_header(handle, path)
+        envelope.check_header(old, path, app=project.app, stage=stage, kind=kind)
+        if old.key_id == new_key.key_id:
+            return None  # fernet: already under the newest key
+        old_key = current.for_id(old.key_id)
+        if old_key is None:
+            raise WrongKeyError(
+                path,
+                f"sealed under key id {old.key_id}, which none of your keys has",
+                "list the older key after the new one in SST_VAULT_KEY, then retry"
+                if project.config.backend == "fernet"
+                else "pull the latest commit, or restore the file from git",
+            )
+        handle.seek(0)
+        meta = {"app": project.app, "stage": stage, "kind": kind}
+        # The plaintext never enters the repo: small files stay in memory, large ones go to an
+        # unlinked temporary file beside the SST home's own (plaintext) state.
+        with tempfile.SpooledTemporaryFile(SPOOL_SIZE, dir=project.home.bookkeeping) as plain:
+            envelope.open_(handle, plain, old_key, path, **meta)
+            with safefs.AtomicWriter(project.root, parts, 0o644) as out:
+                assert out.file is not None
+                new = envelope.seal(
+                    plain, out.file, new_key, serial=old.serial + 1, writer=writer, **meta
+                )
+                check = envelope.open_(out.read_back(), _Discard(), new_key, path, **meta)
+                if check.fingerprint != new.fingerprint:
+                    raise RefusedError(
+                        f"{path}: the re-sealed file does not round-trip",
+                        "nothing was changed; report this bug",
+                    )
+                swap.add(out.finish())
+    return old, new
+
+
+class _Discard(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return len(data)
+
+
+def _pending(root: Path, parts: tuple[str, ...], data: bytes) -> safefs.PendingFile:
+    with safefs.AtomicWriter(root, parts, 0o644) as out:
+        out.write(data)
+        return out.finish()
+
+
+class _Swap:
+    """Replace several files as one: if any replace fails, every replaced file is put back.
+
+    Before a target is replaced, a hard link keeps its old contents under a temporary name in
+    the same folder; the links are dropped once every replace succeeded.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[safefs.PendingFile] = []
+        self._done: list[tuple[safefs.PendingFile, str | None]] = []
+
+    def add(self, pending: safefs.PendingFile) -> None:
+        self.pending.append(pending)
+
+    def commit(self) -> None:
+        try:
+            while self.pending:
+                item = self.pending[0]
+                backup = self._keep(item)
+                try:
+                    item.replace()
+                except BaseException:
+                    if backup:
+                        self._unlink(item, backup)
+                    raise
+                self._done.append((item, backup))
+                self.pending.pop(0)
+        except BaseException:
+            self._rollback()
+            raise
+        for item, backup in self._done:
+            if backup:
+                self._unlink(item, backup)
+        self._done.clear()
+
+    def close(self) -> None:
+        """Discard what was never swapped in (after an error, or when nothing was to do)."""
+        for item in self.pending:
+            item.discard()
+        self.pending.clear()
+
+    def _keep(self, item: safefs.PendingFile) -> str | None:
+        name = f"{safefs.TEMP_PREFIX}{secrets.token_hex(8)}"
+        with safefs.open_dir(item.root, item.parts[:-1]) as dfd:
+            try:
+                os.link(item.parts[-1], name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+        return name
+
+    def _rollback(self) -> None:
+        for item, backup in reversed(self._done):
+            with contextlib.suppress(OSError), safefs.open_dir(item.root, item.parts[:-1]) as dfd:
+                if backup:
+                    os.rename(backup, item.parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
+                else:
+                    os.unlink(item.parts[-1], dir_fd=dfd)
+        self._done.clear()
+
+    @staticmethod
+    def _unlink(item: safefs.PendingFile, name: str) -> None:
+        with contextlib.suppress(OSError), safefs.open_dir(item.root, item.parts[:-1]) as dfd:
+            os.unlink(name, dir_fd=dfd)
+
+
+def _commit(project: Project, store, paths: list[Path], message: str) -> str | None:
+    try:
+        return store.commit_paths(paths, message)
+    except GitError as exc:
+        raise GitError(
+            f"the new files are in place, but the commit failed ({exc.message})",
+            f"fix git, then commit them: git add -A -- {CONFIG_NAME} {project.config.state_dir}"
+            " && git commit",
+        ) from None
+
+
+def _rotation_message(report: RotationReport) -> str:
+    if report.backend == "fernet":
+        title = f"sst-vault: re-seal every stage under Fernet key {report.key_id}"
+    elif report.removed:
+        title = f"sst-vault: remove recipient {report.removed}, new data key {report.key_id}"
+    else:
+        title = f"sst-vault: rotate data key {report.old_key_id} -> {report.key_id}"
+    lines = [title, ""]
+    by_stage: dict[str, list[str]] = {}
+    for item in report.files:
+        by_stage.setdefault(item.stage, []).append(item.kind)
+    lines += [f"re-sealed {stage}: {', '.join(kinds)}" for stage, kinds in by_stage.items()]
+    if report.removed:
+        lines += ["", f"Commits before this one still open for {report.removed}'s key."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _writer() -> str:
+    from vault.sync import writer_name
+
+    return writer_name()
+
+
+# --- trusting a changed data key ----------------------------------------------------------
+
+
+def last_change(project: Project, path: Path) -> Change | None:
+    """The last commit that touched `path`, or None when git has never seen it."""
+    import git
+
+    from vault.gitstore import GitStore
+
+    store = GitStore(project.root)
+    try:
+        commit = next(store.repo.iter_commits(paths=store.relative(path), max_count=1))
+    except (StopIteration, ValueError, git.GitCommandError):
+        return None
+    return Change(
+        commit.hexsha,
+        str(commit.author.name),
+        str(commit.author.email),
+        commit.authored_datetime.isoformat(),
+        commit.summary if isinstance(commit.summary, str) else commit.summary.decode(),
+    )
+
+
+def has_uncommitted_changes(project: Project, path: Path) -> bool:
+    from vault.gitstore import GitStore
+
+    return GitStore(project.root).is_tracked_or_changed(path)
+
+
+__all__ = [
+    "Change",
+    "RecipientChange",
+    "Resealed",
+    "RotationReport",
+    "add_recipient",
+    "last_change",
+    "list_recipients",
+    "remove_recipient",
+    "require_age",
+    "rotate",
+]
