@@ -17,7 +17,7 @@ import pytest
 
 APP = "demo-app"
 SST_CONFIG = (
-    "/// <reference path=\"./.sst/platform/config.d.ts\" />\n"
+    '/// <reference path="./.sst/platform/config.d.ts" />\n'
     "export default $config({\n"
     "  app(input) {\n"
     f'    return {{ name: "{APP}", removal: "retain", home: "local" }};\n'
@@ -38,12 +38,18 @@ class CLIResult:
         return self.out + self.err
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str], input: str | None = None,
-            timeout: float = 120) -> CLIResult:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str], input: str | None = None, timeout: float = 120
+) -> CLIResult:
     """Run `python -m vault ARGS` as a real subprocess."""
     proc = subprocess.run(
         [sys.executable, "-m", "vault", *args],
-        cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return CLIResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -91,10 +97,21 @@ class VaultProject:
     app: str = APP
     extra: dict[str, str] = field(default_factory=dict)
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
-            cwd: Path | None = None) -> CLIResult:
-        return run_cli("--sst-home", str(self.home), *args, cwd=cwd or self.root,
-                       env=env if env is not None else self.env, input=input)
+    def cli(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        cwd: Path | None = None,
+    ) -> CLIResult:
+        return run_cli(
+            "--sst-home",
+            str(self.home),
+            *args,
+            cwd=cwd or self.root,
+            env=env if env is not None else self.env,
+            input=input,
+        )
 
     def git(self, *args: str) -> str:
         return git(*args, cwd=self.root, env=self.env)
@@ -112,19 +129,26 @@ class VaultProject:
             return {}
         return {
             str(p.relative_to(state)): p.read_bytes()
-            for p in sorted(state.rglob("*")) if p.is_file() and not p.is_symlink()
+            for p in sorted(state.rglob("*"))
+            if p.is_file() and not p.is_symlink()
         }
 
     def snapshot_repo(self) -> dict[str, bytes]:
         state = self.root / "infra" / "state"
         return {
             str(p.relative_to(state)): p.read_bytes()
-            for p in sorted(state.rglob("*")) if p.is_file() and not p.is_symlink()
+            for p in sorted(state.rglob("*"))
+            if p.is_file() and not p.is_symlink()
         }
 
 
-def make_project(tmp_path: Path, name: str = "repo", backend: str = "age",
-                 key: str | None = None, env: dict[str, str] | None = None) -> VaultProject:
+def make_project(
+    tmp_path: Path,
+    name: str = "repo",
+    backend: str = "age",
+    key: str | None = None,
+    env: dict[str, str] | None = None,
+) -> VaultProject:
     env = dict(env or base_env(tmp_path))
     root = tmp_path / name
     root.mkdir()

@@ -82,7 +82,7 @@ def assert_refused(result: CLIResult, code: int, *words: str, hint: bool = True)
     line = lines[0]
     assert line.startswith("Error: "), line
     if hint:
-        assert ": " in line[len("Error: "):], line
+        assert ": " in line[len("Error: ") :], line
     for word in words:
         assert word in line, (word, line)
     return line
@@ -144,6 +144,4 @@ def other_home(project: VaultProject, home: Path) -> VaultProject:
 
 
 def run_git(args: list[str], cwd: Path, env: dict[str, str]) -> bytes:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True
-    ).stdout
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True).stdout

@@ -69,10 +69,20 @@ class Daemon:
     def start(self) -> Daemon:
         self.port = self.port or free_port()  # a restart keeps its port (and the remote's URL)
         self.proc = subprocess.Popen(
-            ["git", "daemon", "--enable=receive-pack", f"--base-path={self.base}",
-             "--export-all", "--reuseaddr", "--listen=127.0.0.1", f"--port={self.port}",
-             str(self.base)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "git",
+                "daemon",
+                "--enable=receive-pack",
+                f"--base-path={self.base}",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+                f"--port={self.port}",
+                str(self.base),
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # `git` runs git-daemon as a child: stop the whole group
         )
         deadline = time.monotonic() + 10

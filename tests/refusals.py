@@ -59,8 +59,13 @@ def deploy(project: VaultProject, stage: str, marker: str = "v1") -> None:
     home, app = project.home, project.app
     if sstfake.read_passphrase(home, app, stage) is None:
         sstfake.write_passphrase(home, app, stage)
-    state = {"version": 3, "checkpoint": {"stack": f"organization/{app}/{stage}",
-                                          "latest": {"marker": marker, "resources": []}}}
+    state = {
+        "version": 3,
+        "checkpoint": {
+            "stack": f"organization/{app}/{stage}",
+            "latest": {"marker": marker, "resources": []},
+        },
+    }
     sstfake.put_data(home, "app", app, stage, (json.dumps(state, indent=4) + "\n").encode())
     sstfake.write_secrets(home, app, stage, {"DB_PASSWORD": f"secret-{marker}"})
 

@@ -47,12 +47,18 @@ def _cache_dir() -> Path:
 def _looks_like_sst(path: str) -> bool:
     # Any SST run creates `<config>/sst/bin`: point it at a scratch directory, not at ~/.config.
     with tempfile.TemporaryDirectory() as scratch:
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": scratch, "XDG_CONFIG_HOME": scratch,
-               "TMPDIR": scratch, "SST_SKIP_DEPENDENCY_CHECK": "1",
-               "SST_TELEMETRY_DISABLED": "1"}
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": scratch,
+            "XDG_CONFIG_HOME": scratch,
+            "TMPDIR": scratch,
+            "SST_SKIP_DEPENDENCY_CHECK": "1",
+            "SST_TELEMETRY_DISABLED": "1",
+        }
         try:
-            out = subprocess.run([path, "version"], env=env, capture_output=True, text=True,
-                                 timeout=30)
+            out = subprocess.run(
+                [path, "version"], env=env, capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
     return out.returncode == 0 and out.stdout.startswith("sst ")
@@ -80,8 +86,10 @@ def find_sst_binary() -> Path | None:
 def missing_reason() -> str | None:
     """Why the real-SST tests cannot run here, or None when they can."""
     if find_sst_binary() is None:
-        return ("real SST CLI not found: run .ci/install-sst, or set SST_VAULT_TEST_SST_BIN, "
-                "or SST_VAULT_TEST_INSTALL_SST=1")
+        return (
+            "real SST CLI not found: run .ci/install-sst, or set SST_VAULT_TEST_SST_BIN, "
+            "or SST_VAULT_TEST_INSTALL_SST=1"
+        )
     if shutil.which("node") is None:
         return "the SST CLI evaluates sst.config.ts with `node`, which is not on PATH"
     return None
@@ -132,25 +140,38 @@ class SstProject:
             "SST_BUN_PATH": shutil.which("true") or "/bin/true",
         }
 
-    def run(self, *args: str, config_home: Path | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([str(self.binary), *args], cwd=self.project,
-                             env=self.env(config_home), capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL, timeout=120)
+    def run(
+        self, *args: str, config_home: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [str(self.binary), *args],
+            cwd=self.project,
+            env=self.env(config_home),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
         if check and out.returncode != 0:
             log = self.project / ".sst" / "log" / "sst.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
-            raise AssertionError(f"sst {' '.join(args)} failed ({out.returncode}):\n"
-                                 f"{out.stdout}{out.stderr}\n{tail}")
+            raise AssertionError(
+                f"sst {' '.join(args)} failed ({out.returncode}):\n{out.stdout}{out.stderr}\n{tail}"
+            )
         return out
 
-    def secret_set(self, name: str, value: str, stage: str, fallback: bool = False,
-                   config_home: Path | None = None) -> None:
+    def secret_set(
+        self,
+        name: str,
+        value: str,
+        stage: str,
+        fallback: bool = False,
+        config_home: Path | None = None,
+    ) -> None:
         args = ["secret", "set", name, value, "--stage", stage]
         self.run(*args, *(["--fallback"] if fallback else []), config_home=config_home)
 
-    def secret_list(self, stage: str,
-                    config_home: Path | None = None) -> dict[str, dict[str, str]]:
+    def secret_list(self, stage: str, config_home: Path | None = None) -> dict[str, dict[str, str]]:
         """`sst secret list` parsed: {"fallback": {...}, stage: {...}} (sections present only).
 
         SST prints Go map order (random), so the result is a dict, never compared as text.
@@ -169,8 +190,9 @@ class SstProject:
                 current[key] = value
         return sections
 
-    def state_export(self, stage: str, decrypt: bool = False,
-                     config_home: Path | None = None) -> str:
+    def state_export(
+        self, stage: str, decrypt: bool = False, config_home: Path | None = None
+    ) -> str:
         args = ["state", "export", "--stage", stage, *(["--decrypt"] if decrypt else [])]
         return self.run(*args, config_home=config_home).stdout
 

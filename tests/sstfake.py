@@ -82,13 +82,19 @@ def put_data(home: Path, kind: str, app: str, stage: str, data: bytes) -> Path:
 def go_json(value: Any) -> bytes:
     """Go's `json.Marshal` for maps of strings: sorted keys, compact, HTML-safe escapes."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                    ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for ch, esc in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(ch, esc)
     return text.encode()
 
 
 # --- passphrase -------------------------------------------------------------------------------
+
 
 def write_passphrase(home: Path, app: str, stage: str, key: bytes | None = None) -> bytes:
     """Write a passphrase file (a new random one unless `key` is given); returns the raw key."""
@@ -116,6 +122,7 @@ def ensure_passphrase(home: Path, app: str, stage: str) -> bytes:
 
 
 # --- secrets (`sst secret set`) ----------------------------------------------------------------
+
 
 def encrypt_secrets(key: bytes, values: dict[str, str], nonce: bytes | None = None) -> bytes:
     """The bytes of a `secret` file: nonce || AES-256-GCM(key, json) with no AAD."""
@@ -154,6 +161,7 @@ def read_secrets(home: Path, app: str, stage: str | None) -> dict[str, str]:
 
 # --- Pulumi secrets inside the checkpoint ------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=64)
 def _pulumi_key(passphrase: str, salt: bytes) -> bytes:
     # Pulumi's NewSymmetricCrypterFromPassphrase; about 0.4 s, hence the cache.
@@ -184,12 +192,17 @@ def _salt_state(passphrase: str) -> tuple[str, bytes]:
 
 # --- app state (the Pulumi checkpoint) ---------------------------------------------------------
 
+
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _resource_group(
-    rng: random.Random, app: str, stage: str, i: int, provider: str,
+    rng: random.Random,
+    app: str,
+    stage: str,
+    i: int,
+    provider: str,
 ) -> list[dict[str, Any]]:
     """A component and the AWS resource under it, shaped like an SST v3 deploy."""
     base = f"urn:pulumi:{stage}::{app}::"
@@ -206,25 +219,43 @@ def _resource_group(
             "custom": True,
             "id": bucket,
             "type": "aws:s3/bucketV2:BucketV2",
-            "inputs": {"__defaults": [], "bucket": bucket, "forceDestroy": True,
-                       "tags": {"sst:app": app, "sst:stage": stage}},
+            "inputs": {
+                "__defaults": [],
+                "bucket": bucket,
+                "forceDestroy": True,
+                "tags": {"sst:app": app, "sst:stage": stage},
+            },
             "outputs": {
-                "arn": f"arn:aws:s3:::{bucket}", "bucket": bucket,
+                "arn": f"arn:aws:s3:::{bucket}",
+                "bucket": bucket,
                 "bucketDomainName": f"{bucket}.s3.amazonaws.com",
                 "bucketRegionalDomainName": f"{bucket}.s3.us-east-1.amazonaws.com",
-                "hostedZoneId": "Z3AQBSTGFYJSTF", "id": bucket, "objectLockEnabled": False,
-                "region": "us-east-1", "requestPayer": "BucketOwner",
+                "hostedZoneId": "Z3AQBSTGFYJSTF",
+                "id": bucket,
+                "objectLockEnabled": False,
+                "region": "us-east-1",
+                "requestPayer": "BucketOwner",
                 "tags": {"sst:app": app, "sst:stage": stage},
                 "tagsAll": {"sst:app": app, "sst:stage": stage},
-                "serverSideEncryptionConfigurations": [{"rules": [{
-                    "applyServerSideEncryptionByDefaults": [
-                        {"kmsMasterKeyId": "", "sseAlgorithm": "AES256"}],
-                    "bucketKeyEnabled": False}]}],
+                "serverSideEncryptionConfigurations": [
+                    {
+                        "rules": [
+                            {
+                                "applyServerSideEncryptionByDefaults": [
+                                    {"kmsMasterKeyId": "", "sseAlgorithm": "AES256"}
+                                ],
+                                "bucketKeyEnabled": False,
+                            }
+                        ]
+                    }
+                ],
                 "versionings": [{"enabled": False, "mfaDelete": False}],
             },
-            "parent": comp, "provider": provider,
+            "parent": comp,
+            "provider": provider,
             "propertyDependencies": {"bucket": [], "forceDestroy": []},
-            "created": now, "modified": now,
+            "created": now,
+            "modified": now,
         }
     else:
         name = f"Function{i}"
@@ -236,26 +267,49 @@ def _resource_group(
             "custom": True,
             "id": fn,
             "type": "aws:lambda/function:Function",
-            "inputs": {"__defaults": [], "architectures": ["x86_64"], "handler": "index.handler",
-                       "memorySize": 1024, "role": role, "runtime": "nodejs20.x",
-                       "timeout": 20, "environment": {"variables": {
-                           "SST_RESOURCE_App": json.dumps({"name": app, "stage": stage})}}},
+            "inputs": {
+                "__defaults": [],
+                "architectures": ["x86_64"],
+                "handler": "index.handler",
+                "memorySize": 1024,
+                "role": role,
+                "runtime": "nodejs20.x",
+                "timeout": 20,
+                "environment": {
+                    "variables": {"SST_RESOURCE_App": json.dumps({"name": app, "stage": stage})}
+                },
+            },
             "outputs": {
                 "arn": f"arn:aws:lambda:us-east-1:{account}:function:{fn}",
                 "codeSha256": base64.b64encode(rng.randbytes(32)).decode(),
-                "functionName": fn, "handler": "index.handler",
-                "invokeArn": ("arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/"
-                              f"arn:aws:lambda:us-east-1:{account}:function:{fn}/invocations"),
-                "lastModified": now, "memorySize": 1024, "role": role,
-                "runtime": "nodejs20.x", "sourceCodeHash": rng.randbytes(16).hex(),
-                "timeout": 20, "version": "$LATEST",
+                "functionName": fn,
+                "handler": "index.handler",
+                "invokeArn": (
+                    "arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/"
+                    f"arn:aws:lambda:us-east-1:{account}:function:{fn}/invocations"
+                ),
+                "lastModified": now,
+                "memorySize": 1024,
+                "role": role,
+                "runtime": "nodejs20.x",
+                "sourceCodeHash": rng.randbytes(16).hex(),
+                "timeout": 20,
+                "version": "$LATEST",
                 "loggingConfig": {"logFormat": "Text", "logGroup": f"/aws/lambda/{fn}"},
             },
-            "parent": comp, "provider": provider,
-            "created": now, "modified": now,
+            "parent": comp,
+            "provider": provider,
+            "created": now,
+            "modified": now,
         }
-    component = {"urn": comp, "custom": False, "type": comp.split("::")[2],
-                 "parent": stack_urn, "created": now, "modified": now}
+    component = {
+        "urn": comp,
+        "custom": False,
+        "type": comp.split("::")[2],
+        "parent": stack_urn,
+        "created": now,
+        "modified": now,
+    }
     return [component, child]
 
 
@@ -293,34 +347,72 @@ def make_checkpoint(
     if marker:
         stack_outputs["marker"] = marker
     res: list[dict[str, Any]] = [
-        {"urn": stack_urn, "custom": False, "type": "pulumi:pulumi:Stack",
-         "outputs": stack_outputs, "created": now, "modified": now},
-        {"urn": f"{base}pulumi:providers:aws::default_6_66_2", "custom": True, "id": provider_id,
-         "type": "pulumi:providers:aws",
-         "inputs": {"__internal": {"pluginDownloadURL": ""}, "region": "us-east-1",
-                    "skipCredentialsValidation": "false", "skipRegionValidation": "true",
-                    "version": "6.66.2"},
-         "outputs": {"region": "us-east-1", "skipCredentialsValidation": "false",
-                     "skipRegionValidation": "true", "version": "6.66.2"},
-         "created": now, "modified": now},
+        {
+            "urn": stack_urn,
+            "custom": False,
+            "type": "pulumi:pulumi:Stack",
+            "outputs": stack_outputs,
+            "created": now,
+            "modified": now,
+        },
+        {
+            "urn": f"{base}pulumi:providers:aws::default_6_66_2",
+            "custom": True,
+            "id": provider_id,
+            "type": "pulumi:providers:aws",
+            "inputs": {
+                "__internal": {"pluginDownloadURL": ""},
+                "region": "us-east-1",
+                "skipCredentialsValidation": "false",
+                "skipRegionValidation": "true",
+                "version": "6.66.2",
+            },
+            "outputs": {
+                "region": "us-east-1",
+                "skipCredentialsValidation": "false",
+                "skipRegionValidation": "true",
+                "version": "6.66.2",
+            },
+            "created": now,
+            "modified": now,
+        },
     ]
     for name, value in (secret_outputs or {}).items():
-        res.append({
-            "urn": f"{base}sst:sst:Secret::{name}", "custom": False, "type": "sst:sst:Secret",
-            "outputs": {"name": name, "value": {
-                _PULUMI_SIG_KEY: _PULUMI_SECRET_SIG,
-                "ciphertext": _pulumi_encrypt(pkey, go_json(value).decode())}},
-            "parent": stack_urn, "created": now, "modified": now,
-        })
+        res.append(
+            {
+                "urn": f"{base}sst:sst:Secret::{name}",
+                "custom": False,
+                "type": "sst:sst:Secret",
+                "outputs": {
+                    "name": name,
+                    "value": {
+                        _PULUMI_SIG_KEY: _PULUMI_SECRET_SIG,
+                        "ciphertext": _pulumi_encrypt(pkey, go_json(value).decode()),
+                    },
+                },
+                "parent": stack_urn,
+                "created": now,
+                "modified": now,
+            }
+        )
 
     def wrap() -> dict[str, Any]:
-        return {"version": 3, "checkpoint": {"stack": f"organization/{app}/{stage}", "latest": {
-            "manifest": {"time": now, "magic": hashlib.sha256(PULUMI_VERSION.encode()).hexdigest(),
-                         "version": PULUMI_VERSION},
-            "secrets_providers": {"type": "passphrase", "state": {"salt": salt_state}},
-            "resources": res,
-            "metadata": {},
-        }}}
+        return {
+            "version": 3,
+            "checkpoint": {
+                "stack": f"organization/{app}/{stage}",
+                "latest": {
+                    "manifest": {
+                        "time": now,
+                        "magic": hashlib.sha256(PULUMI_VERSION.encode()).hexdigest(),
+                        "version": PULUMI_VERSION,
+                    },
+                    "secrets_providers": {"type": "passphrase", "state": {"salt": salt_state}},
+                    "resources": res,
+                    "metadata": {},
+                },
+            },
+        }
 
     for i in range(resources):
         res.extend(_resource_group(rng, app, stage, i, provider_ref))
@@ -359,8 +451,9 @@ def write_state(
     checkpoint's secrets salt is derived from it, as Pulumi does.
     """
     key = ensure_passphrase(home, app, stage)
-    checkpoint = make_checkpoint(app, stage, resources, marker, size, secret_outputs,
-                                 base64.b64encode(key).decode(), seed)
+    checkpoint = make_checkpoint(
+        app, stage, resources, marker, size, secret_outputs, base64.b64encode(key).decode(), seed
+    )
     return put_data(home, "app", app, stage, dump_checkpoint(checkpoint))
 
 
@@ -369,6 +462,7 @@ def read_state(home: Path, app: str, stage: str) -> dict[str, Any]:
 
 
 # --- per-machine history -----------------------------------------------------------------------
+
 
 def update_id(descending: bool = True, now_ms: int | None = None) -> str:
     """SST's `id.Descending()`: 12 hex digits of (inverted) unix ms, then 12 random hex digits."""
@@ -380,7 +474,11 @@ def update_id(descending: bool = True, now_ms: int | None = None) -> str:
 
 
 def write_lock_and_history(
-    home: Path, app: str, stage: str, command: str = "deploy", locked: bool = True,
+    home: Path,
+    app: str,
+    stage: str,
+    command: str = "deploy",
+    locked: bool = True,
 ) -> list[Path]:
     """Write what a deploy leaves besides `app`: lock, update, snapshot and eventlog files.
 
@@ -392,24 +490,50 @@ def write_lock_and_history(
     started = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     written: list[Path] = []
     if locked:
-        lock = {"created": _now(), "updateID": uid, "runID": "", "command": command,
-                "ignore": True}
-        written.append(put_data(home, "lock", app, stage, json.dumps(
-            lock, separators=(",", ":")).encode()))
-    update = {"id": uid, "version": "4.17.1", "command": command, "errors": None,
-              "timeStarted": started}
+        lock = {"created": _now(), "updateID": uid, "runID": "", "command": command, "ignore": True}
+        written.append(
+            put_data(home, "lock", app, stage, json.dumps(lock, separators=(",", ":")).encode())
+        )
+    update = {
+        "id": uid,
+        "version": "4.17.1",
+        "command": command,
+        "errors": None,
+        "timeStarted": started,
+    }
     if not locked:
         update["timeCompleted"] = started
-    written.append(put_data(home, "update", app, f"{stage}/{uid}", json.dumps(
-        update, separators=(",", ":")).encode()))
+    written.append(
+        put_data(
+            home,
+            "update",
+            app,
+            f"{stage}/{uid}",
+            json.dumps(update, separators=(",", ":")).encode(),
+        )
+    )
     app_file = state_path(home, "app", app, stage)
-    snapshot = app_file.read_bytes() if app_file.exists() else dump_checkpoint(
-        make_checkpoint(app, stage, resources=1))
+    snapshot = (
+        app_file.read_bytes()
+        if app_file.exists()
+        else dump_checkpoint(make_checkpoint(app, stage, resources=1))
+    )
     written.append(put_data(home, "snapshot", app, f"{stage}/{uid}", snapshot))
-    event = {"sequence": 0, "timestamp": int(time.time()),
-             "cancelEvent": None, "summaryEvent": {"maybeCorrupt": False, "durationSeconds": 3}}
-    written.append(put_data(home, "eventlog", app, f"{stage}/{uid}",
-                            (json.dumps(event, separators=(",", ":")) + "\n").encode()))
+    event = {
+        "sequence": 0,
+        "timestamp": int(time.time()),
+        "cancelEvent": None,
+        "summaryEvent": {"maybeCorrupt": False, "durationSeconds": 3},
+    }
+    written.append(
+        put_data(
+            home,
+            "eventlog",
+            app,
+            f"{stage}/{uid}",
+            (json.dumps(event, separators=(",", ":")) + "\n").encode(),
+        )
+    )
     return written
 
 
@@ -418,5 +542,6 @@ def list_files(home: Path) -> dict[str, bytes]:
     root = Path(home) / "state"
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }

@@ -26,8 +26,20 @@ def test_doctor_healthy_vault(vault_project: VaultProject, tmp_path: Path) -> No
     result = vault_project.cli("doctor")
     assert result.code == 0, result.output
     checks = lines(result)
-    for name in ("config", "key sources", "keyring", "key", "SST home", "git", "git attributes",
-                 "git ignore", "diff driver", "remote", "lock", "plaintext"):
+    for name in (
+        "config",
+        "key sources",
+        "keyring",
+        "key",
+        "SST home",
+        "git",
+        "git attributes",
+        "git ignore",
+        "diff driver",
+        "remote",
+        "lock",
+        "plaintext",
+    ):
         assert name in checks, (name, result.out)
     assert all(line.split()[0] in ("ok", "warn") for line in result.out.splitlines())
     assert checks["key sources"][0].startswith("ok key sources: $SST_VAULT_KEY (1 key)")
@@ -56,8 +68,9 @@ def test_doctor_fails_without_a_key(vault_project: VaultProject) -> None:
     assert checks["diff driver"][0].startswith("ok")
 
 
-def test_doctor_names_a_key_file_and_a_wrong_key(vault_project: VaultProject,
-                                                  tmp_path: Path) -> None:
+def test_doctor_names_a_key_file_and_a_wrong_key(
+    vault_project: VaultProject, tmp_path: Path
+) -> None:
     key_file = tmp_path / "ci.key"
     key_file.write_text(vault_project.key + "\n")
     env = {k: v for k, v in vault_project.env.items() if k != "SST_VAULT_KEY"}
@@ -102,8 +115,9 @@ def test_doctor_fails_on_plaintext_and_missing_attributes(vault_project: VaultPr
     result = vault_project.cli("doctor")
     assert result.code == 1
     checks = lines(result)
-    assert checks["plaintext"][0].startswith("fail plaintext: 1 plaintext file(s): "
-                                             "infra/state/app/prod.json.bak")
+    assert checks["plaintext"][0].startswith(
+        "fail plaintext: 1 plaintext file(s): infra/state/app/prod.json.bak"
+    )
     assert checks["git attributes"][0].startswith("fail git attributes:")
 
 

@@ -109,12 +109,14 @@ def pulumi_like(size: int) -> bytes:
     total = 0
     while total < size:
         n = len(resources)
-        resources.append({
-            "urn": f"urn:pulumi:prod::demo-app::aws:s3/bucket:Bucket::bucket{n}",
-            "type": "aws:s3/bucket:Bucket",
-            "id": f"demo-app-prod-bucket{n}-{rng.getrandbits(32):08x}",
-            "outputs": {"arn": f"arn:aws:s3:::bucket{n}", "tags": {"sst:app": "demo-app"}},
-        })
+        resources.append(
+            {
+                "urn": f"urn:pulumi:prod::demo-app::aws:s3/bucket:Bucket::bucket{n}",
+                "type": "aws:s3/bucket:Bucket",
+                "id": f"demo-app-prod-bucket{n}-{rng.getrandbits(32):08x}",
+                "outputs": {"arn": f"arn:aws:s3:::bucket{n}", "tags": {"sst:app": "demo-app"}},
+            }
+        )
         total += len(json.dumps(resources[-1]))
     return json.dumps({"version": 3, "checkpoint": {"resources": resources}}, indent=4).encode()
 
@@ -247,8 +249,9 @@ def test_source_changing_between_passes_is_refused():
             return super().seek(pos, whence)
 
     with pytest.raises(envelope.ChangedWhileReading) as info:
-        envelope.seal(Growing(b'{"a": 1}'), io.BytesIO(), stream_key(), serial=1, writer="w",
-                      **META)
+        envelope.seal(
+            Growing(b'{"a": 1}'), io.BytesIO(), stream_key(), serial=1, writer="w", **META
+        )
     assert isinstance(info.value, VaultError)
 
 
@@ -517,8 +520,12 @@ def vector_key(cipher: str) -> FileKey:
 
 def open_vector(name: str, cipher: str, kind: str) -> tuple[envelope.Header, bytes]:
     return envelope.open_bytes(
-        (TESTDATA / name).read_bytes(), vector_key(cipher), TESTDATA / name,
-        app=VECTOR_APP, stage=VECTOR_STAGE, kind=kind,
+        (TESTDATA / name).read_bytes(),
+        vector_key(cipher),
+        TESTDATA / name,
+        app=VECTOR_APP,
+        stage=VECTOR_STAGE,
+        kind=kind,
     )
 
 
@@ -533,21 +540,33 @@ def open_vector(name: str, cipher: str, kind: str) -> tuple[envelope.Header, byt
 def test_vector_opens_to_known_plaintext(name, cipher, kind, plain):
     header, got = open_vector(name, cipher, kind)
     assert got == plain
-    assert (header.serial, header.writer, header.time) == (7, "vector@sst-vault",
-                                                           "2026-01-02T03:04:05Z")
+    assert (header.serial, header.writer, header.time) == (
+        7,
+        "vector@sst-vault",
+        "2026-01-02T03:04:05Z",
+    )
     assert header.key_id == vector_key(cipher).key_id
 
 
 @pytest.mark.parametrize(
     ("name", "kind", "plain"),
-    [("vector-v1.vault", "app", VECTOR_PLAIN),
-     ("vector-v1-two-chunks.vault", "secret", VECTOR_TWO_CHUNKS)],
+    [
+        ("vector-v1.vault", "app", VECTOR_PLAIN),
+        ("vector-v1-two-chunks.vault", "secret", VECTOR_TWO_CHUNKS),
+    ],
 )
 def test_writer_still_produces_the_vectors_byte_for_byte(name, kind, plain):
     """Format v1 is frozen: a change to the header, KDF, chunking or compression shows here."""
     _, blob = envelope.seal_bytes(
-        plain, vector_key("stream"), app=VECTOR_APP, stage=VECTOR_STAGE, kind=kind, serial=7,
-        writer="vector@sst-vault", now=VECTOR_TIME, randbytes=lambda n: VECTOR_SALT[:n],
+        plain,
+        vector_key("stream"),
+        app=VECTOR_APP,
+        stage=VECTOR_STAGE,
+        kind=kind,
+        serial=7,
+        writer="vector@sst-vault",
+        now=VECTOR_TIME,
+        randbytes=lambda n: VECTOR_SALT[:n],
     )
     assert blob == (TESTDATA / name).read_bytes()
 

@@ -24,8 +24,12 @@ from vault.keys import data_file_key
 
 pytestmark = pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
 
-MALLORY = {"GIT_AUTHOR_NAME": "Mallory", "GIT_AUTHOR_EMAIL": "m@evil.example",
-           "GIT_COMMITTER_NAME": "Mallory", "GIT_COMMITTER_EMAIL": "m@evil.example"}
+MALLORY = {
+    "GIT_AUTHOR_NAME": "Mallory",
+    "GIT_AUTHOR_EMAIL": "m@evil.example",
+    "GIT_COMMITTER_NAME": "Mallory",
+    "GIT_COMMITTER_EMAIL": "m@evil.example",
+}
 
 
 def key_id(project: VaultProject, env: dict[str, str] | None = None) -> str:
@@ -45,16 +49,26 @@ def forge(project: VaultProject, stage: str, data_key: bytes, *, claim_id: str |
     key = data_file_key(data_key)
     if claim_id:
         key = envelope.FileKey(claim_id, key.cipher, key.secret)  # lie about the key id
-    state = {"version": 3, "checkpoint": {"stack": "organization/demo-app/prod",
-                                          "latest": {"marker": "mallory", "resources": []}}}
+    state = {
+        "version": 3,
+        "checkpoint": {
+            "stack": "organization/demo-app/prod",
+            "latest": {"marker": "mallory", "resources": []},
+        },
+    }
     plain = {
         "passphrase": b"bWFsbG9yeSBtYWxsb3J5IG1hbGxvcnkgbWFsbG9yeSE=",
         "app": json.dumps(state).encode(),
     }
     for kind, data in plain.items():
         _, blob = envelope.seal_bytes(
-            data, key, app=project.app, stage=stage, kind=kind,
-            serial=serial_of(project, kind, stage) + 1, writer="ci@runner",
+            data,
+            key,
+            app=project.app,
+            stage=stage,
+            kind=kind,
+            serial=serial_of(project, kind, stage) + 1,
+            writer="ci@runner",
         )
         project.vault_file(kind, stage).write_bytes(blob)
     project.vault_file("secret", stage).unlink()
@@ -62,8 +76,12 @@ def forge(project: VaultProject, stage: str, data_key: bytes, *, claim_id: str |
 
 def attacker_commit(project: VaultProject, message: str = "bump dependencies") -> None:
     project.git("add", "-A", "infra/state")
-    subprocess.run(["git", "commit", "-q", "-m", message], cwd=project.root,
-                   env=dict(project.env, **MALLORY), check=True)
+    subprocess.run(
+        ["git", "commit", "-q", "-m", message],
+        cwd=project.root,
+        env=dict(project.env, **MALLORY),
+        check=True,
+    )
 
 
 @pytest.fixture
@@ -86,7 +104,9 @@ def test_forged_data_key_is_refused_when_pinned_and_accepted_without(committed):
     forged_key = os.urandom(32)
     wrapped = subprocess.run(
         ["age", "-e", "-a", *(a for r in recipients.values() for a in ("-r", r))],
-        input=forged_key, capture_output=True, check=True,
+        input=forged_key,
+        capture_output=True,
+        check=True,
     ).stdout
     (p.root / "infra" / "state" / "data-key.age").write_bytes(wrapped)
     forge(p, "prod", forged_key)
@@ -99,10 +119,21 @@ def test_forged_data_key_is_refused_when_pinned_and_accepted_without(committed):
         if home == "fresh":
             wipe_home(p)
         was = before(p)
-        for command in (("prepare", "prod"), ("prepare", "prod", "--force"),
-                        ("prepare", "staging"), ("commit", "staging")):
-            assert_refused(p.cli(*command, env=pinned), 1, real_id, forged_id, "SST_VAULT_KEY_ID",
-                           project=p, was=was)
+        for command in (
+            ("prepare", "prod"),
+            ("prepare", "prod", "--force"),
+            ("prepare", "staging"),
+            ("commit", "staging"),
+        ):
+            assert_refused(
+                p.cli(*command, env=pinned),
+                1,
+                real_id,
+                forged_id,
+                "SST_VAULT_KEY_ID",
+                project=p,
+                was=was,
+            )
     # CI variables often end in a newline; the pin still matches the genuine key elsewhere.
     assert key_id(p, dict(p.env, SST_VAULT_KEY_ID=f" {forged_id}\n")) == forged_id
 
@@ -119,15 +150,21 @@ def test_forged_files_under_the_genuine_data_key_file_never_open(committed):
     forged_key = os.urandom(32)
     forge(p, "prod", forged_key)
     was = before(p)
-    assert_refused(p.cli("prepare", "prod"), 1, "wrong key", "prod.json.vault",
-                   data_file_key(forged_key).key_id, project=p, was=was)
+    assert_refused(
+        p.cli("prepare", "prod"),
+        1,
+        "wrong key",
+        "prod.json.vault",
+        data_file_key(forged_key).key_id,
+        project=p,
+        was=was,
+    )
     # Claiming the genuine key id in the clear header does not help: authentication fails.
     p.git("checkout", "--", "infra/state")
     forge(p, "prod", forged_key, claim_id=key_id(p))
     wipe_home(p)
     was = before(p)
-    assert_refused(p.cli("prepare", "prod"), 1, "tampered", "prod.json.vault", project=p,
-                   was=was)
+    assert_refused(p.cli("prepare", "prod"), 1, "tampered", "prod.json.vault", project=p, was=was)
 
 
 # --- guarantee 3: a file moved to another stage or kind ---------------------------------

@@ -32,15 +32,19 @@ def two_versions(project: VaultProject) -> tuple[str, str]:
     deploy(project, "prod", "first-marker", secrets={"API_TOKEN": SECRET_1})
     assert project.cli("commit", "prod").code == 0
     first = head(project)
-    deploy(project, "prod", "second-marker", resources=5,
-           secrets={"API_TOKEN": SECRET_2, "NEW_ONE": "value-N3w"})
+    deploy(
+        project,
+        "prod",
+        "second-marker",
+        resources=5,
+        secrets={"API_TOKEN": SECRET_2, "NEW_ONE": "value-N3w"},
+    )
     assert project.cli("commit", "prod").code == 0
     return first, head(project)
 
 
 def git_out(project: VaultProject, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=project.root, env=env, capture_output=True,
-                          text=True)
+    return subprocess.run(["git", *args], cwd=project.root, env=env, capture_output=True, text=True)
 
 
 def keyless(project: VaultProject) -> dict[str, str]:
@@ -88,8 +92,10 @@ def test_git_log_shows_decrypted_json_to_a_key_holder(vault_project: VaultProjec
 def test_git_diff_without_a_key_fails_safe(vault_project: VaultProject) -> None:
     two_versions(vault_project)
     phrase = passphrase_text(vault_project)
-    for env in (keyless(vault_project), {**keyless(vault_project), "SST_VAULT_KEY": new_key(
-            vault_project.env)}):
+    for env in (
+        keyless(vault_project),
+        {**keyless(vault_project), "SST_VAULT_KEY": new_key(vault_project.env)},
+    ):
         result = git_out(vault_project, "log", "-p", env=env)
         assert result.returncode == 0, result.stderr
         out = result.stdout
@@ -128,8 +134,9 @@ def test_no_cached_plaintext_and_no_plaintext_in_format_patch(vault_project: Vau
     assert "second-marker" not in patch.stdout and "GIT binary patch" in patch.stdout
     no_textconv = git_out(vault_project, "diff", "--no-textconv", "HEAD~1", env=vault_project.env)
     assert "Binary files" in no_textconv.stdout
-    assert not git_out(vault_project, "notes", "--ref=textconv/sst-vault", "list",
-                       env=vault_project.env).stdout
+    assert not git_out(
+        vault_project, "notes", "--ref=textconv/sst-vault", "list", env=vault_project.env
+    ).stdout
 
 
 def test_setup_git_in_a_fresh_clone(vault_project: VaultProject, tmp_path: Path) -> None:
@@ -312,8 +319,11 @@ def test_rollback_refusals_change_nothing(vault_project: VaultProject) -> None:
     assert_refused(vault_project.cli("rollback", "prod", "--to", "nope"), 2, "nope")
     first_commit = vault_project.git("rev-list", "--max-parents=0", "HEAD").strip()
     assert_refused(vault_project.cli("rollback", "prod", "--to", first_commit), 2, "no vault files")
-    assert_refused(vault_project.cli("rollback", "prod", "--to", v1, env=keyless(vault_project)),
-                   2, "SST_VAULT_KEY")
+    assert_refused(
+        vault_project.cli("rollback", "prod", "--to", v1, env=keyless(vault_project)),
+        2,
+        "SST_VAULT_KEY",
+    )
     # Uncommitted edits of the stage's vault files are never overwritten.
     vault_project.vault_file("app", "prod").write_bytes(b"local edit")
     edited = vault_project.snapshot_repo()
@@ -355,8 +365,9 @@ def test_textconv_finds_a_project_in_a_subfolder(tmp_path: Path) -> None:
     git("commit", "-qm", "x", cwd=top, env=env)
     env["SST_VAULT_KEY"] = new_key(env)
     app_dir = top / "apps" / "web"
-    (app_dir / "sst.config.ts").write_text('export default $config({ app() { return '
-                                           '{ name: "web", home: "local" }; } });\n')
+    (app_dir / "sst.config.ts").write_text(
+        'export default $config({ app() { return { name: "web", home: "local" }; } });\n'
+    )
     home = tmp_path / "home"
     project = VaultProject(app_dir, home, env, env["SST_VAULT_KEY"], app="web")
     assert project.cli("init", "--no-keyring").code == 0
@@ -364,8 +375,9 @@ def test_textconv_finds_a_project_in_a_subfolder(tmp_path: Path) -> None:
     assert project.cli("commit", "prod").code == 0
     sstfake.write_state(home, "web", "prod", marker="mono-marker-2")
     assert project.cli("commit", "prod").code == 0
-    out = subprocess.run(["git", "log", "-p", "-1"], cwd=top, env=env, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["git", "log", "-p", "-1"], cwd=top, env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0 and '+            "marker": "mono-marker-2"' in out.stdout
 
 
@@ -385,8 +397,12 @@ def test_run_cli_textconv_outside_any_project(tmp_path: Path) -> None:
     assert project.cli("commit", "prod").code == 0
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = run_cli("textconv", str(project.vault_file("app", "prod")), cwd=elsewhere,
-                     env={**env, "SST_VAULT_KEY": project.key})
+    result = run_cli(
+        "textconv",
+        str(project.vault_file("app", "prod")),
+        cwd=elsewhere,
+        env={**env, "SST_VAULT_KEY": project.key},
+    )
     assert result.code == 0 and "not decrypted" in result.out and "urn:" not in result.out
     raw = base64.b64encode(b"x").decode()
     assert raw not in result.out
@@ -412,11 +428,16 @@ def test_history_across_an_age_rotation(vault_project: VaultProject) -> None:
     assert '+            "marker": "before-rotation"' in shown.stdout
     assert "not decrypted" not in shown.stdout
     count = commit_count(vault_project)
-    assert_refused(vault_project.cli("rollback", "prod", "--to", v1), 1, "key rotation",
-                   "sst-vault log")
+    assert_refused(
+        vault_project.cli("rollback", "prod", "--to", v1), 1, "key rotation", "sst-vault log"
+    )
     assert commit_count(vault_project) == count
     # The rotation commit re-sealed the same state under the new key: that one restores.
     result = vault_project.cli("rollback", "prod", "--to", rotation, "--prepare")
     assert result.code == 0, result.output
-    assert sstfake.read_state(vault_project.home, vault_project.app, "prod")["checkpoint"][
-        "latest"]["resources"][0]["outputs"]["marker"] == "before-rotation"
+    assert (
+        sstfake.read_state(vault_project.home, vault_project.app, "prod")["checkpoint"]["latest"][
+            "resources"
+        ][0]["outputs"]["marker"]
+        == "before-rotation"
+    )

@@ -27,10 +27,18 @@ pytestmark = pytest.mark.keyring
 def entry(env: dict[str, str], username: str) -> str | None:
     """A keyring entry of service sst-vault, read by another Secret Service client."""
     out = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, keyring; v = keyring.get_password('sst-vault', sys.argv[1]); "
-         "print(v if v is not None else '', end='')", username],
-        env=env, capture_output=True, text=True, timeout=30, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, keyring; v = keyring.get_password('sst-vault', sys.argv[1]); "
+            "print(v if v is not None else '', end='')",
+            username,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return out.stdout or None
 
@@ -63,8 +71,11 @@ def on_terminal(person: VaultProject, answer: str, *args: str) -> tuple[int, str
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI, as a developer would start it in a terminal
         os.chdir(person.root)
-        os.execvpe(sys.executable, [sys.executable, "-m", "vault", "--sst-home",
-                                    str(person.home), *args], person.env)
+        os.execvpe(
+            sys.executable,
+            [sys.executable, "-m", "vault", "--sst-home", str(person.home), *args],
+            person.env,
+        )
     output, answered = b"", False
     while True:
         ready, _, _ = select.select([fd], [], [], 60)
@@ -135,8 +146,9 @@ def test_import_stores_a_checked_key_and_pins_the_data_key(team, tmp_path):
     # export-public prints what `age-keygen -y` derives from the same secret.
     result = alice.cli("key", "export-public")
     assert result.code == 0, result.output
-    expected = subprocess.run(["age-keygen", "-y"], input=alice.key + "\n", text=True,
-                              capture_output=True, check=True).stdout.strip()
+    expected = subprocess.run(
+        ["age-keygen", "-y"], input=alice.key + "\n", text=True, capture_output=True, check=True
+    ).stdout.strip()
     assert result.out.strip() == expected
     assert "recipient alice" in result.err and "OS keyring" in result.err
 
@@ -203,8 +215,9 @@ def test_without_keyring_and_for_fernet(tmp_path, env):
     # No keyring backend (conftest's default): each keyring command says what to install.
     project = make_project(tmp_path, name="age")
     no_key = {k: v for k, v in project.env.items() if k != "SST_VAULT_KEY"}
-    assert_refused(project.cli("key", "import", env=no_key, input=project.key),
-                   2, "keyring", "gnome-keyring")
+    assert_refused(
+        project.cli("key", "import", env=no_key, input=project.key), 2, "keyring", "gnome-keyring"
+    )
     assert_refused(project.cli("key", "forget", "--yes", env=no_key), 2, "keyring")
     # CI (key in the environment) can still review a data key: the pin is SST_VAULT_KEY_ID.
     result = project.cli("key", "trust", "--yes")
@@ -304,7 +317,9 @@ def test_pin_refuses_a_forged_vault(team, tmp_path):
     forged = os.urandom(32)
     pubs = [public(ci.env, ci.key, ci), public(ci.env, alice.key, ci)]
     wrapped = subprocess.run(
-        ["age", "-a", *(a for p in pubs for a in ("-r", p))], input=forged, capture_output=True,
+        ["age", "-a", *(a for p in pubs for a in ("-r", p))],
+        input=forged,
+        capture_output=True,
         check=True,
     ).stdout
     (ci.root / "infra/state/data-key.age").write_bytes(wrapped)
@@ -313,14 +328,14 @@ def test_pin_refuses_a_forged_vault(team, tmp_path):
         plain = (ci.home / "state" / kind / APP / "prod.json").read_bytes()
         if kind == "app":
             plain = plain.replace(b'"first"', b'"mallory"')
-        _, sealed = envelope.seal_bytes(plain, file_key, app=APP, stage="prod", kind=kind,
-                                        serial=99, writer="mallory@evil")
+        _, sealed = envelope.seal_bytes(
+            plain, file_key, app=APP, stage="prod", kind=kind, serial=99, writer="mallory@evil"
+        )
         ci.vault_file(kind, "prod").write_bytes(sealed)
     ci.vault_file("secret", "prod").unlink()
     ci.git("add", "-A", "infra/state")
     mallory = dict(ci.env, GIT_AUTHOR_NAME="Mallory", GIT_AUTHOR_EMAIL="m@evil.example")
-    subprocess.run(["git", "commit", "-q", "-m", "bump deps"], cwd=ci.root, env=mallory,
-                   check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "bump deps"], cwd=ci.root, env=mallory, check=True)
     forged_head = head(ci)
 
     # Alice's keyring pin refuses it; her home is untouched.

@@ -69,8 +69,9 @@ def test_age_keygen_identity_works_for_init_commit_prepare(keygen_project):
     config = tomllib.loads((project.root / "sst-vault.toml").read_text())
     assert list(config["recipients"].values()) == [public]
     committed = project.snapshot_home()
-    assert set(committed) == {f"{k}/{project.app}/prod.json" for k in ("passphrase", "app",
-                                                                        "secret")}
+    assert set(committed) == {
+        f"{k}/{project.app}/prod.json" for k in ("passphrase", "app", "secret")
+    }
     # SST_VAULT_KEY holding the key file's text (comments included)...
     assert prepare_fresh(project, project.env, "prod") == committed
     # ...and SST_VAULT_KEY_FILE naming the file itself.
@@ -130,23 +131,36 @@ def refusals_for_bad_keys(project: VaultProject, tmp_path: Path, identity: str):
         ("pq-file", dict(bare, SST_VAULT_KEY_FILE=str(pq_file)), [str(pq_file), "post-quantum"]),
         ("pq-lowercase", dict(bare, SST_VAULT_KEY=PQ_IDENTITY.lower()), ["post-quantum"]),
         ("truncated", dict(bare, SST_VAULT_KEY=identity[:-6]), ["$SST_VAULT_KEY", "malformed"]),
-        ("bad-checksum", dict(bare, SST_VAULT_KEY=identity[:-1] + ("Q" if identity[-1] != "Q"
-                                                                    else "P")),
-         ["$SST_VAULT_KEY", "malformed"]),
+        (
+            "bad-checksum",
+            dict(bare, SST_VAULT_KEY=identity[:-1] + ("Q" if identity[-1] != "Q" else "P")),
+            ["$SST_VAULT_KEY", "malformed"],
+        ),
         ("garbage", dict(bare, SST_VAULT_KEY="hunter2"), ["$SST_VAULT_KEY", "age identity"]),
-        ("second-line-bad", dict(bare, SST_VAULT_KEY=f"{identity}\nnot-a-key"),
-         ["$SST_VAULT_KEY"]),
+        ("second-line-bad", dict(bare, SST_VAULT_KEY=f"{identity}\nnot-a-key"), ["$SST_VAULT_KEY"]),
         ("empty", dict(bare, SST_VAULT_KEY=""), ["$SST_VAULT_KEY", "empty"]),
         ("blank", dict(bare, SST_VAULT_KEY=" \n\t\n"), ["$SST_VAULT_KEY"]),
-        ("missing-file", dict(bare, SST_VAULT_KEY_FILE=str(missing)),
-         ["$SST_VAULT_KEY_FILE", str(missing), "cannot be read"]),
-        ("directory", dict(bare, SST_VAULT_KEY_FILE=str(tmp_path)),
-         ["$SST_VAULT_KEY_FILE", "cannot be read"]),
+        (
+            "missing-file",
+            dict(bare, SST_VAULT_KEY_FILE=str(missing)),
+            ["$SST_VAULT_KEY_FILE", str(missing), "cannot be read"],
+        ),
+        (
+            "directory",
+            dict(bare, SST_VAULT_KEY_FILE=str(tmp_path)),
+            ["$SST_VAULT_KEY_FILE", "cannot be read"],
+        ),
         ("empty-file", dict(bare, SST_VAULT_KEY_FILE=str(empty_file)), [str(empty_file), "empty"]),
-        ("binary-file", dict(bare, SST_VAULT_KEY_FILE=str(binary_file)),
-         ["$SST_VAULT_KEY_FILE", "binary"]),
-        ("fernet-for-age", dict(bare, SST_VAULT_KEY=new_key(bare, "fernet")),
-         ["$SST_VAULT_KEY", "fernet", "age"]),
+        (
+            "binary-file",
+            dict(bare, SST_VAULT_KEY_FILE=str(binary_file)),
+            ["$SST_VAULT_KEY_FILE", "binary"],
+        ),
+        (
+            "fernet-for-age",
+            dict(bare, SST_VAULT_KEY=new_key(bare, "fernet")),
+            ["$SST_VAULT_KEY", "fernet", "age"],
+        ),
     ]
 
 
@@ -193,8 +207,9 @@ def test_no_key_and_no_keyring_names_the_variable_and_a_backend(keygen_project, 
     assert bare["PYTHON_KEYRING_BACKEND"] == "keyring.backends.fail.Keyring"
     was = before(project)
     for command in (("prepare", "prod"), ("commit", "prod"), ("status",), ("key", "id")):
-        line = assert_refused(project.cli(*command, env=bare), 2, "SST_VAULT_KEY", "keyring",
-                              project=project, was=was)
+        line = assert_refused(
+            project.cli(*command, env=bare), 2, "SST_VAULT_KEY", "keyring", project=project, was=was
+        )
         assert "gnome-keyring" in line or "keyrings.alt" in line, line
     # init without any key wants the keyring, and says what to install before writing a file.
     root = tmp_path / "fresh"
@@ -232,9 +247,7 @@ def test_fernet_rotation_newest_first(tmp_path):
     deploy(project, "prod", "v2")
     result = project.cli("commit", "prod", env=rotating)
     assert result.code == 0, result.output
-    assert {header_key_id(project, k, "prod") for k in ("passphrase", "app", "secret")} == {
-        new_id
-    }
+    assert {header_key_id(project, k, "prod") for k in ("passphrase", "app", "secret")} == {new_id}
     assert header_key_id(project, "app", "staging") == old_id
     home = project.snapshot_home()
 
@@ -245,10 +258,23 @@ def test_fernet_rotation_newest_first(tmp_path):
     wipe_home(project)
     was = before(project)
     only_old = dict(project.env, SST_VAULT_KEY=old)
-    assert_refused(project.cli("prepare", "staging", env=only_new), 1, "wrong key",
-                   "staging.json.vault", old_id, project=project, was=was)
-    assert_refused(project.cli("prepare", "prod", env=only_old), 1, "wrong key", new_id,
-                   project=project, was=was)
+    assert_refused(
+        project.cli("prepare", "staging", env=only_new),
+        1,
+        "wrong key",
+        "staging.json.vault",
+        old_id,
+        project=project,
+        was=was,
+    )
+    assert_refused(
+        project.cli("prepare", "prod", env=only_old),
+        1,
+        "wrong key",
+        new_id,
+        project=project,
+        was=was,
+    )
 
 
 def test_several_age_identities_any_order(keygen_project, tmp_path):
@@ -265,16 +291,27 @@ def test_wrong_age_identity_is_refused(keygen_project, tmp_path):
     wrong = dict(project.env, SST_VAULT_KEY=other)
     deploy(project, "prod", "v2")  # the home differs from the repo: nothing may overwrite it
     was = before(project)
-    for command in (("prepare", "prod"), ("prepare", "prod", "--force"), ("commit", "prod"),
-                    ("key", "id")):
-        line = assert_refused(project.cli(*command, env=wrong), 1, "wrong key", "data-key.age",
-                              project=project, was=was)
+    for command in (
+        ("prepare", "prod"),
+        ("prepare", "prod", "--force"),
+        ("commit", "prod"),
+        ("key", "id"),
+    ):
+        line = assert_refused(
+            project.cli(*command, env=wrong),
+            1,
+            "wrong key",
+            "data-key.age",
+            project=project,
+            was=was,
+        )
         assert other not in line
     # From a key file too.
     key_file = tmp_path / "stranger.txt"
     wrong_file = dict(without_key(project.env), SST_VAULT_KEY_FILE=str(key_file))
-    assert_refused(project.cli("prepare", "prod", env=wrong_file), 1, "wrong key",
-                   project=project, was=was)
+    assert_refused(
+        project.cli("prepare", "prod", env=wrong_file), 1, "wrong key", project=project, was=was
+    )
 
 
 @pytest.mark.parametrize(
@@ -294,5 +331,12 @@ def test_damaged_data_key_file_is_a_one_line_refusal(keygen_project, damage):
     data_key_file.write_bytes(damage(data_key_file.read_bytes()))
     was = before(project)
     for command in (("prepare", "prod"), ("commit", "prod")):
-        assert_refused(project.cli(*command), 1, "tampered", "data-key.age", "restore it",
-                       project=project, was=was)
+        assert_refused(
+            project.cli(*command),
+            1,
+            "tampered",
+            "data-key.age",
+            "restore it",
+            project=project,
+            was=was,
+        )

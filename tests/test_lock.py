@@ -79,9 +79,23 @@ def test_waiting_names_the_holder_then_takes_the_lock(tmp_path: Path) -> None:
     a, b = team.clone("a"), team.clone("b")
     assert a.cli("lock", "acquire", "--stage", STAGE).code == 0
     waiter = subprocess.Popen(
-        [sys.executable, "-m", "vault", "--sst-home", str(b.home), "lock", "acquire",
-         "--stage", STAGE, "--lock-timeout", "30"],
-        cwd=b.root, env=b.env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "vault",
+            "--sst-home",
+            str(b.home),
+            "lock",
+            "acquire",
+            "--stage",
+            STAGE,
+            "--lock-timeout",
+            "30",
+        ],
+        cwd=b.root,
+        env=b.env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.5)
     assert waiter.poll() is None
@@ -170,11 +184,23 @@ def test_bad_stage_is_a_usage_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "url"),
     [
-        ({"GITHUB_RUN_ID": "7", "GITHUB_SERVER_URL": "https://github.com",
-          "GITHUB_REPOSITORY": "o/r"}, "https://github.com/o/r/actions/runs/7"),
+        (
+            {
+                "GITHUB_RUN_ID": "7",
+                "GITHUB_SERVER_URL": "https://github.com",
+                "GITHUB_REPOSITORY": "o/r",
+            },
+            "https://github.com/o/r/actions/runs/7",
+        ),
         ({"CI_JOB_URL": "https://gitlab.com/o/r/-/jobs/9"}, "https://gitlab.com/o/r/-/jobs/9"),
-        ({"SYSTEM_COLLECTIONURI": "https://dev.azure.com/org/", "SYSTEM_TEAMPROJECT": "My Proj",
-          "BUILD_BUILDID": "12"}, "https://dev.azure.com/org/My%20Proj/_build/results?buildId=12"),
+        (
+            {
+                "SYSTEM_COLLECTIONURI": "https://dev.azure.com/org/",
+                "SYSTEM_TEAMPROJECT": "My Proj",
+                "BUILD_BUILDID": "12",
+            },
+            "https://dev.azure.com/org/My%20Proj/_build/results?buildId=12",
+        ),
         ({}, None),
     ],
 )

@@ -68,8 +68,8 @@ def test_migrate_a_recipe_repo(tmp_path: Path) -> None:
     assert plaintext_in_git(project) == []
     assert not list((project.root / "infra" / "state").rglob("*.json"))
     assert project.git("ls-tree", "-r", "--name-only", "HEAD", "infra/state").split() == sorted(
-        [f"infra/state/{k}/{s}.json.vault" for k in ("app", "passphrase", "secret")
-         for s in STAGES] + ["infra/state/data-key.age"]
+        [f"infra/state/{k}/{s}.json.vault" for k in ("app", "passphrase", "secret") for s in STAGES]
+        + ["infra/state/data-key.age"]
     )
     assert project.git("status", "--porcelain").strip() == ""
     # The ignore rules keep a copied-back plaintext file out.
@@ -86,7 +86,7 @@ def test_migrate_a_recipe_repo(tmp_path: Path) -> None:
         assert project.state_file(kind, stage).read_bytes() == data
     assert sstfake.read_secrets(project.home, APP, "prod") == {"TOKEN": "tok-prod-2"}
     # The recipe's history is untouched (never rewritten) and scan still finds it there.
-    assert project.git("rev-list", "HEAD").split()[-len(recipe_commits):] == recipe_commits
+    assert project.git("rev-list", "HEAD").split()[-len(recipe_commits) :] == recipe_commits
     assert project.cli("scan").code == 0
     history = project.cli("scan", "--history")
     assert history.code == 1
@@ -196,11 +196,13 @@ def test_scan_by_content_anywhere(tmp_path: Path, env: dict[str, str]) -> None:
     (root / "backup").mkdir()
     shutil.copyfile(sstfake.state_path(home, "app", APP, "prod"), root / "backup" / "old.txt")
     (root / "keys" / "passphrase").mkdir(parents=True)
-    shutil.copyfile(sstfake.state_path(home, "passphrase", APP, "prod"),
-                    root / "keys" / "passphrase" / "p")
+    shutil.copyfile(
+        sstfake.state_path(home, "passphrase", APP, "prod"), root / "keys" / "passphrase" / "p"
+    )
     (root / "vault" / "secret").mkdir(parents=True)
-    shutil.copyfile(sstfake.state_path(home, "secret", APP, "prod"),
-                    root / "vault" / "secret" / "prod.json")
+    shutil.copyfile(
+        sstfake.state_path(home, "secret", APP, "prod"), root / "vault" / "secret" / "prod.json"
+    )
     # Look-alikes that are not SST state.
     (root / "package.json").write_text('{"name": "x", "stack": "y"}')
     (root / "docs" / "passphrase").mkdir(parents=True)
@@ -227,8 +229,10 @@ def test_scan_by_content_anywhere(tmp_path: Path, env: dict[str, str]) -> None:
 
 def test_scan_outside_git_and_refusals(tmp_path: Path, env: dict[str, str]) -> None:
     home = tmp_path / "sst-home"
-    deploy_files = [sstfake.write_secrets(home, APP, "prod", {"A": "b"}),
-                    sstfake.write_state(home, APP, "prod")]
+    deploy_files = [
+        sstfake.write_secrets(home, APP, "prod", {"A": "b"}),
+        sstfake.write_state(home, APP, "prod"),
+    ]
     assert all(p.exists() for p in deploy_files)
     result = run_cli("scan", str(home), cwd=tmp_path, env=env)
     assert result.code == 1
@@ -252,8 +256,10 @@ def test_scan_passes_on_a_clean_vault_repo(vault_project: VaultProject) -> None:
     history = vault_project.cli("scan", "--history")
     assert history.code == 0 and history.out == ""
     # A plaintext file copied into the repo by mistake is caught before it is committed.
-    shutil.copyfile(vault_project.state_file("app", "prod"),
-                    vault_project.root / "infra" / "state" / "state-copy.txt")
+    shutil.copyfile(
+        vault_project.state_file("app", "prod"),
+        vault_project.root / "infra" / "state" / "state-copy.txt",
+    )
     assert vault_project.cli("scan").code == 1
 
 
@@ -275,8 +281,10 @@ def test_plain_git_hook_blocks_a_plaintext_commit(tmp_path: Path, env: dict[str,
     root.mkdir()
     git("init", "-q", cwd=root, env=env)
     hook = root / ".git" / "hooks" / "pre-commit"
-    hook.write_text("#!/bin/sh\n# sst-vault: refuse commits while plaintext SST state is here\n"
-                    "exec sst-vault scan\n")
+    hook.write_text(
+        "#!/bin/sh\n# sst-vault: refuse commits while plaintext SST state is here\n"
+        "exec sst-vault scan\n"
+    )
     hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
     (root / "ok.txt").write_text("fine")
     git("add", "ok.txt", cwd=root, env=env)
@@ -284,13 +292,15 @@ def test_plain_git_hook_blocks_a_plaintext_commit(tmp_path: Path, env: dict[str,
     home = tmp_path / "h"
     sstfake.write_state(home, APP, "prod")
     (root / "infra" / "state" / "app").mkdir(parents=True)
-    shutil.copyfile(sstfake.state_path(home, "app", APP, "prod"),
-                    root / "infra" / "state" / "app" / "prod.json")
+    shutil.copyfile(
+        sstfake.state_path(home, "app", APP, "prod"), root / "infra" / "state" / "app" / "prod.json"
+    )
     git("add", ".", cwd=root, env=env)
     import subprocess
 
-    refused = subprocess.run(["git", "commit", "-q", "-m", "oops"], cwd=root, env=env,
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        ["git", "commit", "-q", "-m", "oops"], cwd=root, env=env, capture_output=True, text=True
+    )
     assert refused.returncode != 0
     assert "infra/state/app/prod.json" in refused.stdout + refused.stderr
     assert git("rev-list", "--count", "HEAD", cwd=root, env=env).strip() == "1"

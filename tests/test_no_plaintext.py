@@ -34,8 +34,9 @@ def files_below(root: Path, skip: tuple[Path, ...] = ()) -> dict[Path, bytes]:
     return found
 
 
-def needles(p: VaultProject, stages: list[str], markers: list[str],
-            values: list[str]) -> dict[str, bytes]:
+def needles(
+    p: VaultProject, stages: list[str], markers: list[str], values: list[str]
+) -> dict[str, bytes]:
     """What must never leave the SST home: markers, passphrases (text and raw), secret values."""
     found: dict[str, bytes] = {m: m.encode() for m in markers + values}
     for stage in stages:
@@ -43,7 +44,8 @@ def needles(p: VaultProject, stages: list[str], markers: list[str],
         found[f"passphrase {stage}"] = text
         found[f"raw passphrase {stage}"] = base64.b64decode(text)
         found[f"secret file {stage}"] = sstfake.state_path(
-            p.home, "secret", p.app, stage).read_bytes()[12:40]
+            p.home, "secret", p.app, stage
+        ).read_bytes()[12:40]
     return found
 
 
@@ -94,7 +96,10 @@ def test_no_plaintext_in_git_or_the_work_tree(tmp_path: Path, backend: str):
     # Only the vault files and sst-vault's own files were ever committed.
     names = run_git(["log", "--all", "--name-only", "--format="], p.root, p.env).decode().split()
     assert {n for n in names if not n.endswith(".vault")} <= {
-        "sst.config.ts", "sst-vault.toml", ".gitattributes", ".gitignore",
+        "sst.config.ts",
+        "sst-vault.toml",
+        ".gitattributes",
+        ".gitignore",
         "infra/state/data-key.age",
     }
 

@@ -104,8 +104,9 @@ def test_symlink_in_the_sst_home_is_never_followed(
 
 
 @pytest.mark.parametrize("folder", [".sst-vault/sync", ".sst-vault", ".sst-vault/lock"])
-def test_symlinked_bookkeeping_is_not_written_through(committed: VaultProject, outside: Path,
-                                                      folder: str):
+def test_symlinked_bookkeeping_is_not_written_through(
+    committed: VaultProject, outside: Path, folder: str
+):
     p = committed
     plant(p.home / folder, outside / "victim.json" if folder.endswith("lock") else outside)
     before, commit = tree_state(outside), head(p)
@@ -135,8 +136,7 @@ def test_a_fifo_instead_of_a_file_is_refused_not_waited_on(committed: VaultProje
 
 
 @pytest.mark.parametrize("level", ["file", "kind-dir", "state-dir"])
-def test_symlink_in_the_vault_is_never_followed(committed: VaultProject, outside: Path,
-                                                 level: str):
+def test_symlink_in_the_vault_is_never_followed(committed: VaultProject, outside: Path, level: str):
     p = committed
     state = p.root / "infra" / "state"
     if level == "file":
@@ -167,12 +167,18 @@ def test_symlink_in_the_vault_is_never_followed(committed: VaultProject, outside
 
 # The first three must also be refused by commit and prepare once edited into the config.
 BAD_STATE_DIRS = [
-    "../x", "/tmp/x", "a/../../b", "..", "", ".git/state", "infra/.git/state", "a\\..\\..\\b"
+    "../x",
+    "/tmp/x",
+    "a/../../b",
+    "..",
+    "",
+    ".git/state",
+    "infra/.git/state",
+    "a\\..\\..\\b",
 ]
 
 
-def test_state_dir_outside_the_project_is_refused_at_init(tmp_path: Path,
-                                                          env: dict[str, str]):
+def test_state_dir_outside_the_project_is_refused_at_init(tmp_path: Path, env: dict[str, str]):
     root = tmp_path / "repo"
     root.mkdir()
     git("init", "-q", cwd=root, env=env)
@@ -210,7 +216,11 @@ def test_state_dir_edited_outside_the_project_is_refused(committed: VaultProject
 def spawn(p: VaultProject, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vault", "--sst-home", str(p.home), *args],
-        cwd=p.root, env=p.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=p.root,
+        env=p.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -270,7 +280,10 @@ def test_concurrent_commits_on_one_home_make_one_commit(committed: VaultProject)
     assert commit_count(p) == before + 1
     rows = json.loads(p.cli("status", "--json", "prod").out)
     assert {(r["kind"], r["state"], r["repo_serial"]) for r in rows} == {
-        ("passphrase", "in sync", 1), ("app", "in sync", 2), ("secret", "in sync", 1)}
+        ("passphrase", "in sync", 1),
+        ("app", "in sync", 2),
+        ("secret", "in sync", 1),
+    }
     assert p.git("status", "--porcelain") == ""
     assert temp_files(p.root, p.home) == []
 
@@ -280,15 +293,20 @@ def test_concurrent_prepare_and_commit_on_one_home(committed: VaultProject, tmp_
     ci = other_home(p, tmp_path / "ci-home")
     assert ci.cli("prepare", "prod").code == 0
     for round_ in range(2):
-        sstfake.write_state(ci.home, p.app, "prod", size=2_000_000, marker=f"ci-{round_}",
-                            seed=round_)
+        sstfake.write_state(
+            ci.home, p.app, "prod", size=2_000_000, marker=f"ci-{round_}", seed=round_
+        )
         assert ci.cli("commit", "prod").code == 0
         repo_state = ci.state_file("app", "prod").read_bytes()
         local = p.state_file("app", "prod").read_bytes()
         # p's home is behind: prepare brings the new state while a commit of the old one
         # runs. Whichever takes the home first, the other sees a whole file.
-        procs = [spawn(p, "prepare", "prod"), spawn(p, "commit", "prod"),
-                 spawn(p, "prepare", "prod"), spawn(p, "status", "prod")]
+        procs = [
+            spawn(p, "prepare", "prod"),
+            spawn(p, "commit", "prod"),
+            spawn(p, "prepare", "prod"),
+            spawn(p, "status", "prod"),
+        ]
         results = [finish(proc) for proc in procs]
         assert results[0][0] == 0 and results[2][0] == 0, results
         assert results[1][0] in (0, 1), results
@@ -306,13 +324,18 @@ def test_local_lock_wait_is_bounded(committed: VaultProject):
     p = committed
     lock = p.home / ".sst-vault" / "lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-         "print('held', flush=True)\n"
-         "sys.stdin.read()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
@@ -336,10 +359,16 @@ def test_local_lock_wait_is_bounded(committed: VaultProject):
         ("linux", {"HOME": "/home/u", "XDG_CONFIG_HOME": ""}, "/home/u/.config/sst"),
         ("linux", {"XDG_CONFIG_HOME": "/xdg"}, "/xdg/sst"),
         ("freebsd14", {"HOME": "/home/u"}, "/home/u/.config/sst"),
-        ("darwin", {"HOME": "/Users/u", "XDG_CONFIG_HOME": "/xdg"},
-         "/Users/u/Library/Application Support/sst"),
-        ("win32", {"AppData": r"C:\Users\u\AppData\Roaming", "HOME": "/x"},
-         r"C:\Users\u\AppData\Roaming/sst"),
+        (
+            "darwin",
+            {"HOME": "/Users/u", "XDG_CONFIG_HOME": "/xdg"},
+            "/Users/u/Library/Application Support/sst",
+        ),
+        (
+            "win32",
+            {"AppData": r"C:\Users\u\AppData\Roaming", "HOME": "/x"},
+            r"C:\Users\u\AppData\Roaming/sst",
+        ),
         ("win32", {"APPDATA": r"C:\Users\u\AppData\Roaming"}, r"C:\Users\u\AppData\Roaming/sst"),
     ],
 )

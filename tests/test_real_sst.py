@@ -25,8 +25,9 @@ APP = "vaulte2e"
 pytestmark = pytest.mark.real_sst
 
 
-def vault(sst: sst_real.SstProject, key: str, *args: str,
-          home: Path | None = None) -> subprocess.CompletedProcess[str]:
+def vault(
+    sst: sst_real.SstProject, key: str, *args: str, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(sst.root / "home"),
@@ -38,24 +39,45 @@ def vault(sst: sst_real.SstProject, key: str, *args: str,
     }
     # This checkout's `vault`, whether or not it is pip-installed.
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(sst_real.REPO), os.environ.get("PYTHONPATH")) if p)
+        p for p in (str(sst_real.REPO), os.environ.get("PYTHONPATH")) if p
+    )
     cmd = [sys.executable, "-m", "vault", "--sst-home", str(home or sst.sst_home), *args]
-    out = subprocess.run(cmd, cwd=sst.project, env=env, capture_output=True, text=True,
-                         stdin=subprocess.DEVNULL, timeout=120)
+    out = subprocess.run(
+        cmd,
+        cwd=sst.project,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert out.returncode == 0, f"sst-vault {' '.join(args)}: {out.returncode}\n{out.stderr}"
     return out
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd.parent / "home"),
-           "GIT_CONFIG_NOSYSTEM": "1"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                          text=True, errors="replace").stdout
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(cwd.parent / "home"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        errors="replace",
+    ).stdout
 
 
 def synced(home: Path) -> dict[str, bytes]:
-    return {k: v for k, v in sstfake.list_files(home).items()
-            if k.split("/", 1)[0] in sstfake.SYNCED_KINDS}
+    return {
+        k: v
+        for k, v in sstfake.list_files(home).items()
+        if k.split("/", 1)[0] in sstfake.SYNCED_KINDS
+    }
 
 
 @pytest.fixture
@@ -81,31 +103,54 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
     sst.secret_set("ApiKey", values["api"], "prod")
     sst.secret_set("Shared", values["fb"], "prod", fallback=True)
     sst.secret_set("Other", values["stg"], "staging")
-    sstfake.write_state(sst.sst_home, APP, "prod", resources=4, marker=marker,
-                        secret_outputs={"DbPassword": values["db"]})
-    history = {p: p.read_bytes()
-               for p in sstfake.write_lock_and_history(sst.sst_home, APP, "prod", locked=True)}
+    sstfake.write_state(
+        sst.sst_home,
+        APP,
+        "prod",
+        resources=4,
+        marker=marker,
+        secret_outputs={"DbPassword": values["db"]},
+    )
+    history = {
+        p: p.read_bytes()
+        for p in sstfake.write_lock_and_history(sst.sst_home, APP, "prod", locked=True)
+    }
     expected = {
-        "prod": {"fallback": {"Shared": values["fb"]},
-                 "prod": {"DbPassword": values["db"], "ApiKey": values["api"]}},
+        "prod": {
+            "fallback": {"Shared": values["fb"]},
+            "prod": {"DbPassword": values["db"], "ApiKey": values["api"]},
+        },
         "staging": {"fallback": {"Shared": values["fb"]}, "staging": {"Other": values["stg"]}},
     }
     for stage, want in expected.items():
         assert sst.secret_list(stage) == want
     export = sst.state_export("prod")
     decrypted = sst.state_export("prod", decrypt=True)
-    [secret_output] = [r["outputs"]["value"] for r in json.loads(decrypted)["latest"]["resources"]
-                       if r["type"] == "sst:sst:Secret"]
+    [secret_output] = [
+        r["outputs"]["value"]
+        for r in json.loads(decrypted)["latest"]["resources"]
+        if r["type"] == "sst:sst:Secret"
+    ]
     assert secret_output["plaintext"] == json.dumps(values["db"])
     before = synced(sst.sst_home)
-    needles = [*values.values(), marker,
-               *(v.decode() for k, v in before.items() if k.startswith("passphrase/"))]
+    needles = [
+        *values.values(),
+        marker,
+        *(v.decode() for k, v in before.items() if k.startswith("passphrase/")),
+    ]
 
-    key = subprocess.run([sys.executable, "-m", "vault", "key", "generate"], capture_output=True,
-                         text=True, check=True, cwd=sst_real.REPO,
-                         env={**os.environ, "HOME": str(sst.root / "home"),
-                              "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"},
-                         ).stdout.strip()
+    key = subprocess.run(
+        [sys.executable, "-m", "vault", "key", "generate"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=sst_real.REPO,
+        env={
+            **os.environ,
+            "HOME": str(sst.root / "home"),
+            "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+        },
+    ).stdout.strip()
     assert key.startswith("AGE-SECRET-KEY-1")
     vault(sst, key, "init", "--no-keyring")
     for name in ("sst-vault.toml", ".gitattributes", ".gitignore", "infra/state/data-key.age"):
@@ -115,15 +160,21 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
     state_dir = sst.project / "infra" / "state"
     vault_files = {str(p.relative_to(state_dir)) for p in state_dir.rglob("*.vault")}
     assert vault_files == {
-        "app/prod.json.vault", "passphrase/prod.json.vault", "secret/prod.json.vault",
-        "passphrase/staging.json.vault", "secret/staging.json.vault",
-        "passphrase/_fallback.json.vault", "secret/_fallback.json.vault",
+        "app/prod.json.vault",
+        "passphrase/prod.json.vault",
+        "secret/prod.json.vault",
+        "passphrase/staging.json.vault",
+        "secret/staging.json.vault",
+        "passphrase/_fallback.json.vault",
+        "secret/_fallback.json.vault",
     }
     for path, data in history.items():
         assert path.read_bytes() == data, f"{path} is SST's per-machine history"
     head = git(sst.project, "rev-parse", "HEAD")
-    assert git(sst.project, "status", "--porcelain", "--", "infra", "sst-vault.toml",
-               ".gitattributes") == ""
+    assert (
+        git(sst.project, "status", "--porcelain", "--", "infra", "sst-vault.toml", ".gitattributes")
+        == ""
+    )
 
     # Machine 1 loses its SST home; prepare brings back exactly what SST wrote.
     shutil.rmtree(sst.sst_home / "state")
@@ -158,10 +209,17 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
 
     # No secret, passphrase or state marker in the history or in any git object.
     log = git(sst.project, "log", "-p", "--all", "--binary")
-    objects = subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"],
-                             cwd=sst.project, capture_output=True, check=True).stdout
-    worktree = b"".join(p.read_bytes() for p in sst.project.rglob("*")
-                       if p.is_file() and ".git" not in p.parts and ".sst" not in p.parts)
+    objects = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch"],
+        cwd=sst.project,
+        capture_output=True,
+        check=True,
+    ).stdout
+    worktree = b"".join(
+        p.read_bytes()
+        for p in sst.project.rglob("*")
+        if p.is_file() and ".git" not in p.parts and ".sst" not in p.parts
+    )
     for needle in needles:
         assert needle not in log, needle
         assert needle.encode() not in objects, needle

@@ -21,8 +21,19 @@ from refusals import deploy
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "recover.py"
 TESTDATA = Path(__file__).parent / "testdata"
-ALLOWED = {"argparse", "base64", "hashlib", "hmac", "json", "struct", "sys", "zlib", "pathlib",
-           "__future__", "cryptography"}
+ALLOWED = {
+    "argparse",
+    "base64",
+    "hashlib",
+    "hmac",
+    "json",
+    "struct",
+    "sys",
+    "zlib",
+    "pathlib",
+    "__future__",
+    "cryptography",
+}
 # Runs the script with `import vault` failing, so a stray import cannot hide behind the
 # editable install of this project.
 BLOCKED = (
@@ -32,8 +43,12 @@ BLOCKED = (
 
 
 def recover(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-c", BLOCKED, str(SCRIPT), *args], cwd=cwd,
-                          capture_output=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED, str(SCRIPT), *args],
+        cwd=cwd,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def test_script_imports_only_the_standard_library_and_cryptography():
@@ -54,11 +69,20 @@ def test_recovers_the_test_vectors():
     assert result.returncode == 0, result.stderr
     assert b'"marker": "sst-vault test vector \xc3\xa9"' in result.stdout
     assert b'"serial": 7' in result.stderr
-    result = recover("--fernet-key", "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
-                     str(TESTDATA / "vector-v1-fernet.vault"))
+    result = recover(
+        "--fernet-key",
+        "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
+        str(TESTDATA / "vector-v1-fernet.vault"),
+    )
     assert result.returncode == 0 and b"sst-vault test vector" in result.stdout, result.stderr
-    for bad in ("fail_bad_tag.vault", "fail_bad_header.vault", "fail_truncated.vault",
-                "fail_wrong_key.vault", "fail_not_vault.vault", "fail_newer_format.vault"):
+    for bad in (
+        "fail_bad_tag.vault",
+        "fail_bad_header.vault",
+        "fail_truncated.vault",
+        "fail_wrong_key.vault",
+        "fail_not_vault.vault",
+        "fail_newer_format.vault",
+    ):
         result = recover("--data-key-hex", key, str(TESTDATA / bad))
         assert result.returncode == 1 and result.stdout == b"", bad
         assert result.stderr.startswith(b"Error: ") and result.stderr.count(b"\n") == 1, bad
@@ -70,21 +94,32 @@ def test_recovers_an_age_vault_with_the_real_age_cli(tmp_path):
     subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
     project = make_project(tmp_path, key=key_file.read_text())
     deploy(project, "prod")
-    big = b'{"version": 3, "checkpoint": {"resources": [' + b",".join(
-        b'{"urn": "urn:pulumi:prod::demo-app::aws:s3:Bucket::b%d", "id": "%032x"}' % (i, i * 7919)
-        for i in range(20_000)
-    ) + b"]}}\n"
+    big = (
+        b'{"version": 3, "checkpoint": {"resources": ['
+        + b",".join(
+            b'{"urn": "urn:pulumi:prod::demo-app::aws:s3:Bucket::b%d", "id": "%032x"}'
+            % (i, i * 7919)
+            for i in range(20_000)
+        )
+        + b"]}}\n"
+    )
     project.state_file("app", "prod").write_bytes(big)  # about 1.7 MB: many chunks
     assert project.cli("commit", "prod").code == 0
     state_dir = project.root / "infra" / "state"
 
     # As the module docstring says: age -d, then the script, per file.
     data_key = tmp_path / "data-key.bin"
-    subprocess.run(["age", "-d", "-i", str(key_file), "-o", str(data_key),
-                    str(state_dir / "data-key.age")], check=True, capture_output=True)
+    subprocess.run(
+        ["age", "-d", "-i", str(key_file), "-o", str(data_key), str(state_dir / "data-key.age")],
+        check=True,
+        capture_output=True,
+    )
     hex_key = subprocess.run(
-        f"age -d -i {key_file} {state_dir / 'data-key.age'} | xxd -p -c 64", shell=True,
-        check=True, capture_output=True, text=True,
+        f"age -d -i {key_file} {state_dir / 'data-key.age'} | xxd -p -c 64",
+        shell=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     assert bytes.fromhex(hex_key) == data_key.read_bytes()
     for kind in ("passphrase", "app", "secret"):
@@ -98,8 +133,9 @@ def test_recovers_an_age_vault_with_the_real_age_cli(tmp_path):
         assert result.returncode == 0 and result.stdout == expected, result.stderr
     # The hex form in a file works too (what `xxd -p -c 64 > file` leaves).
     (tmp_path / "hex.txt").write_text(hex_key + "\n")
-    result = recover("--data-key-file", str(tmp_path / "hex.txt"),
-                     str(state_dir / "app" / "prod.json.vault"))
+    result = recover(
+        "--data-key-file", str(tmp_path / "hex.txt"), str(state_dir / "app" / "prod.json.vault")
+    )
     assert result.returncode == 0 and result.stdout == big
 
 

@@ -116,8 +116,10 @@ def test_init_outside_a_git_repository(tmp_path: Path, env: dict[str, str]):
 
 def test_init_twice(committed: VaultProject):
     p = committed
-    files = {name: (p.root / name).read_bytes() for name in
-             ("sst-vault.toml", ".gitattributes", ".gitignore", "infra/state/data-key.age")}
+    files = {
+        name: (p.root / name).read_bytes()
+        for name in ("sst-vault.toml", ".gitattributes", ".gitignore", "infra/state/data-key.age")
+    }
     with unchanged(p):
         assert_refused(p.cli("init", "--no-keyring"), 2, "already exists")
         assert_refused(p.cli("init", "--no-keyring", "--backend", "fernet"), 2, "already exists")
@@ -182,8 +184,9 @@ def test_commit_refuses_corrupt_state(committed: VaultProject):
         assert_refused(p.cli("commit", "dev"), 1, "empty SST passphrase")
 
 
-def test_commit_refuses_when_the_repo_is_newer_than_this_home(committed: VaultProject,
-                                                              tmp_path: Path):
+def test_commit_refuses_when_the_repo_is_newer_than_this_home(
+    committed: VaultProject, tmp_path: Path
+):
     p = committed
     laptop = other_home(p, tmp_path / "laptop-home")
     assert laptop.cli("prepare", "prod").code == 0
@@ -204,8 +207,10 @@ def test_commit_refuses_when_the_repo_is_newer_than_this_home(committed: VaultPr
     assert result.code == 0, result.output
     fresh = other_home(p, tmp_path / "fresh-home")
     assert fresh.cli("prepare", "prod").code == 0
-    assert fresh.state_file("app", "prod").read_bytes() == laptop.state_file(
-        "app", "prod").read_bytes()
+    assert (
+        fresh.state_file("app", "prod").read_bytes()
+        == laptop.state_file("app", "prod").read_bytes()
+    )
 
 
 def test_commit_without_state_in_the_home(committed: VaultProject, tmp_path: Path):

@@ -43,9 +43,7 @@ def deploy_all(p: VaultProject) -> None:
 
 
 def synced_files(p: VaultProject) -> dict[str, bytes]:
-    return {
-        k: v for k, v in p.snapshot_home().items() if k.split("/")[0] in SYNCED_KINDS
-    }
+    return {k: v for k, v in p.snapshot_home().items() if k.split("/")[0] in SYNCED_KINDS}
 
 
 def test_roundtrip_all_kinds_and_stages(project: VaultProject):
@@ -68,9 +66,12 @@ def test_roundtrip_all_kinds_and_stages(project: VaultProject):
     # The secret file opens with the restored passphrase, as SST opens it.
     assert sstfake.read_secrets(p.home, p.app, "prod") == {"STRIPE": "sk_live_1", "DB": 'p<a>&"ss'}
     assert sstfake.read_secrets(p.home, p.app, None) == {"SHARED": "fallback-value"}
-    assert sstfake.read_state(p.home, p.app, "prod")["checkpoint"]["latest"]["resources"][0][
-        "outputs"
-    ]["marker"] == "prod-marker"
+    assert (
+        sstfake.read_state(p.home, p.app, "prod")["checkpoint"]["latest"]["resources"][0][
+            "outputs"
+        ]["marker"]
+        == "prod-marker"
+    )
     assert temp_files(p.root, p.home) == []
 
 
@@ -293,8 +294,9 @@ def test_monorepo_project_below_the_git_top(tmp_path: Path, env: dict[str, str])
     assert "apps/web/infra/state/app/prod.json.vault" in committed
     assert all(name.startswith("apps/web/") for name in committed), committed
     shutil.rmtree(p.home / "state")
-    result = run_cli("--sst-home", str(p.home), "--project", str(web), "prepare", "prod",
-                     cwd=tmp_path, env=p.env)
+    result = run_cli(
+        "--sst-home", str(p.home), "--project", str(web), "prepare", "prod", cwd=tmp_path, env=p.env
+    )
     assert result.code == 0, result.output
     assert synced_files(p) == before
     assert status_of(p) == {("prod", k): "in sync" for k in SYNCED_KINDS}

@@ -61,13 +61,21 @@ def test_concurrent_runners_over_git_daemon_never_lose_an_update(
     rounds = 2
     procs = []
     for runner in runners:
-        cmd = run_args(runner, "--stage", STAGE, "--lock-timeout", "60", "--",
-                       *bump_cmd(runner, bump))
+        cmd = run_args(
+            runner, "--stage", STAGE, "--lock-timeout", "60", "--", *bump_cmd(runner, bump)
+        )
         # Each runner deploys `rounds` times in a row, all runners at once.
         script = " && ".join([" ".join(map(repr, cmd))] * rounds)
-        procs.append(subprocess.Popen(["sh", "-c", script], cwd=runner.root, env=runner.env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        procs.append(
+            subprocess.Popen(
+                ["sh", "-c", script],
+                cwd=runner.root,
+                env=runner.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for proc in procs:
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
@@ -78,9 +86,7 @@ def test_concurrent_runners_over_git_daemon_never_lose_an_update(
     assert sum("sst-vault run --stage prod" in s for s in log) == len(runners) * rounds
 
 
-def test_failing_command_keeps_its_code_and_its_partial_state(
-    tmp_path: Path, bump: Path
-) -> None:
+def test_failing_command_keeps_its_code_and_its_partial_state(tmp_path: Path, bump: Path) -> None:
     team = seeded_team(tmp_path)
     a = team.clone("a")
     result = a.cli("run", "--stage", STAGE, "--", *bump_cmd(a, bump, 3))
@@ -134,8 +140,13 @@ def test_a_signal_reaches_the_command_and_the_state_is_still_committed(
     team = seeded_team(tmp_path)
     a = team.clone("a")
     ready = tmp_path / "ready"
-    proc = subprocess.Popen(run_args(a, "--stage", STAGE, "--", *bump_cmd(a, bump, 0, str(ready))),
-                            cwd=a.root, env=a.env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        run_args(a, "--stage", STAGE, "--", *bump_cmd(a, bump, 0, str(ready))),
+        cwd=a.root,
+        env=a.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert time.monotonic() < deadline and proc.poll() is None
@@ -155,8 +166,12 @@ def test_kill_9_leaves_the_lock_which_break_clears_without_losing_pushes(
     a, b = team.clone("a"), team.clone("b")
     assert b.cli("run", "--stage", STAGE, "--", *bump_cmd(b, bump)).code == 0  # counter 1
     ready = tmp_path / "ready"
-    proc = subprocess.Popen(run_args(a, "--stage", STAGE, "--", *bump_cmd(a, bump, 0, str(ready))),
-                            cwd=a.root, env=a.env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        run_args(a, "--stage", STAGE, "--", *bump_cmd(a, bump, 0, str(ready))),
+        cwd=a.root,
+        env=a.env,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert time.monotonic() < deadline
@@ -183,7 +198,7 @@ def test_push_race_on_another_stage_is_rebased(tmp_path: Path, bump: Path) -> No
     sstfake.write_state(b.home, b.app, "dev")
     assert b.cli("commit", "dev").code == 0  # committed, pushed during a's deploy
     racer = f"import subprocess; subprocess.run(['git', '-C', {str(b.root)!r}, 'push', '-q'])"
-    cmd = ["sh", "-c", f"{' '.join(bump_cmd(a, bump))} && {sys.executable} -c \"{racer}\""]
+    cmd = ["sh", "-c", f'{" ".join(bump_cmd(a, bump))} && {sys.executable} -c "{racer}"']
     result = a.cli("run", "--stage", STAGE, "--", *cmd)
     assert result.code == 0, result.output
     assert_linear(team)
@@ -201,7 +216,7 @@ def test_push_race_on_the_same_stage_is_refused_and_keeps_the_commit(
     deploy_state(b, counter=100)
     assert b.cli("commit", STAGE).code == 0
     racer = f"import subprocess; subprocess.run(['git', '-C', {str(b.root)!r}, 'push', '-q'])"
-    cmd = ["sh", "-c", f"{' '.join(bump_cmd(a, bump))} && {sys.executable} -c \"{racer}\""]
+    cmd = ["sh", "-c", f'{" ".join(bump_cmd(a, bump))} && {sys.executable} -c "{racer}"']
     result = a.cli("run", "--stage", STAGE, "--", *cmd)
     assert result.code == 1
     line = one_error_line(result.err)
@@ -246,7 +261,7 @@ def test_unreachable_remote_on_push_keeps_the_commit_and_reports_the_lock(
             cut = f"import os; os.killpg({daemon.proc.pid}, 9)"
         else:
             cut = f"import os; os.rename({str(team.bare)!r}, {str(hidden)!r})"
-        cmd = ["sh", "-c", f"{' '.join(bump_cmd(a, bump))} && {sys.executable} -c \"{cut}\""]
+        cmd = ["sh", "-c", f'{" ".join(bump_cmd(a, bump))} && {sys.executable} -c "{cut}"']
         result = a.cli("run", "--stage", STAGE, "--", *cmd)
         assert result.code == 1
         line = one_error_line(result.err)
@@ -294,7 +309,10 @@ def test_a_signal_while_waiting_for_the_lock_stops_cleanly(tmp_path: Path) -> No
     assert a.cli("lock", "acquire", "--stage", STAGE).code == 0
     proc = subprocess.Popen(
         run_args(b, "--stage", STAGE, "--lock-timeout", "60", "--", "true"),
-        cwd=b.root, env=b.env, stderr=subprocess.PIPE, text=True,
+        cwd=b.root,
+        env=b.env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.5)  # b is now polling with backoff
     proc.send_signal(signal.SIGTERM)

@@ -63,8 +63,9 @@ def test_secrets_roundtrip_and_fallback(tmp_path):
     assert sstfake.read_secrets(tmp_path, APP, "") == {"F": "fb"}
     assert sstfake.read_secrets(tmp_path, APP, "other") == {}
     files = set(sstfake.list_files(tmp_path))
-    assert files == {f"{k}/{APP}/{s}.json" for k in ("passphrase", "secret")
-                     for s in ("prod", "_fallback")}  # no `app` file, as `sst secret set`
+    assert files == {
+        f"{k}/{APP}/{s}.json" for k in ("passphrase", "secret") for s in ("prod", "_fallback")
+    }  # no `app` file, as `sst secret set`
     data = sstfake.state_path(tmp_path, "secret", APP, "prod").read_bytes()
     assert len(data) == 12 + len(b'{"A":"1","B":"2"}') + 16
 
@@ -112,14 +113,26 @@ def test_lock_and_history_layout(tmp_path):
     assert json.loads(paths[0].read_text())["updateID"] == uid
 
 
-@pytest.mark.parametrize("stage,ok", [("prod", True), ("my-stage", True), ("UPPER", True),
-                                      ("1abc", True), ("My_Stage", False), ("a.b", False),
-                                      ("a/b", False), ("", False), ("_fallback", False)])
+@pytest.mark.parametrize(
+    "stage,ok",
+    [
+        ("prod", True),
+        ("my-stage", True),
+        ("UPPER", True),
+        ("1abc", True),
+        ("My_Stage", False),
+        ("a.b", False),
+        ("a/b", False),
+        ("", False),
+        ("_fallback", False),
+    ],
+)
 def test_stage_rule(stage, ok):
     assert sstfake.is_valid_stage(stage) is ok
 
 
 # --- against the real SST CLI -------------------------------------------------------------------
+
 
 @pytest.fixture
 def sst(tmp_path):
@@ -133,8 +146,10 @@ def sst(tmp_path):
 def test_real_sst_reads_fake_secrets(sst):
     sstfake.write_secrets(sst.sst_home, APP, "prod", {"Api": "k<1>&2", "Db": 'p"w'})
     sstfake.write_secrets(sst.sst_home, APP, None, {"Shared": "fb"})
-    assert sst.secret_list("prod") == {"fallback": {"Shared": "fb"},
-                                       "prod": {"Api": "k<1>&2", "Db": 'p"w'}}
+    assert sst.secret_list("prod") == {
+        "fallback": {"Shared": "fb"},
+        "prod": {"Api": "k<1>&2", "Db": 'p"w'},
+    }
 
 
 @pytest.mark.real_sst
@@ -146,8 +161,9 @@ def test_fake_reads_real_sst_secrets(sst, umask_022):
     assert sstfake.read_secrets(sst.sst_home, APP, "prod") == {"Api": "k=v", "Db": "pw-1"}
     assert sstfake.read_secrets(sst.sst_home, APP, None) == {"Shared": "fb"}
     files = sstfake.list_files(sst.sst_home)
-    assert set(files) == {f"{k}/{APP}/{s}.json" for k in ("passphrase", "secret")
-                          for s in ("prod", "_fallback")}
+    assert set(files) == {
+        f"{k}/{APP}/{s}.json" for k in ("passphrase", "secret") for s in ("prod", "_fallback")
+    }
     for name in files:
         path = sst.sst_home / "state" / name
         assert mode(path) == 0o644 and mode(path.parent) == 0o755
@@ -161,7 +177,8 @@ def test_real_sst_exports_fake_state(sst):
     want = sstfake.read_state(sst.sst_home, APP, "prod")["checkpoint"]
     assert exported["stack"] == want["stack"]
     assert [r["urn"] for r in exported["latest"]["resources"]] == [
-        r["urn"] for r in want["latest"]["resources"]]
+        r["urn"] for r in want["latest"]["resources"]
+    ]
     assert "hunter2" not in json.dumps(exported)
     assert '\\"hunter2\\"' in sst.state_export("prod", decrypt=True)
     # A foreign passphrase no longer opens the checkpoint's secrets.

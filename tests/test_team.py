@@ -142,8 +142,11 @@ def test_recipient_refusals_change_nothing(vault_project, tmp_path):
     assert temp_files(ci.root) == []
 
     fernet = make_project(tmp_path, name="fernet", backend="fernet")
-    for args in (("recipients", "list"), ("recipients", "add", "bob", other),
-                 ("recipients", "remove", "bob")):
+    for args in (
+        ("recipients", "list"),
+        ("recipients", "add", "bob", other),
+        ("recipients", "remove", "bob"),
+    ):
         assert_refused(fernet.cli(*args), 2, "fernet")
     assert_refused(fernet.cli("key", "export-public"), 2, "Fernet key")
 
@@ -177,7 +180,8 @@ def test_removed_member_opens_nothing_committed_afterwards(vault_project, tmp_pa
     # One commit: every stage's files, the new wrapped key and the config; nothing else.
     changed = set(ci.git("show", "--name-only", "--format=", "HEAD").split())
     assert changed == {
-        "sst-vault.toml", "infra/state/data-key.age",
+        "sst-vault.toml",
+        "infra/state/data-key.age",
         *(f"infra/state/{k}/prod.json.vault" for k in ("app", "passphrase", "secret")),
         *(f"infra/state/{k}/dev.json.vault" for k in ("app", "passphrase")),
     }
@@ -205,8 +209,13 @@ def test_removed_member_opens_nothing_committed_afterwards(vault_project, tmp_pa
     # ...while history before it still does, as the command warned.
     old_wrapped = tmp_path / "old-data-key.age"
     old_wrapped.write_bytes(
-        subprocess.run(["git", "show", f"{before_removal}:infra/state/data-key.age"],
-                       cwd=ci.root, env=ci.env, capture_output=True, check=True).stdout
+        subprocess.run(
+            ["git", "show", f"{before_removal}:infra/state/data-key.age"],
+            cwd=ci.root,
+            env=ci.env,
+            capture_output=True,
+            check=True,
+        ).stdout
     )
     assert age_decrypt(old_wrapped, bob.key, tmp_path).returncode == 0
 
@@ -217,8 +226,7 @@ def test_removed_member_opens_nothing_committed_afterwards(vault_project, tmp_pa
     assert alice.snapshot_home() == ci.snapshot_home()
 
     # CI pinned to the old id refuses the new data key; the printed value works.
-    assert_refused(ci.cli("prepare", "prod", env=dict(ci.env, SST_VAULT_KEY_ID=old_id)),
-                   1, new_id)
+    assert_refused(ci.cli("prepare", "prod", env=dict(ci.env, SST_VAULT_KEY_ID=old_id)), 1, new_id)
     pinned = dict(ci.env, SST_VAULT_KEY_ID=new_id)
     assert ci.cli("status", env=pinned).code == 0
 
@@ -248,7 +256,9 @@ def test_rotate_age_on_demand_keeps_every_member(vault_project, tmp_path):
     # --force (its sync record is checked under the old key, found in git history).
     status = json.loads(ci.cli("status", "--json").out)
     assert {(r["stage"], r["state"]) for r in status} == {
-        ("dev", "in sync"), ("prod", "in sync"), ("prod", "repo ahead")
+        ("dev", "in sync"),
+        ("prod", "in sync"),
+        ("prod", "repo ahead"),
     }, status
     result = ci.cli("prepare", "prod")
     assert result.code == 0, result.output
@@ -314,8 +324,9 @@ def test_fernet_rotate_moves_every_file_to_the_newest_key(fernet_project, tmp_pa
     only_new = dict(project.env, SST_VAULT_KEY=new)
     only_old = dict(project.env, SST_VAULT_KEY=old)
     before = head(project)
-    serials = {p: header(project.root / "infra/state" / p)["serial"]
-               for p in project.snapshot_repo()}
+    serials = {
+        p: header(project.root / "infra/state" / p)["serial"] for p in project.snapshot_repo()
+    }
 
     # Only the new key: the files cannot be read, so nothing moves.
     repo = project.snapshot_repo()
@@ -325,19 +336,24 @@ def test_fernet_rotate_moves_every_file_to_the_newest_key(fernet_project, tmp_pa
     result = project.cli("rotate", env=both)
     assert result.code == 0, result.output
     new_id = result.out.strip().removeprefix("SST_VAULT_KEY_ID=")
-    assert new_id != old_id and new_id == key_id(VaultProject(
-        project.root, project.home, both, new))
+    assert new_id != old_id and new_id == key_id(
+        VaultProject(project.root, project.home, both, new)
+    )
     assert project.git("status", "--porcelain") == ""
-    assert commit_count(project) == int(git("rev-list", "--count", before, cwd=project.root,
-                                            env=project.env)) + 1
+    assert (
+        commit_count(project)
+        == int(git("rev-list", "--count", before, cwd=project.root, env=project.env)) + 1
+    )
     for name, data in project.snapshot_repo().items():
         h = header(project.root / "infra/state" / name)
         assert h["key_id"] == new_id and h["serial"] == serials[name] + 1, name
         assert data != repo[name]
 
     # The new key alone opens the current files; the old one alone opens none of them...
-    assert fresh_prepare(VaultProject(project.root, project.home, only_new, new),
-                         "prod", "dev").code == 0
+    assert (
+        fresh_prepare(VaultProject(project.root, project.home, only_new, new), "prod", "dev").code
+        == 0
+    )
     assert project.snapshot_home() == files
     shutil.rmtree(project.home)
     assert_refused(project.cli("prepare", "prod", env=only_old), 1, "wrong key")

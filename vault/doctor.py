@@ -51,8 +51,12 @@ def run(project_dir: Path | None, sst_home: Path | None) -> list[Check]:
     cfg = project.config
     checks.insert(
         0,
-        Check(OK, "config", f"{project.repo.config_file} (app {cfg.app}, backend "
-              f"{cfg.backend}, state_dir {cfg.state_dir})"),
+        Check(
+            OK,
+            "config",
+            f"{project.repo.config_file} (app {cfg.app}, backend "
+            f"{cfg.backend}, state_dir {cfg.state_dir})",
+        ),
     )
     _keyring_check(checks, cfg.vault_id, needed=not env_key_present)
     _guard(checks, "key", lambda: _key_check(project))
@@ -104,8 +108,14 @@ def _key_env_summary(checks: list[Check]) -> bool:
     if pinned:
         checks.append(Check(OK, "key pin", f"${ENV_KEY_ID}={pinned}"))
     elif os.environ.get("CI"):
-        checks.append(Check(WARN, "key pin", f"${ENV_KEY_ID} is not set in CI",
-                            "set it to the output of `sst-vault key id`"))
+        checks.append(
+            Check(
+                WARN,
+                "key pin",
+                f"${ENV_KEY_ID} is not set in CI",
+                "set it to the output of `sst-vault key id`",
+            )
+        )
     return bool(found)
 
 
@@ -119,11 +129,17 @@ def _keyring_check(checks: list[Check], vault_id: str, needed: bool) -> None:
     backend = keyring.get_keyring()
     name = f"{type(backend).__module__}.{type(backend).__name__}"
     if isinstance(backend, fail.Keyring):
-        checks.append(Check(
-            FAIL if needed else OK, "keyring", f"no usable backend ({name})",
-            "install gnome-keyring/KeePassXC (Secret Service) or `pip install keyrings.alt`, "
-            "or set SST_VAULT_KEY" if needed else "",
-        ))
+        checks.append(
+            Check(
+                FAIL if needed else OK,
+                "keyring",
+                f"no usable backend ({name})",
+                "install gnome-keyring/KeePassXC (Secret Service) or `pip install keyrings.alt`, "
+                "or set SST_VAULT_KEY"
+                if needed
+                else "",
+            )
+        )
         return
     if needed:
         from vault.keys import keyring_get
@@ -136,8 +152,14 @@ def _keyring_check(checks: list[Check], vault_id: str, needed: bool) -> None:
         if has:
             checks.append(Check(OK, "keyring", f"{name} holds this vault's key"))
         else:
-            checks.append(Check(FAIL, "keyring", f"{name} has no key for this vault",
-                                "run `sst-vault key import`, or set SST_VAULT_KEY"))
+            checks.append(
+                Check(
+                    FAIL,
+                    "keyring",
+                    f"{name} has no key for this vault",
+                    "run `sst-vault key import`, or set SST_VAULT_KEY",
+                )
+            )
     else:
         checks.append(Check(OK, "keyring", f"{name} (not used: a key variable is set)"))
 
@@ -156,8 +178,14 @@ def _home_check(project: Project) -> list[Check]:
         found = f"stages here: {', '.join(stages)}" if stages else "no state of this app yet"
         result = [Check(OK, "SST home", f"{root} ({found})")]
     else:
-        result = [Check(WARN, "SST home", f"{root} does not exist yet",
-                        "fine before the first deploy or `sst-vault prepare`")]
+        result = [
+            Check(
+                WARN,
+                "SST home",
+                f"{root} does not exist yet",
+                "fine before the first deploy or `sst-vault prepare`",
+            )
+        ]
     if shutil.which("sst") is None:
         result.append(Check(OK, "sst", "not on PATH (home cross-check skipped)"))
         return result
@@ -167,8 +195,14 @@ def _home_check(project: Project) -> list[Check]:
     elif reported.absolute() == root:
         result.append(Check(OK, "sst", f"`sst version --verbose` uses the same home {reported}"))
     else:
-        result.append(Check(FAIL, "sst", f"`sst version --verbose` uses {reported}, not {root}",
-                            "pass --sst-home, or run both with the same HOME/XDG_CONFIG_HOME"))
+        result.append(
+            Check(
+                FAIL,
+                "sst",
+                f"`sst version --verbose` uses {reported}, not {root}",
+                "pass --sst-home, or run both with the same HOME/XDG_CONFIG_HOME",
+            )
+        )
     return result
 
 
@@ -193,23 +227,51 @@ def _attributes_check(project: Project) -> list[Check]:
     hint = "add the sst-vault block of .gitattributes (see README), or `sst-vault setup-git`"
     result = []
     if values.get("text") != "unset" or values.get("merge") != "unset":
-        result.append(Check(FAIL, "git attributes", f"{rel}: text={values.get('text')}, "
-                            f"merge={values.get('merge')} (must be unset)", hint))
+        result.append(
+            Check(
+                FAIL,
+                "git attributes",
+                f"{rel}: text={values.get('text')}, merge={values.get('merge')} (must be unset)",
+                hint,
+            )
+        )
     elif values.get("diff") == DRIVER:
         result.append(Check(OK, "git attributes", f"*.vault: -text -merge diff={DRIVER}"))
     elif values.get("diff") == "unset":
-        result.append(Check(WARN, "git attributes", "*.vault: -diff (no decrypted diffs)",
-                            "run `sst-vault setup-git` to switch to the diff driver"))
+        result.append(
+            Check(
+                WARN,
+                "git attributes",
+                "*.vault: -diff (no decrypted diffs)",
+                "run `sst-vault setup-git` to switch to the diff driver",
+            )
+        )
     else:
         result.append(Check(FAIL, "git attributes", f"*.vault: diff={values.get('diff')}", hint))
-    ignored = git_run(project.root, "check-ignore", "-q", "--no-index", "--",
-                   os.path.relpath(project.root / project.config.state_dir / "app" / "x.json",
-                               project.root)).returncode == 0
+    ignored = (
+        git_run(
+            project.root,
+            "check-ignore",
+            "-q",
+            "--no-index",
+            "--",
+            os.path.relpath(
+                project.root / project.config.state_dir / "app" / "x.json", project.root
+            ),
+        ).returncode
+        == 0
+    )
     if ignored:
         result.append(Check(OK, "git ignore", f"{project.config.state_dir}/**/*.json is ignored"))
     else:
-        result.append(Check(FAIL, "git ignore", f"plaintext under {project.config.state_dir} is "
-                            "not ignored", "add the sst-vault block of .gitignore (see README)"))
+        result.append(
+            Check(
+                FAIL,
+                "git ignore",
+                f"plaintext under {project.config.state_dir} is not ignored",
+                "add the sst-vault block of .gitignore (see README)",
+            )
+        )
     return result
 
 
@@ -218,15 +280,23 @@ def _driver_check(project: Project) -> Check:
 
     command = registered_driver(project.root)
     if command is None:
-        return Check(WARN, "diff driver", "not registered in this clone",
-                     "run `sst-vault setup-git` for decrypted `git diff`/`git log -p`")
+        return Check(
+            WARN,
+            "diff driver",
+            "not registered in this clone",
+            "run `sst-vault setup-git` for decrypted `git diff`/`git log -p`",
+        )
     try:
         program = shlex.split(command)[0]
     except (ValueError, IndexError):
         program = ""
     if not program or shutil.which(program) is None:
-        return Check(FAIL, "diff driver", f"{command!r}: program not found (git diff would fail)",
-                     "run `sst-vault setup-git` again")
+        return Check(
+            FAIL,
+            "diff driver",
+            f"{command!r}: program not found (git diff would fail)",
+            "run `sst-vault setup-git` again",
+        )
     return Check(OK, "diff driver", f"textconv = {command}")
 
 
@@ -234,8 +304,12 @@ def _remote_check(project: Project, store: GitStore) -> Check:
     name = project.config.remote
     result = store.git("remote", "get-url", name, check=False)
     if result.code != 0:
-        return Check(WARN, "remote", f"no remote {name!r}",
-                     "commit works; `--push`, `run` and the deploy lock need one")
+        return Check(
+            WARN,
+            "remote",
+            f"no remote {name!r}",
+            "commit works; `--push`, `run` and the deploy lock need one",
+        )
     return Check(OK, "remote", f"{name} {_safe_url(result.out.strip())}")
 
 
@@ -280,10 +354,14 @@ def _lock_checks(project: Project, store: GitStore) -> list[Check]:
             result.append(Check(OK, "lock", f"{stage}: free{where}"))
         else:
             stale = info.expired() if hasattr(info, "expired") else False
-            result.append(Check(
-                WARN if stale else OK, "lock", f"{stage}: held by {info.describe()}{where}",
-                f"`sst-vault lock break --stage {stage}` if that job is gone" if stale else "",
-            ))
+            result.append(
+                Check(
+                    WARN if stale else OK,
+                    "lock",
+                    f"{stage}: held by {info.describe()}{where}",
+                    f"`sst-vault lock break --stage {stage}` if that job is gone" if stale else "",
+                )
+            )
     return result
 
 
@@ -294,8 +372,12 @@ def _plaintext_check(project: Project) -> Check:
     if not findings:
         return Check(OK, "plaintext", "no plaintext SST state in the work tree")
     names = ", ".join(f.path for f in findings[:3]) + (" …" if len(findings) > 3 else "")
-    return Check(FAIL, "plaintext", f"{len(findings)} plaintext file(s): {names}",
-                 "run `sst-vault migrate`, or `sst-vault scan` for details")
+    return Check(
+        FAIL,
+        "plaintext",
+        f"{len(findings)} plaintext file(s): {names}",
+        "run `sst-vault migrate`, or `sst-vault scan` for details",
+    )
 
 
 def healthy(checks: list[Check]) -> bool:

@@ -376,9 +376,7 @@ def _diff_kind(
         return render_secrets(values, key, stage, show_secrets)
 
     before, after = lines(old, old_all), lines(new, new_all)
-    result.lines = list(
-        difflib.unified_diff(before, after, old.label, new.label, lineterm="", n=3)
-    )
+    result.lines = list(difflib.unified_diff(before, after, old.label, new.label, lineterm="", n=3))
     if not result.lines:
         result.note = result.note or "same content, different formatting or encoding"
     return result
@@ -430,14 +428,16 @@ def setup_git(project: Project) -> SetupReport:
     """Register the diff driver in this clone; upgrade an old `-diff` attributes line."""
     path = project.root / ".gitattributes"
     upgraded = False
-    old, new = old_attributes_line(project.config.state_dir), new_attributes_line(
-        project.config.state_dir
+    old, new = (
+        old_attributes_line(project.config.state_dir),
+        new_attributes_line(project.config.state_dir),
     )
     text = path.read_text() if path.is_file() else ""
     if old in text.splitlines():
         lines = [new if line == old else line for line in text.splitlines()]
-        safefs.write_atomic(project.root, (".gitattributes",), ("\n".join(lines) + "\n").encode(),
-                            0o644)
+        safefs.write_atomic(
+            project.root, (".gitattributes",), ("\n".join(lines) + "\n").encode(), 0o644
+        )
         upgraded = True
     return SetupReport(register_diff_driver(project.root), upgraded)
 
@@ -475,9 +475,7 @@ def _textconv_body(data: bytes, header: Header, cwd: Path, sst_home: Path | None
     project = _project_for(header.app, cwd, sst_home)
     key = history_key(project, header.key_id)
     if key is None:
-        raise WrongKeyError(
-            "file", f"sealed under key id {header.key_id}, not under any key given"
-        )
+        raise WrongKeyError("file", f"sealed under key id {header.key_id}, not under any key given")
     _, plain = envelope.open_bytes(
         data, key, "file", app=header.app, stage=header.stage, kind=header.kind
     )
@@ -581,8 +579,16 @@ def log(project: Project, stage: str, max_count: int | None = None) -> LogReport
     rels = {_rel(project, top, project.repo.vault_parts(k, stage)): k for k in KINDS}
     fmt = "%x1e%H%x1f%an%x1f%ae%x1f%aI%x1f%s"
     out = git_run(
-        top, "log", "--reverse", f"--format={fmt}", "--raw", "--no-abbrev", "--no-renames",
-        "--diff-merges=first-parent", "--", *rels,
+        top,
+        "log",
+        "--reverse",
+        f"--format={fmt}",
+        "--raw",
+        "--no-abbrev",
+        "--no-renames",
+        "--diff-merges=first-parent",
+        "--",
+        *rels,
     ).stdout.decode(errors="replace")
     entries: list[LogEntry] = []
     app_blobs: list[str | None] = []  # the app file's blob at each entry
@@ -695,7 +701,10 @@ def rollback(project: Project, stage: str, rev: str) -> RollbackReport:
     paths = {k: project.repo.vault_file(k, stage) for k in KINDS}
     with safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
         dirty = git_run(
-            store.top, "status", "--porcelain", "--",
+            store.top,
+            "status",
+            "--porcelain",
+            "--",
             *(_rel(project, store.top, project.repo.vault_parts(k, stage)) for k in KINDS),
         ).stdout.decode()
         if dirty.strip():
@@ -717,8 +726,16 @@ def rollback(project: Project, stage: str, rev: str) -> RollbackReport:
         with safefs.Transaction() as txn:
             for kind in KINDS:
                 report.actions.append(
-                    _restore_one(project, records, txn, key, stage, olds[kind],
-                                 work_side.read(stage, kind), writer)
+                    _restore_one(
+                        project,
+                        records,
+                        txn,
+                        key,
+                        stage,
+                        olds[kind],
+                        work_side.read(stage, kind),
+                        writer,
+                    )
                 )
             if not any(a.action == "restored" for a in report.actions):
                 return report
@@ -772,8 +789,14 @@ def _restore_one(
     with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
         assert out.file is not None
         envelope.seal(
-            io.BytesIO(old.plain), out.file, key, app=project.app, stage=stage, kind=kind,
-            serial=serial, writer=writer,
+            io.BytesIO(old.plain),
+            out.file,
+            key,
+            app=project.app,
+            stage=stage,
+            kind=kind,
+            serial=serial,
+            writer=writer,
         )
         _, check = envelope.open_bytes(
             out.read_back().read(), key, path, app=project.app, stage=stage, kind=kind

@@ -106,7 +106,16 @@ def init(
 
     register_diff_driver(project)
     written += [project / CONFIG_NAME, project / ".gitattributes", project / ".gitignore"]
-    return InitReport(config, origin, key_id, generated, public, written, warnings, owners)
+    return InitReport(
+        config,
+        origin,
+        key_id,
+        generated,
+        public,
+        written=written,
+        warnings=warnings,
+        owners=owners,
+    )
 
 
 def _initial_secret(backend: str | None, use_keyring: bool) -> tuple[keys.Secret, str, bool]:

@@ -124,11 +124,21 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
                 with safefs.AtomicWriter(project.root, parts, 0o644) as out:
                     assert out.file is not None
                     envelope.seal(
-                        io.BytesIO(data), out.file, key, app=project.app, stage=stage, kind=kind,
-                        serial=serial, writer=writer,
+                        io.BytesIO(data),
+                        out.file,
+                        key,
+                        app=project.app,
+                        stage=stage,
+                        kind=kind,
+                        serial=serial,
+                        writer=writer,
                     )
                     _, check = envelope.open_bytes(
-                        out.read_back().read(), key, vault_path, app=project.app, stage=stage,
+                        out.read_back().read(),
+                        key,
+                        vault_path,
+                        app=project.app,
+                        stage=stage,
                         kind=kind,
                     )
                     if check != data:
@@ -137,15 +147,18 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
                 report.migrated.append(Migrated(stage, kind, path, "sealed", serial))
             txn.commit()
         state_dir = project.config.state_dir
-        blocks = [(".gitattributes", gitattributes_block(state_dir)),
-                  (".gitignore", gitignore_block(state_dir))]
+        blocks = [
+            (".gitattributes", gitattributes_block(state_dir)),
+            (".gitignore", gitignore_block(state_dir)),
+        ]
         if source_dir != state_dir:
             blocks.append((".gitignore", gitignore_block(source_dir)))
         touched = {name for name, block in blocks if _ensure_block(project.root / name, block)}
         plain_rels = [store.relative(p) for _, _, p in found]
         report.purge_globs = [f"{source_dir}/{k}/*.json" for k in KINDS]
-        in_head = store.git("ls-tree", "-r", "--name-only", "HEAD", "--", *plain_rels,
-                            check=False).out.split("\n")
+        in_head = store.git(
+            "ls-tree", "-r", "--name-only", "HEAD", "--", *plain_rels, check=False
+        ).out.split("\n")
         in_head = [r for r in in_head if r]
         report.history_commits = int(
             store.git("rev-list", "--count", "--all", "--", *plain_rels, check=False).out.strip()

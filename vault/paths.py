@@ -211,8 +211,12 @@ def home_from_sst_binary(timeout: float = 10.0) -> Path | None:
     env.update(SST_SKIP_DEPENDENCY_CHECK="1", SST_TELEMETRY_DISABLED="1", DO_NOT_TRACK="1")
     try:
         out = subprocess.run(
-            [sst, "version", "--verbose"], env=env, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
+            [sst, "version", "--verbose"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None

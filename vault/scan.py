@@ -199,8 +199,16 @@ def scan_history(path: Path) -> list[Finding]:
     if top is None:
         raise UsageError(f"{folder} is not inside a git repository", "--history needs git")
     proc = _git(
-        folder, "log", "--all", "--format=%x1e%H", "--raw", "--no-abbrev", "--no-renames",
-        "--diff-merges=first-parent", "--", path.name if path.is_file() else ".",
+        folder,
+        "log",
+        "--all",
+        "--format=%x1e%H",
+        "--raw",
+        "--no-abbrev",
+        "--no-renames",
+        "--diff-merges=first-parent",
+        "--",
+        path.name if path.is_file() else ".",
     )
     if proc.returncode != 0:
         return []  # a repository without commits has no history to scan

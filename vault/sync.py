@@ -317,8 +317,13 @@ def prepare(
                     # The header is not authenticated until the body is: a tampered file
                     # whose header still matches the home must fail, not pass as unchanged.
                     envelope.open_(
-                        handle, _Discard(), key, project.repo.vault_file(kind, stage),
-                        app=project.app, stage=stage, kind=kind,
+                        handle,
+                        _Discard(),
+                        key,
+                        project.repo.vault_file(kind, stage),
+                        app=project.app,
+                        stage=stage,
+                        kind=kind,
                     )
                     records.set(stage, kind, header, "prepare")
                     report.actions.append(FileAction(stage, kind, "unchanged", header.serial))

@@ -43,14 +43,22 @@ def stream_key(data_key: bytes = DATA_KEY) -> FileKey:
 
 
 def fernet_key() -> FileKey:
-    return FileKey(key_id_of(base64.urlsafe_b64decode(FERNET_KEY)), envelope.CIPHER_FERNET,
-                   FERNET_KEY)
+    return FileKey(
+        key_id_of(base64.urlsafe_b64decode(FERNET_KEY)), envelope.CIPHER_FERNET, FERNET_KEY
+    )
 
 
 def seal(plain: bytes, key: FileKey, kind: str) -> bytes:
     _, blob = envelope.seal_bytes(
-        plain, key, app=APP, stage=STAGE, kind=kind, serial=SERIAL, writer=WRITER,
-        now=TIME, randbytes=lambda n: SALT[:n],
+        plain,
+        key,
+        app=APP,
+        stage=STAGE,
+        kind=kind,
+        serial=SERIAL,
+        writer=WRITER,
+        now=TIME,
+        randbytes=lambda n: SALT[:n],
     )
     return blob
 
