@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from vault.project import Project
+if TYPE_CHECKING:
+    from vault.project import Project
 
 
 @dataclass
@@ -18,6 +20,8 @@ class Context:
     quiet: bool = False
 
     def project(self) -> Project:
+        from vault.project import Project
+
         return Project.open(self.project_dir, self.sst_home)
 
     def info(self, message: str) -> None:

@@ -7,25 +7,138 @@ from pathlib import Path
 
 import click
 
-from vault.cli.commands.commit import commit_cmd
-from vault.cli.commands.diff import diff_cmd
-from vault.cli.commands.doctor import doctor_cmd
-from vault.cli.commands.init import init_cmd
-from vault.cli.commands.key import key_group
-from vault.cli.commands.lock import lock_group
-from vault.cli.commands.log import log_cmd
-from vault.cli.commands.migrate import migrate_cmd
-from vault.cli.commands.prepare import prepare_cmd
-from vault.cli.commands.recipients import recipients_group
-from vault.cli.commands.rollback import rollback_cmd
-from vault.cli.commands.rotate import rotate_cmd
-from vault.cli.commands.run import run_cmd
-from vault.cli.commands.scan import scan_cmd
-from vault.cli.commands.setup_git import setup_git_cmd
-from vault.cli.commands.status import status_cmd
-from vault.cli.commands.textconv import textconv_cmd
 from vault.cli.context import Context
 from vault.errors import EXIT_REFUSED, EXIT_USAGE, VaultError
+
+# name: (module under vault.cli.commands, attribute, short help, hidden). Commands are imported
+# only when invoked, so `sst-vault --help` and `prepare` never load GitPython or keyring
+# modules they do not use. tests/test_cli.py checks the short help against each command.
+COMMANDS: dict[str, tuple[str, str, str, bool]] = {
+    "init": (
+        "init",
+        "init_cmd",
+        "Write sst-vault.toml, the wrapped data key and git attributes.",
+        False,
+    ),
+    "prepare": (
+        "prepare",
+        "prepare_cmd",
+        "Decrypt STAGE's state, passphrase and secrets into the SST home.",
+        False,
+    ),
+    "commit": (
+        "commit",
+        "commit_cmd",
+        "Encrypt STAGE's SST files into the repo and commit exactly those files.",
+        False,
+    ),
+    "status": (
+        "status",
+        "status_cmd",
+        "Show, per stage and kind: in sync, home ahead, repo ahead, diverged or missing.",
+        False,
+    ),
+    "run": (
+        "run",
+        "run_cmd",
+        "Run COMMAND for STAGE with its state in place, then commit and push the new state.",
+        False,
+    ),
+    "lock": (
+        "lock",
+        "lock_group",
+        "The deploy lock: a ref on the git remote that one runner at a time holds.",
+        False,
+    ),
+    "key": (
+        "key",
+        "key_group",
+        "Generate, import and forget keys; show the key id; trust a rotated data key.",
+        False,
+    ),
+    "recipients": (
+        "recipients",
+        "recipients_group",
+        "List, add and remove the age public keys that can open the vault.",
+        False,
+    ),
+    "rotate": (
+        "rotate",
+        "rotate_cmd",
+        "Re-seal every stage's vault files under a new key, and commit that.",
+        False,
+    ),
+    "diff": (
+        "diff",
+        "diff_cmd",
+        "Show STAGE's decrypted state differences as a unified JSON diff.",
+        False,
+    ),
+    "log": (
+        "log",
+        "log_cmd",
+        "List the commits that changed STAGE's vault files, newest first.",
+        False,
+    ),
+    "rollback": (
+        "rollback",
+        "rollback_cmd",
+        "Restore STAGE's state files as they were at REV, as a new commit.",
+        False,
+    ),
+    "setup-git": (
+        "setup_git",
+        "setup_git_cmd",
+        "Register the diff driver so `git diff` and `git log -p` show decrypted state.",
+        False,
+    ),
+    "migrate": (
+        "migrate",
+        "migrate_cmd",
+        "Encrypt the recipe's plaintext state (infra/state/<kind>/<stage>.json) into the vault.",
+        False,
+    ),
+    "scan": (
+        "scan",
+        "scan_cmd",
+        "Find plaintext SST state, passphrases and secret files; exit 1 naming each.",
+        False,
+    ),
+    "doctor": (
+        "doctor",
+        "doctor_cmd",
+        "Check config, key sources, keyring, SST home, git setup, remote and deploy locks.",
+        False,
+    ),
+    "textconv": (
+        "textconv",
+        "textconv_cmd",
+        "Print FILE decrypted for `git diff` (the header alone without a key); always exits 0.",
+        True,
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        import importlib
+
+        module = importlib.import_module(f"vault.cli.commands.{entry[0]}")
+        return getattr(module, entry[1])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_) for name, (_, _, help_, hidden) in COMMANDS.items() if not hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 EPILOG = """\b
 Exit codes: 0 success; 1 operation refused or failed (nothing was half-written);
@@ -37,7 +150,7 @@ else the OS keyring. SST_VAULT_KEY_ID pins the vault's data key.
 """
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--project",
     type=click.Path(file_okay=False, path_type=Path),
@@ -66,25 +179,6 @@ def cli(
     Before the next one:    sst-vault prepare prod
     """
     ctx.obj = Context(project_dir=project, sst_home=sst_home, verbose=verbose, quiet=quiet)
-
-
-cli.add_command(key_group)
-cli.add_command(init_cmd)
-cli.add_command(prepare_cmd)
-cli.add_command(commit_cmd)
-cli.add_command(status_cmd)
-cli.add_command(recipients_group)
-cli.add_command(rotate_cmd)
-cli.add_command(run_cmd)
-cli.add_command(lock_group)
-cli.add_command(diff_cmd)
-cli.add_command(log_cmd)
-cli.add_command(rollback_cmd)
-cli.add_command(setup_git_cmd)
-cli.add_command(textconv_cmd)
-cli.add_command(migrate_cmd)
-cli.add_command(scan_cmd)
-cli.add_command(doctor_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,66 @@
+"""The CLI layer itself: lazy command table, help, exit codes, init's advice."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_project, run_cli
+
+from vault.cli.main import COMMANDS, cli
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_command_table_matches_commands(name: str) -> None:
+    """`--help` lists short help from a table (no imports): it must say what the command says."""
+    module, attr, short_help, hidden = COMMANDS[name]
+    command = getattr(importlib.import_module(f"vault.cli.commands.{module}"), attr)
+    assert command.name == name
+    assert command.get_short_help_str(limit=200) == short_help
+    assert command.hidden == hidden
+
+
+def test_help_loads_no_heavy_module() -> None:
+    code = (
+        "import sys; from vault.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('git', 'keyring', 'pyrage', 'cryptography', 'vault.sync')"
+        " if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_every_command_has_help_with_an_example(tmp_path: Path) -> None:
+    for name, (_, _, _, hidden) in COMMANDS.items():
+        if hidden:
+            continue
+        command = cli.get_command(None, name)  # type: ignore[arg-type]
+        assert command is not None and command.help, name
+
+
+def test_unknown_command_is_a_usage_error(tmp_path: Path, env: dict[str, str]) -> None:
+    result = run_cli("no-such-command", cwd=tmp_path, env=env)
+    assert result.code == 2
+    assert "No such command" in result.err
+
+
+def test_init_prints_the_key_id_and_no_spurious_warning(tmp_path: Path) -> None:
+    project = make_project(tmp_path, name="p")
+    key_id = project.cli("key", "id")
+    assert key_id.code == 0, key_id.err
+    # make_project ran init already; a second project shows init's own output.
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=other, env=project.env, check=True)
+    (other / "sst.config.ts").write_text((project.root / "sst.config.ts").read_text())
+    result = project.cli("init", "--no-keyring", cwd=other)
+    assert result.code == 0, result.err
+    assert "Warning" not in result.err
+    assert result.out.startswith("SST_VAULT_KEY_ID=svk1-")
+    assert "SST_VAULT_KEY" in result.err
+    assert project.key not in result.output
