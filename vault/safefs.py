@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import secrets
 import stat
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from vault.errors import BusyError, UnsafePathError
+from vault.errors import BusyError, ConfigError, UnsafePathError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 # O_NONBLOCK: opening a planted FIFO for reading would otherwise wait forever for a writer.
@@ -33,11 +32,21 @@ def _unsafe(path: Path, what: str) -> UnsafePathError:
     )
 
 
+def _require_dir_fd() -> None:
+    # openat/renameat are what make symlink-safe writes possible; Windows has neither.
+    if os.open not in os.supports_dir_fd or not hasattr(os, "O_DIRECTORY"):
+        raise ConfigError(
+            "this platform has no openat(), which sst-vault needs to write files safely",
+            "run sst-vault on Linux or macOS (on Windows: inside WSL)",
+        )
+
+
 @contextlib.contextmanager
 def open_dir(
     root: Path, parts: tuple[str, ...], create: bool = False, mode: int = 0o700
 ) -> Iterator[int]:
     """Yield a descriptor of root/parts[0]/…, refusing any symlink below `root`."""
+    _require_dir_fd()
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     try:
         here = root
@@ -245,7 +254,7 @@ def exclusive(lock_file: Path, what: str, root: Path | None = None) -> Iterator[
                 raise
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd)
         except BlockingIOError:
             # Another prepare/commit is busy; wait for it rather than fail, it is short.
             wait = float(os.environ.get("SST_VAULT_LOCAL_LOCK_WAIT", "30"))
@@ -265,8 +274,14 @@ def _flock_wait(fd: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd)
             return True
         except BlockingIOError:
             time.sleep(0.05)
     return False
+
+
+def _flock(fd: int) -> None:
+    import fcntl  # POSIX only; _require_dir_fd has refused other platforms before this runs
+
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
