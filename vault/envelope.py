@@ -40,11 +40,14 @@ and finally that size and fingerprint match the decompressed plaintext.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import struct
+import sys
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -66,11 +69,13 @@ CHUNK_SIZE = 64 * 1024
 TAG_SIZE = 16
 SALT_SIZE = 32
 MAX_HEADER_SIZE = 16 * 1024  # a header is a few hundred bytes; anything huge is not ours
-COMPRESSION_LEVEL = 6
+COMPRESSION_LEVEL = 6  # what the test vectors were written with; any level reads the same
 CIPHER_STREAM = "chacha20-poly1305"
 CIPHER_FERNET = "fernet"
 _PREFIX = struct.Struct(">8sBI")
 _READ_SIZE = 1024 * 1024
+_WINDOW = 32 * 1024  # deflate's window: what a block may refer back to
+_THREAD_MIN = 4 * _READ_SIZE  # below this a worker thread costs more than it overlaps
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,11 @@ class Header:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
 
+def fingerprint_mac(key: FileKey) -> hmac.HMAC:
+    """An HMAC to feed plaintext to; its hexdigest() is `fingerprint` of what was fed."""
+    return hmac.new(key.fingerprint_key(), digestmod=hashlib.sha256)
+
+
 def fingerprint(key: FileKey, chunks: Iterator[bytes] | bytes) -> str:
     """Keyed fingerprint of plaintext; equal plaintexts under one key give equal values."""
     mac = hmac.new(key.fingerprint_key(), digestmod=hashlib.sha256)
@@ -145,17 +155,29 @@ def seal(
     writer: str,
     now: datetime | None = None,
     randbytes: Callable[[int], bytes] = os.urandom,
+    level: int = COMPRESSION_LEVEL,
+    fingerprint: str | None = None,
+    size: int | None = None,
+    workers: int = 1,
 ) -> Header:
     """Encrypt seekable `source` into `out`. Reads `source` twice: fingerprint, then body.
 
-    Raises `ChangedWhileReading` when the two passes disagree (SST wrote meanwhile).
+    A caller that already read `source` once passes its `fingerprint` and `size` to skip the
+    first pass. Either way the body pass re-hashes what it encrypts and raises
+    `ChangedWhileReading` when the passes disagree (SST wrote meanwhile). `level` is zlib's
+    compression level, a writer setting only: every level decodes the same. `workers` > 1
+    compresses on that many threads (chacha20-poly1305 only; the bytes differ, the stream is
+    equally valid zlib).
     """
-    source.seek(0)
-    fp_mac = hmac.new(key.fingerprint_key(), digestmod=hashlib.sha256)
-    size = 0
-    for chunk in iter_file(source):
-        fp_mac.update(chunk)
-        size += len(chunk)
+    fp_key = key.fingerprint_key()
+    if fingerprint is None or size is None:
+        source.seek(0)
+        fp_mac = hmac.new(fp_key, digestmod=hashlib.sha256)
+        size = 0
+        for chunk in iter_file(source):
+            fp_mac.update(chunk)
+            size += len(chunk)
+        fingerprint = fp_mac.hexdigest()
     header = Header(
         v=FORMAT_VERSION,
         app=app,
@@ -168,25 +190,28 @@ def seal(
         cipher=key.cipher,
         compression="zlib",
         salt=randbytes(SALT_SIZE).hex(),
-        fingerprint=fp_mac.hexdigest(),
+        fingerprint=fingerprint,
         size=size,
     )
     raw = header.encode()
     out.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(raw)))
     out.write(raw)
     source.seek(0)
-    check = hmac.new(key.fingerprint_key(), digestmod=hashlib.sha256)
+    check = hmac.new(fp_key, digestmod=hashlib.sha256)
+    read = 0
 
     def plaintext() -> Iterator[bytes]:
+        nonlocal read
         for chunk in iter_file(source):
             check.update(chunk)
+            read += len(chunk)
             yield chunk
 
     if key.cipher == CIPHER_FERNET:
-        _seal_fernet(plaintext(), out, key, raw, now)
+        _seal_fernet(plaintext(), out, key, raw, now, level)
     else:
-        _seal_stream(plaintext(), out, _file_key(key, header, raw))
-    if not hmac.compare_digest(check.hexdigest(), header.fingerprint):
+        _seal_stream(plaintext(), out, _file_key(key, header, raw), level, workers)
+    if read != size or not hmac.compare_digest(check.hexdigest(), header.fingerprint):
         raise ChangedWhileReading(
             "the file changed while it was being encrypted", "wait for SST to finish and retry"
         )
@@ -197,8 +222,8 @@ class ChangedWhileReading(RefusedError):
     """The source changed between the two passes of `seal` (SST wrote meanwhile)."""
 
 
-def _compressed(plain: Iterator[bytes]) -> Iterator[bytes]:
-    comp = zlib.compressobj(COMPRESSION_LEVEL)
+def _compressed(plain: Iterator[bytes], level: int = COMPRESSION_LEVEL) -> Iterator[bytes]:
+    comp = zlib.compressobj(level)
     for chunk in plain:
         data = comp.compress(chunk)
         if data:
@@ -206,13 +231,51 @@ def _compressed(plain: Iterator[bytes]) -> Iterator[bytes]:
     yield comp.flush()
 
 
-def _seal_stream(plain: Iterator[bytes], out: BinaryIO, file_key: bytes) -> None:
+def _compressed_parallel(plain: Iterator[bytes], level: int, workers: int) -> Iterator[bytes]:
+    """One zlib stream, its blocks compressed on `workers` threads (pigz's method).
+
+    Each input piece becomes deflate blocks ended by a sync flush (byte-aligned, so pieces
+    concatenate), primed with the previous piece's last 32 KiB as dictionary so little ratio is
+    lost; an empty final block and the Adler-32 of the whole close the stream. Any zlib reader
+    decodes it like a stream written in one go. zlib releases the GIL while compressing.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def block(piece: bytes, primer: bytes) -> bytes:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=primer or b"")
+        return comp.compress(piece) + comp.flush(zlib.Z_SYNC_FLUSH)
+
+    flevel = 0 if level == 1 else 1 if 2 <= level <= 5 else 2 if level in (-1, 6) else 3
+    cmf, flg = 0x78, flevel << 6
+    flg |= (31 - (cmf * 256 + flg) % 31) % 31
+    yield bytes((cmf, flg))
+    adler = zlib.adler32(b"")
+    primer = b""
+    pending: list[Future[bytes]] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="sst-vault-zlib") as pool:
+        for piece in plain:
+            adler = zlib.adler32(piece, adler)
+            pending.append(pool.submit(block, piece, primer))
+            primer = (primer + piece if len(piece) < _WINDOW else piece)[-_WINDOW:]
+            while len(pending) > workers or (pending and pending[0].done()):
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+    yield zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS).flush() + adler.to_bytes(4, "big")
+
+
+def _seal_stream(
+    plain: Iterator[bytes], out: BinaryIO, file_key: bytes, level: int, workers: int = 1
+) -> None:
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
     aead = ChaCha20Poly1305(file_key)
     buffer = bytearray()
     counter = 0
-    for data in _compressed(plain):
+    compressed = (
+        _compressed(plain, level) if workers <= 1 else _compressed_parallel(plain, level, workers)
+    )
+    for data in compressed:
         buffer += data
         # Keep at least one byte back so the last chunk is never empty unless all is empty.
         while len(buffer) > CHUNK_SIZE:
@@ -223,11 +286,16 @@ def _seal_stream(plain: Iterator[bytes], out: BinaryIO, file_key: bytes) -> None
 
 
 def _seal_fernet(
-    plain: Iterator[bytes], out: BinaryIO, key: FileKey, raw_header: bytes, now: datetime | None
+    plain: Iterator[bytes],
+    out: BinaryIO,
+    key: FileKey,
+    raw_header: bytes,
+    now: datetime | None,
+    level: int,
 ) -> None:
     from cryptography.fernet import Fernet
 
-    body = hashlib.sha256(raw_header).digest() + b"".join(_compressed(plain))
+    body = hashlib.sha256(raw_header).digest() + b"".join(_compressed(plain, level))
     fernet = Fernet(key.secret)
     at = int((now or datetime.now(UTC)).timestamp())
     out.write(fernet.encrypt_at_time(body, at))
@@ -311,11 +379,15 @@ def open_(
         plain = _open_fernet(handle, key, raw, path)
     else:
         plain = _open_stream(handle, _file_key(key, header, raw), path)
+    plain = _decompressed(plain, path)
+    if header.size > _THREAD_MIN:
+        plain = _ahead(plain)
     size = 0
-    for chunk in _decompressed(plain, path):
-        mac.update(chunk)
-        size += len(chunk)
-        out.write(chunk)
+    with contextlib.closing(plain):  # on an error, stop the reader thread before returning
+        for chunk in plain:
+            mac.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
     if size != header.size or not hmac.compare_digest(mac.hexdigest(), header.fingerprint):
         raise TamperedError(path, "content does not match its header", "restore it from git")
     return header
@@ -398,6 +470,51 @@ def _decompressed(chunks: Iterator[bytes], path: Path | str) -> Iterator[bytes]:
         yield rest
     if not decomp.eof or decomp.unused_data:
         raise TamperedError(path, "corrupt compressed data", "restore it from git")
+
+
+def _ahead(items: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """Produce `items` in a worker thread, up to `depth` items ahead of the consumer.
+
+    zlib and the AEAD release the GIL on large buffers, so decrypting and decompressing there
+    overlaps with the consumer's hashing and writing on another core. Errors are re-raised in
+    the consumer; a consumer that stops early stops the worker before returning.
+    """
+    import queue
+
+    box: queue.Queue[object] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                box.put(item)
+            box.put(_END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            box.put(exc)
+
+    worker = threading.Thread(target=work, name="sst-vault-reader", daemon=True)
+    switch = sys.getswitchinterval()
+    # The worker takes the GIL back often (one AEAD call per 64 KiB): a short switch interval
+    # keeps the consumer from waiting 5 ms for it each time.
+    sys.setswitchinterval(min(switch, 0.0005))
+    worker.start()
+    try:
+        while (item := box.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                box.get(timeout=0.01)
+        worker.join()
+        sys.setswitchinterval(switch)
+
+
+_END = object()
 
 
 def open_bytes(

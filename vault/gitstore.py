@@ -153,17 +153,26 @@ class GitStore:
         if not rel:
             return None
         present = [r for r in rel if (self.top / r).exists()]
-        tracked = set(self._run("ls-files", "--", *rel).splitlines()) if rel else set()
+        # Only a missing path needs ls-files: it is a candidate when tracked (a deletion).
+        tracked = (
+            set(self._run("ls-files", "--", *rel).splitlines()) if len(present) < len(rel) else ()
+        )
         # Ciphertext does not compress: storing it uncompressed saves most of `git add`.
         if present:
             self._run("-c", "core.loosecompression=0", "add", "--", *present)
         candidates = [r for r in rel if r in tracked or r in present]
+        if not candidates:
+            return None  # an empty pathspec would mean every staged path
         changed = self._run("diff", "--cached", "--name-only", "--", *candidates).splitlines()
         if not changed:
             return None
-        # --only: commit these paths alone, whatever else the user has staged.
+        # --only: commit these paths alone, whatever else the user has staged. The blobs are
+        # already stored by `add` above, so commit only writes trees and the commit object.
         self._run("commit", "--quiet", "--no-verify", "--only", "-m", message, "--", *changed)
-        return self.repo.head.commit.hexsha
+        from git.refs.symbolic import SymbolicReference
+
+        # Read from the ref files: `head.commit` would start a `git cat-file` to type the id.
+        return str(SymbolicReference.dereference_recursive(self.repo, "HEAD"))
 
     def is_tracked_or_changed(self, path: Path) -> bool:
         rel = self.relative(path)

@@ -1,0 +1,142 @@
+"""The streamed paths that only states above a few MB take: chunked JSON validation in a
+thread, zlib on several threads, the decompressing reader thread."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import VaultProject
+from helpers import assert_refused, deploy, fresh_project
+from test_refusals import unchanged
+
+from vault import envelope, jsoncheck
+from vault.envelope import FileKey
+
+CASES = [
+    b"",
+    b" ",
+    b"{}",
+    b"[]",
+    b"1",
+    b"12345",
+    b"1e5",
+    b"-0.5e-3 ",
+    b"1.5",
+    b'"abc"',
+    b'{"a":1}',
+    b'{"a":1,}',
+    b"[1,2,]",
+    b'{"a" 1}',
+    b"{]",
+    b"not json",
+    b'{"version": 3, "checkpoint": ',
+    b"nul",
+    b"null",
+    b"true false",
+    b"NaN",
+    b"[Infinity, -Infinity]",
+    b"\xef\xbb\xbf{}",
+    b'"\xed\xa0\x80"',
+    b'"\xff"',
+    b'{"a":"\\u12"}',
+    b'{"a":"\\u1234"}',
+    b"[1 2]",
+    b'{"a":[{"b":{"c":[1,2,3,{"d":"e"}]}}]}  ',
+    '{"é": "ü"}'.encode(),
+    b'"a\x01"',
+    b"[[[[[[[]]]]]]]",
+    b'{"a":1}x',
+    b'["a\\"b"]',
+    b'{"\\"":1}',
+    b"[ ]",
+    b"{ }",
+    b"[01]",
+    b"[1.]",
+    b"[-]",
+    b'{"a":1 "b":2}',
+    '{"a": "x"}'.encode("utf-16"),
+    b"123 456",
+]
+
+
+def accepted(check, data: bytes) -> bool:
+    try:
+        check(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("window", "low"), [(4, 0), (16, 2), (1 << 20, 1 << 16)])
+def test_chunked_json_check_agrees_with_json_loads(monkeypatch, window, low):
+    monkeypatch.setattr(jsoncheck, "_WINDOW", window)
+    monkeypatch.setattr(jsoncheck, "_LOW", low)
+    rng = random.Random(7)
+    doc = json.dumps(
+        {"checkpoint": {"resources": [{"urn": f"r{i}", "n": i * 1.5e-3} for i in range(50)]}},
+        indent=4,
+    ).encode()
+    cases = [*CASES, doc]
+    for _ in range(200):  # damaged variants: a byte dropped, inserted or the tail cut
+        mutant = bytearray(rng.choice(cases))
+        if mutant:
+            at = rng.randrange(len(mutant))
+            how = rng.randrange(3)
+            if how == 0:
+                del mutant[at]
+            elif how == 1:
+                mutant.insert(at, rng.choice(b'{}[],:"\\ 0.e-'))
+            else:
+                del mutant[at:]
+        cases.append(bytes(mutant))
+    for data in cases:
+        want = accepted(json.loads, data)
+        for size in (1, 3, 7, 1 << 20):
+            got = accepted(
+                lambda d, n=size: jsoncheck.check(d[i : i + n] for i in range(0, len(d), n)),
+                data,
+            )
+            assert got == want, (data, size)
+
+
+def test_threaded_compression_opens_to_the_same_bytes():
+    key = FileKey("svk1-test", envelope.CIPHER_STREAM, bytes(range(32)))
+    plain = b"".join(b'{"n": %d, "pad": "%s"},\n' % (i, b"x" * (i % 97)) for i in range(200_000))
+    plain += random.Random(1).randbytes(300_000)
+    meta = dict(app="a", stage="s", kind="app", serial=1, writer="w")
+    out = io.BytesIO()
+    header = envelope.seal(io.BytesIO(plain), out, key, level=3, workers=2, **meta)
+    assert header.size == len(plain) > 4 * 1024 * 1024  # big enough for the reader thread
+    got = io.BytesIO()
+    envelope.open_(io.BytesIO(out.getvalue()), got, key, "f", app="a", stage="s", kind="app")
+    assert got.getvalue() == plain
+
+
+def big_state(size: int) -> bytes:
+    resources = [{"urn": f"urn:pulumi:x::r{i}", "data": "y" * 900} for i in range(size // 950)]
+    return json.dumps({"version": 3, "checkpoint": {"latest": {"resources": resources}}}).encode()
+
+
+def test_large_state_round_trip_and_corrupt_refusal(tmp_path: Path):
+    p: VaultProject = fresh_project(tmp_path)
+    deploy(p, "prod")
+    state = big_state(6 * 1024 * 1024)
+    p.state_file("app", "prod").write_bytes(state)
+    assert p.cli("commit", "prod").code == 0
+    assert zlib.crc32(state) == zlib.crc32(p.state_file("app", "prod").read_bytes())
+    p.state_file("app", "prod").unlink()
+    result = p.cli("prepare", "prod")
+    assert result.code == 0, result.output
+    assert p.state_file("app", "prod").read_bytes() == state
+    comma = state.index(b"}, {", 3_000_000) + 1  # a dropped comma halfway through
+    for bad in (state[:-1], state[:comma] + state[comma + 1 :]):
+        with pytest.raises(ValueError):
+            json.loads(bad)
+        p.state_file("app", "prod").write_bytes(bad)
+        with unchanged(p):
+            assert_refused(p.cli("commit", "prod"), 1, "not valid JSON", "redeploy")
