@@ -301,3 +301,22 @@ def test_monorepo_project_below_the_git_top(tmp_path: Path, env: dict[str, str])
     assert synced_files(p) == before
     assert status_of(p) == {("prod", k): "in sync" for k in SYNCED_KINDS}
     assert git("status", "--porcelain", cwd=top, env=env) == ""
+
+
+def test_commit_repairs_a_damaged_vault_file_behind_a_matching_header(vault_project):
+    """The clear header may match the home while the body was damaged: commit re-seals it."""
+    p = vault_project
+    deploy(p, "prod", "repair-marker")
+    assert p.cli("commit", "prod").code == 0
+    vault_file = p.vault_file("app", "prod")
+    damaged = bytearray(vault_file.read_bytes())
+    damaged[-5] ^= 0x01  # the last chunk's tag: the header still says "same content"
+    vault_file.write_bytes(bytes(damaged))
+    result = p.cli("commit", "prod")
+    assert result.code == 0, result.output
+    assert "app: written (serial 2)" in result.err
+    assert vault_file.read_bytes() != bytes(damaged)
+    before = synced_files(p)
+    shutil.rmtree(p.home / "state")
+    assert p.cli("prepare", "prod").code == 0
+    assert synced_files(p) == before

@@ -785,25 +785,12 @@ def _restore_one(
             return RollbackAction(kind, "unchanged", cur_header.serial, old.header.serial)
     record = records.get(stage, kind)
     serial = max(current_serial, record.serial if record else 0, old.header.serial) + 1
-    path = project.repo.vault_file(kind, stage)
-    with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
-        assert out.file is not None
-        envelope.seal(
-            io.BytesIO(old.plain),
-            out.file,
-            key,
-            app=project.app,
-            stage=stage,
-            kind=kind,
-            serial=serial,
-            writer=writer,
-        )
-        _, check = envelope.open_bytes(
-            out.read_back().read(), key, path, app=project.app, stage=stage, kind=kind
-        )
-        if check != old.plain:
-            raise RefusedError(f"{path}: the sealed file does not round-trip", "report this bug")
-        txn.add(out.finish())
+    from vault.sync import seal_to_repo
+
+    _, pending = seal_to_repo(
+        project, key, stage, kind, io.BytesIO(old.plain), serial=serial, writer=writer
+    )
+    txn.add(pending)
     return RollbackAction(kind, "restored", serial, old.header.serial)
 
 

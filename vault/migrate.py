@@ -14,10 +14,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vault import envelope, safefs
+from vault import safefs
 from vault.errors import InvalidStateError, RefusedError, UsageError
 from vault.paths import KINDS, check_stage, check_state_dir
 from vault.project import Project
+from vault.sync import seal_to_repo
 
 
 @dataclass
@@ -119,31 +120,10 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
             plan.append((stage, kind, path, data, serial))
         with safefs.Transaction() as txn:
             for stage, kind, path, data, serial in plan:
-                vault_path = project.repo.vault_file(kind, stage)
-                parts = project.repo.vault_parts(kind, stage)
-                with safefs.AtomicWriter(project.root, parts, 0o644) as out:
-                    assert out.file is not None
-                    envelope.seal(
-                        io.BytesIO(data),
-                        out.file,
-                        key,
-                        app=project.app,
-                        stage=stage,
-                        kind=kind,
-                        serial=serial,
-                        writer=writer,
-                    )
-                    _, check = envelope.open_bytes(
-                        out.read_back().read(),
-                        key,
-                        vault_path,
-                        app=project.app,
-                        stage=stage,
-                        kind=kind,
-                    )
-                    if check != data:
-                        raise RefusedError(f"{vault_path}: does not round-trip", "report this bug")
-                    txn.add(out.finish())
+                _, pending = seal_to_repo(
+                    project, key, stage, kind, io.BytesIO(data), serial=serial, writer=writer
+                )
+                txn.add(pending)
                 report.migrated.append(Migrated(stage, kind, path, "sealed", serial))
             txn.commit()
         state_dir = project.config.state_dir

@@ -10,22 +10,22 @@ on the repository) so two processes never interleave.
 from __future__ import annotations
 
 import contextlib
-import functools
 import getpass
 import io
 import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from vault import envelope, safefs
 from vault.envelope import FileKey, Header
 from vault.errors import (
+    FileFormatError,
     InvalidStateError,
     RefusedError,
     UsageError,
@@ -518,7 +518,12 @@ def _seal_file(
         header, repo_handle = found
         repo_handle.close()
     record = records.get(stage, kind)
-    if header and header.key_id == key.key_id and header.fingerprint == home_fp:
+    if (
+        header
+        and header.key_id == key.key_id
+        and header.fingerprint == home_fp
+        and _repo_file_opens(project, key, stage, kind)
+    ):
         records.set(stage, kind, header, "commit")
         return FileAction(stage, kind, "unchanged", header.serial)
     if header and not force and (record is None or header.serial > record.serial):
@@ -530,38 +535,81 @@ def _seal_file(
             "or pass --force to overwrite",
         )
     serial = max(header.serial if header else 0, record.serial if record else 0) + 1
-    path = project.repo.vault_file(kind, stage)
-    with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
-        assert out.file is not None
-        meta = dict(app=project.app, stage=stage, kind=kind, serial=serial, writer=writer)
-        seal = functools.partial(
-            envelope.seal,
-            out=out.file,
-            key=key,
-            level=COMMIT_COMPRESSION_LEVEL,
-            fingerprint=home_fp,
-            size=size,
-            **meta,  # type: ignore[arg-type]
-        )
-        if size <= _OVERLAP_MIN:
-            handle.seek(0)
-            data = handle.read()
-            _validate(kind, data, home.path)
-            sealed = seal(io.BytesIO(data))  # raises ChangedWhileReading unless it is home_fp
-        else:
-            # JSON is checked in a thread on the very chunks that are sealed, while zlib and
-            # the cipher (which release the GIL) run here; nothing is replaced unless it passed.
-            with _Validation(kind, home.path) as validation:
-                sealed = seal(validation.tee(handle), workers=min(os.cpu_count() or 1, 4))
-        # Verify that what we wrote opens to the same bytes before it replaces anything.
-        check = envelope.open_(
-            out.read_back(), _Discard(), key, path, app=project.app, stage=stage, kind=kind
-        )
-        if check.fingerprint != home_fp:
-            raise RefusedError(f"{path}: the sealed file does not round-trip", "report this bug")
-        txn.add(out.finish())
+    options = dict(
+        serial=serial, writer=writer, level=COMMIT_COMPRESSION_LEVEL, fingerprint=home_fp, size=size
+    )
+    if size <= _OVERLAP_MIN:
+        handle.seek(0)
+        data = handle.read()
+        _validate(kind, data, home.path)
+        # seal raises ChangedWhileReading unless what it read is what was fingerprinted.
+        sealed, pending = seal_to_repo(project, key, stage, kind, io.BytesIO(data), **options)
+    else:
+        # JSON is checked in a thread on the very chunks that are sealed, while zlib and the
+        # cipher (which release the GIL) run here; nothing is pending unless it passed.
+        with _Validation(kind, home.path) as validation:
+            sealed, pending = seal_to_repo(
+                project,
+                key,
+                stage,
+                kind,
+                validation.tee(handle),
+                before_verify=validation.finish,
+                workers=min(os.cpu_count() or 1, 4),
+                **options,
+            )
+    txn.add(pending)
     records.set(stage, kind, sealed, "commit")
     return FileAction(stage, kind, "written", serial)
+
+
+def seal_to_repo(
+    project: Project,
+    key: FileKey,
+    stage: str,
+    kind: str,
+    source: BinaryIO,
+    *,
+    serial: int,
+    writer: str,
+    before_verify: Callable[[], None] | None = None,
+    **seal_options: Any,
+) -> tuple[Header, safefs.PendingFile]:
+    """Seal `source` beside the stage's vault file and check that it opens; caller replaces.
+
+    The one way commit, migrate, rollback and rotate write a vault file: nothing is pending
+    until the sealed bytes were read back, authenticated and matched to what was sealed.
+    """
+    path = project.repo.vault_file(kind, stage)
+    meta = {"app": project.app, "stage": stage, "kind": kind}
+    with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
+        assert out.file is not None
+        sealed = envelope.seal(
+            source, out.file, key, serial=serial, writer=writer, **meta, **seal_options
+        )
+        if before_verify is not None:
+            before_verify()
+        opened = envelope.open_(out.read_back(), _Discard(), key, path, **meta)
+        if opened.fingerprint != sealed.fingerprint:
+            raise RefusedError(
+                f"{path}: the sealed file does not round-trip",
+                "nothing was replaced; report this bug",
+            )
+        return sealed, out.finish()
+
+
+def _repo_file_opens(project: Project, key: FileKey, stage: str, kind: str) -> bool:
+    """Whether the vault file's body (not just its clear header) is intact under `key`."""
+    handle = safefs.open_read(project.root, project.repo.vault_parts(kind, stage))
+    if handle is None:
+        return False
+    path = project.repo.vault_file(kind, stage)
+    try:
+        with handle:
+            envelope.open_(handle, _Discard(), key, path, app=project.app, stage=stage, kind=kind)
+    except FileFormatError:
+        return False  # a damaged body behind a matching header: commit writes a good file
+    return True
 
 
 # zlib level for commit: DESIGN wants repo growth <= 0.25 x plaintext; on Pulumi JSON level 3
@@ -629,14 +677,24 @@ class _Validation:
         self.thread.start()
         return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
+    def finish(self) -> None:
+        """Wait for the validating thread; raise what it found (before anything is pending)."""
         import sys
 
-        self.chunks.put(None)
-        self.thread.join()
+        if self.thread.is_alive():
+            self.chunks.put(None)
+            self.thread.join()
         sys.setswitchinterval(self.switch)
-        if self.error is not None and exc_type is None:
-            raise self.error
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            with contextlib.suppress(BaseException):
+                self.finish()  # another error is already on its way
 
 
 def _validate_chunks(kind: str, chunks: Iterator[bytes], path: Path) -> None:

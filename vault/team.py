@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import os
 import secrets
 import tempfile
@@ -287,27 +286,13 @@ def _reseal(
         # unlinked temporary file beside the SST home's own (plaintext) state.
         with tempfile.SpooledTemporaryFile(SPOOL_SIZE, dir=project.home.bookkeeping) as plain:
             envelope.open_(handle, plain, old_key, path, **meta)
-            with safefs.AtomicWriter(project.root, parts, 0o644) as out:
-                assert out.file is not None
-                new = envelope.seal(
-                    plain, out.file, new_key, serial=old.serial + 1, writer=writer, **meta
-                )
-                check = envelope.open_(out.read_back(), _Discard(), new_key, path, **meta)
-                if check.fingerprint != new.fingerprint:
-                    raise RefusedError(
-                        f"{path}: the re-sealed file does not round-trip",
-                        "nothing was changed; report this bug",
-                    )
-                swap.add(out.finish())
+            from vault.sync import seal_to_repo
+
+            new, pending = seal_to_repo(
+                project, new_key, stage, kind, plain, serial=old.serial + 1, writer=writer
+            )
+            swap.add(pending)
     return old, new
-
-
-class _Discard(io.RawIOBase):
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:  # type: ignore[override]
-        return len(data)
 
 
 def _pending(root: Path, parts: tuple[str, ...], data: bytes) -> safefs.PendingFile:
