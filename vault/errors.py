@@ -7,7 +7,10 @@ happened and what to do. The CLI maps `exit_code` to the process exit status in 
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the operation was refused or failed; nothing was half-written
@@ -62,6 +65,8 @@ class FileFormatError(VaultError):
     reason = "unreadable"
 
     def __init__(self, path: Path | str, detail: str, hint: str | None = None) -> None:
+        from pathlib import Path
+
         self.path = Path(path)
         self.detail = detail
         super().__init__(f"{path}: {self.reason}: {detail}", hint)

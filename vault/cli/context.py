@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from vault.project import Project
 
 
@@ -18,6 +19,20 @@ class Context:
     sst_home: Path | None
     verbose: int = 0
     quiet: bool = False
+
+    @classmethod
+    def from_options(
+        cls, project: str | None, sst_home: str | None, *, verbose: int, quiet: bool
+    ) -> Context:
+        # pathlib is imported here, not at start-up: `sst-vault --help` stays fast.
+        from pathlib import Path
+
+        return cls(
+            Path(project) if project else None,
+            Path(sst_home) if sst_home else None,
+            verbose=verbose,
+            quiet=quiet,
+        )
 
     def project(self) -> Project:
         from vault.project import Project

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -153,12 +152,12 @@ else the OS keyring. SST_VAULT_KEY_ID pins the vault's data key.
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--project",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     help="Folder holding sst-vault.toml (default: search upward from here).",
 )
 @click.option(
     "--sst-home",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     envvar="SST_VAULT_SST_HOME",
     help="SST's config folder (default: ~/.config/sst on Linux, per Go's UserConfigDir).",
 )
@@ -167,7 +166,7 @@ else the OS keyring. SST_VAULT_KEY_ID pins the vault's data key.
 @click.version_option(package_name="sst-vault", prog_name="sst-vault")
 @click.pass_context
 def cli(
-    ctx: click.Context, project: Path | None, sst_home: Path | None, verbose: int, quiet: bool
+    ctx: click.Context, project: str | None, sst_home: str | None, verbose: int, quiet: bool
 ) -> None:
     """Keep SST (home: "local") state encrypted in this git repository.
 
@@ -178,7 +177,7 @@ def cli(
     After each deploy:      sst-vault commit prod
     Before the next one:    sst-vault prepare prod
     """
-    ctx.obj = Context(project_dir=project, sst_home=sst_home, verbose=verbose, quiet=quiet)
+    ctx.obj = Context.from_options(project, sst_home, verbose=verbose, quiet=quiet)
 
 
 def main(argv: list[str] | None = None) -> None:
