@@ -31,23 +31,29 @@ def _open(ctx: Context, stage: str):  # -> vault.lock.DeployLock
     return lock
 
 
-@lock_group.command("acquire")
-@stage_option
-@click.option(
+# Shared with `run`, which takes the same lock.
+lock_timeout_option = click.option(
     "--lock-timeout",
     type=click.FloatRange(min=0),
     default=0,
     show_default=True,
     envvar="SST_VAULT_LOCK_TIMEOUT",
     show_envvar=True,
-    help="Seconds to wait for a held lock (0: fail at once, naming the holder).",
+    help="Seconds to wait for a held deploy lock (0: fail at once, naming the holder).",
 )
-@click.option(
+lock_ttl_option = click.option(
     "--lock-ttl",
     type=click.IntRange(min=0),
     default=None,
-    help="Seconds after which others may take over a lock left behind (default 6 hours).",
+    help="Seconds after which others may take over this lock if it is left behind "
+    "(default 6 hours; 0: never).",
 )
+
+
+@lock_group.command("acquire")
+@stage_option
+@lock_timeout_option
+@lock_ttl_option
 @pass_context
 def acquire_cmd(ctx: Context, stage: str, lock_timeout: float, lock_ttl: int | None) -> None:
     """Take the deploy lock of STAGE for this clone, until `lock release`.

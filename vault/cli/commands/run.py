@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import click
 
+from vault.cli.commands.lock import lock_timeout_option, lock_ttl_option
 from vault.cli.context import Context, pass_context
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @click.option("--stage", required=True, help="The SST stage the command deploys.")
-@click.option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    envvar="SST_VAULT_LOCK_TIMEOUT",
-    show_envvar=True,
-    help="Seconds to wait for a held deploy lock (0: fail at once, naming the holder).",
-)
-@click.option(
-    "--lock-ttl",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Seconds after which others may take over this lock if it is left behind "
-    "(default 6 hours; 0: never).",
-)
+@lock_timeout_option
+@lock_ttl_option
 @click.option("--no-push", is_flag=True, help="Commit the state but do not push it.")
 @click.option("--no-lock", is_flag=True, help="Do not take the deploy lock (you guard it).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
