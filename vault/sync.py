@@ -489,78 +489,67 @@ def _seal_one(
     if handle is None:
         return FileAction(stage, kind, "absent")
     with handle:
-        return _seal_file(project, records, txn, key, stage, kind, writer, force, home, handle)
-
-
-def _seal_file(
-    project: Project,
-    records: Records,
-    txn: safefs.Transaction,
-    key: FileKey,
-    stage: str,
-    kind: str,
-    writer: str,
-    force: bool,
-    home: _HomeFile,
-    handle: BinaryIO,
-) -> FileAction:
-    # Streamed, never held whole: a 100 MB state must fit commit's memory budget. The pass
-    # that seals re-reads the file and is checked against this fingerprint (SST may write).
-    mac = envelope.fingerprint_mac(key)
-    size = 0
-    for chunk in envelope.iter_file(handle):
-        mac.update(chunk)
-        size += len(chunk)
-    home_fp = mac.hexdigest()
-    found = _read_repo_header(project, stage, kind)
-    header = None
-    if found:
-        header, repo_handle = found
-        repo_handle.close()
-    record = records.get(stage, kind)
-    if (
-        header
-        and header.key_id == key.key_id
-        and header.fingerprint == home_fp
-        and _repo_file_opens(project, key, stage, kind)
-    ):
-        records.set(stage, kind, header, "commit")
-        return FileAction(stage, kind, "unchanged", header.serial)
-    if header and not force and (record is None or header.serial > record.serial):
-        since = f"serial {record.serial}" if record else "never prepared here"
-        raise RefusedError(
-            f"{project.repo.vault_file(kind, stage)} is at serial {header.serial} but this "
-            f"SST home is based on {since}: committing would overwrite a newer state",
-            f"run `sst-vault prepare {stage}` (after `git pull`), redeploy, then commit; "
-            "or pass --force to overwrite",
-        )
-    serial = max(header.serial if header else 0, record.serial if record else 0) + 1
-    options = dict(
-        serial=serial, writer=writer, level=COMMIT_COMPRESSION_LEVEL, fingerprint=home_fp, size=size
-    )
-    if size <= _OVERLAP_MIN:
-        handle.seek(0)
-        data = handle.read()
-        _validate(kind, data, home.path)
-        # seal raises ChangedWhileReading unless what it read is what was fingerprinted.
-        sealed, pending = seal_to_repo(project, key, stage, kind, io.BytesIO(data), **options)
-    else:
-        # JSON is checked in a thread on the very chunks that are sealed, while zlib and the
-        # cipher (which release the GIL) run here; nothing is pending unless it passed.
-        with _Validation(kind, home.path) as validation:
-            sealed, pending = seal_to_repo(
-                project,
-                key,
-                stage,
-                kind,
-                validation.tee(handle),
-                before_verify=validation.finish,
-                workers=min(os.cpu_count() or 1, 4),
-                **options,
+        # Streamed, never held whole: a 100 MB state must fit commit's memory budget. The pass
+        # that seals re-reads the file and is checked against this fingerprint (SST may write).
+        mac = envelope.fingerprint_mac(key)
+        size = 0
+        for chunk in envelope.iter_file(handle):
+            mac.update(chunk)
+            size += len(chunk)
+        home_fp = mac.hexdigest()
+        found = _read_repo_header(project, stage, kind)
+        header = None
+        if found:
+            header, repo_handle = found
+            repo_handle.close()
+        record = records.get(stage, kind)
+        if (
+            header
+            and header.key_id == key.key_id
+            and header.fingerprint == home_fp
+            and _repo_file_opens(project, key, stage, kind)
+        ):
+            records.set(stage, kind, header, "commit")
+            return FileAction(stage, kind, "unchanged", header.serial)
+        if header and not force and (record is None or header.serial > record.serial):
+            since = f"serial {record.serial}" if record else "never prepared here"
+            raise RefusedError(
+                f"{project.repo.vault_file(kind, stage)} is at serial {header.serial} but this "
+                f"SST home is based on {since}: committing would overwrite a newer state",
+                f"run `sst-vault prepare {stage}` (after `git pull`), redeploy, then commit; "
+                "or pass --force to overwrite",
             )
-    txn.add(pending)
-    records.set(stage, kind, sealed, "commit")
-    return FileAction(stage, kind, "written", serial)
+        serial = max(header.serial if header else 0, record.serial if record else 0) + 1
+        options = dict(
+            serial=serial,
+            writer=writer,
+            level=COMMIT_COMPRESSION_LEVEL,
+            fingerprint=home_fp,
+            size=size,
+        )
+        if size <= _OVERLAP_MIN:
+            handle.seek(0)
+            data = handle.read()
+            _validate(kind, data, home.path)
+            # seal raises ChangedWhileReading unless what it read is what was fingerprinted.
+            sealed, pending = seal_to_repo(project, key, stage, kind, io.BytesIO(data), **options)
+        else:
+            # JSON is checked in a thread on the very chunks that are sealed, while zlib and the
+            # cipher (which release the GIL) run here; nothing is pending unless it passed.
+            with _Validation(kind, home.path) as validation:
+                sealed, pending = seal_to_repo(
+                    project,
+                    key,
+                    stage,
+                    kind,
+                    validation.tee(handle),
+                    before_verify=validation.finish,
+                    workers=min(os.cpu_count() or 1, 4),
+                    **options,
+                )
+        txn.add(pending)
+        records.set(stage, kind, sealed, "commit")
+        return FileAction(stage, kind, "written", serial)
 
 
 def seal_to_repo(
