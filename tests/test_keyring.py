@@ -394,13 +394,20 @@ def _no_keyring_envs(tmp_path: Path) -> dict[str, dict[str, str]]:
     return envs
 
 
-@pytest.mark.parametrize(
-    "case", ["fail backend", "no D-Bus session", "Secret Service without a bus"]
-)
-def test_no_keyring_backend_init_writes_nothing(tmp_path, case):
+NO_KEYRING_CASES = ["fail backend", "no D-Bus session", "Secret Service without a bus"]
+
+
+def _no_keyring_env(tmp_path: Path, case: str) -> dict[str, str]:
+    """The environment of one no-keyring case; skips where it would find a working backend."""
     env = _no_keyring_envs(tmp_path)[case]
     if case == "no D-Bus session" and _backend_in(env) != "keyring.backends.fail.Keyring":
         pytest.skip(f"a keyring backend works here without D-Bus: {_backend_in(env)}")
+    return env
+
+
+@pytest.mark.parametrize("case", NO_KEYRING_CASES)
+def test_no_keyring_backend_init_writes_nothing(tmp_path, case):
+    env = _no_keyring_env(tmp_path, case)
     project = new_repo(tmp_path, env)
     commit = head(project)
 
@@ -416,13 +423,9 @@ def test_no_keyring_backend_init_writes_nothing(tmp_path, case):
     assert head(project) == commit
 
 
-@pytest.mark.parametrize(
-    "case", ["fail backend", "no D-Bus session", "Secret Service without a bus"]
-)
+@pytest.mark.parametrize("case", NO_KEYRING_CASES)
 def test_no_keyring_backend_and_no_key_refuses_commit_and_prepare(tmp_path, case):
-    env = _no_keyring_envs(tmp_path)[case]
-    if case == "no D-Bus session" and _backend_in(env) != "keyring.backends.fail.Keyring":
-        pytest.skip(f"a keyring backend works here without D-Bus: {_backend_in(env)}")
+    env = _no_keyring_env(tmp_path, case)
     project = new_repo(tmp_path, env)
     key = new_key(env)
     result = project.cli("init", "--no-keyring", env=dict(env, SST_VAULT_KEY=key))
