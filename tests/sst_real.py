@@ -39,6 +39,14 @@ export default $config({
 """
 
 
+# SST 4.17.1 loads the stage's and `_fallback`'s passphrases on two goroutines that write one
+# map unguarded; about 2 in 100 `sst secret list` runs die in the Go runtime with this line
+# (tests/SST_FACTS.md). Every command the tests run is idempotent, so a crash of SST's own is
+# run again, a bounded number of times, rather than failing a test of ours.
+SST_MAP_RACE = "fatal error: concurrent map"
+RACE_ATTEMPTS = 5
+
+
 def _cache_dir() -> Path:
     env = os.environ.get("SST_VAULT_TEST_SST_DIR")
     return Path(env) if env else Path.home() / ".cache" / "sst-vault-tests" / "sst"
@@ -143,15 +151,18 @@ class SstProject:
     def run(
         self, *args: str, config_home: Path | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run(
-            [str(self.binary), *args],
-            cwd=self.project,
-            env=self.env(config_home),
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=120,
-        )
+        for _ in range(RACE_ATTEMPTS):
+            out = subprocess.run(
+                [str(self.binary), *args],
+                cwd=self.project,
+                env=self.env(config_home),
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+            )
+            if not (out.returncode != 0 and SST_MAP_RACE in out.stderr):
+                break
         if check and out.returncode != 0:
             log = self.project / ".sst" / "log" / "sst.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
