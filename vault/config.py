@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ class Config:
     app: str
     backend: str = "age"
     state_dir: str = DEFAULT_STATE_DIR
-    vault_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    vault_id: str = field(default_factory=lambda: os.urandom(8).hex())
     recipients: dict[str, str] = field(default_factory=dict)
     lock_prefix: str = DEFAULT_LOCK_PREFIX
     remote: str = "origin"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,7 +161,7 @@ class AtomicWriter:
 
     def __enter__(self) -> AtomicWriter:
         self._dfd = self._dir_cm.__enter__()
-        self._tmp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        self._tmp_name = f"{TEMP_PREFIX}{os.urandom(8).hex()}"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(self._tmp_name, flags, self.mode, dir_fd=self._dfd)

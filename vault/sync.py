@@ -10,11 +10,9 @@ on the repository) so two processes never interleave.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import io
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -98,6 +96,9 @@ def _now() -> str:
 
 
 def writer_name() -> str:
+    import getpass  # with socket, only where a file is written: they cost start-up time
+    import socket
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

@@ -1,0 +1,23 @@
+"""sst-vault keeps SST's local state (`home: "local"`) encrypted in the app's own git repository.
+
+Use the library the way the CLI does: open a project, then move state in one direction.
+
+    from vault.project import Project
+    from vault import sync
+
+    project = Project.open()          # finds sst-vault.toml upward
+    sync.prepare(project, ["prod"])   # repo -> SST home, before `sst deploy`
+    sync.commit(project, ["prod"])    # SST home -> repo, after it
+
+Where things live, one module each: the file format in `envelope` (its docstring is the
+specification), where the secret comes from and the key id in `keys` (keys belong in
+SST_VAULT_KEY in CI and in the OS keyring on a laptop, never in an argument or a file in the
+repo), every path the tool touches in `paths`, symlink-proof file I/O in `safefs`, git in
+`gitstore`, the cross-machine deploy lock in `lock`, and `sst-vault run` in `runner`.
+
+Do not decrypt into the SST home yourself, and do not copy vault files between stages: every
+file is bound to its app, stage and kind, and `sync` writes only after everything verified.
+Every failure is a `vault.errors.VaultError` carrying a one-line hint.
+
+This module imports nothing, so that `sst-vault --help` stays fast.
+"""
