@@ -358,6 +358,9 @@ def test_local_lock_wait_is_bounded(committed: VaultProject):
         ("linux", {"HOME": "/home/u"}, "/home/u/.config/sst"),
         ("linux", {"HOME": "/home/u", "XDG_CONFIG_HOME": ""}, "/home/u/.config/sst"),
         ("linux", {"XDG_CONFIG_HOME": "/xdg"}, "/xdg/sst"),
+        # Go's filepath.Join cleans: SST uses /xdg/sst, whatever /a is.
+        ("linux", {"XDG_CONFIG_HOME": "/a/../xdg/./"}, "/xdg/sst"),
+        ("linux", {"HOME": "/home/u/../v"}, "/home/v/.config/sst"),
         ("freebsd14", {"HOME": "/home/u"}, "/home/u/.config/sst"),
         (
             "darwin",

@@ -26,9 +26,18 @@ pytestmark = pytest.mark.real_sst
 
 
 def vault(
-    sst: sst_real.SstProject, key: str, *args: str, home: Path | None = None
+    sst: sst_real.SstProject,
+    key: str,
+    *args: str,
+    home: Path | None = None,
+    env: dict[str, str] | None = None,
+    code: int | None = 0,
+    sst_home_flag: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    env = {
+    """`sst-vault --sst-home HOME ARGS` (HOME: SST's own home unless given; no flag at all with
+    `sst_home_flag=False`); `env` is added to (and overrides) the base environment; `code` is
+    the exit code expected (None: any)."""
+    base = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(sst.root / "home"),
         "TMPDIR": str(sst.root / "tmp"),
@@ -38,21 +47,41 @@ def vault(
         "GIT_CONFIG_NOSYSTEM": "1",
     }
     # This checkout's `vault`, whether or not it is pip-installed.
-    env["PYTHONPATH"] = os.pathsep.join(
+    base["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(sst_real.REPO), os.environ.get("PYTHONPATH")) if p
     )
-    cmd = [sys.executable, "-m", "vault", "--sst-home", str(home or sst.sst_home), *args]
+    base.update(env or {})
+    flag = ["--sst-home", str(home or sst.sst_home)] if sst_home_flag else []
+    cmd = [sys.executable, "-m", "vault", *flag, *args]
     out = subprocess.run(
         cmd,
         cwd=sst.project,
-        env=env,
+        env=base,
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=120,
     )
-    assert out.returncode == 0, f"sst-vault {' '.join(args)}: {out.returncode}\n{out.stderr}"
+    if code is not None:
+        assert out.returncode == code, (
+            f"sst-vault {' '.join(args)}: {out.returncode}\n{out.stdout}{out.stderr}"
+        )
     return out
+
+
+def generate_key(sst: sst_real.SstProject) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "vault", "key", "generate"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=sst_real.REPO,
+        env={
+            **os.environ,
+            "HOME": str(sst.root / "home"),
+            "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+        },
+    ).stdout.strip()
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -139,18 +168,7 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
         *(v.decode() for k, v in before.items() if k.startswith("passphrase/")),
     ]
 
-    key = subprocess.run(
-        [sys.executable, "-m", "vault", "key", "generate"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=sst_real.REPO,
-        env={
-            **os.environ,
-            "HOME": str(sst.root / "home"),
-            "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
-        },
-    ).stdout.strip()
+    key = generate_key(sst)
     assert key.startswith("AGE-SECRET-KEY-1")
     vault(sst, key, "init", "--no-keyring")
     for name in ("sst-vault.toml", ".gitattributes", ".gitignore", "infra/state/data-key.age"):
@@ -224,3 +242,108 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
         assert needle not in log, needle
         assert needle.encode() not in objects, needle
         assert needle.encode() not in worktree, needle
+
+
+# sst-vault's cross-check against the `sst` on PATH: `home_from_sst_binary` runs
+# `sst version --verbose` and reads its `config DIR` line (tests/SST_FACTS.md); doctor and
+# `status -v` compare that with the SST home sst-vault itself uses.
+SST_HINT = "pass --sst-home, or run both with the same HOME/XDG_CONFIG_HOME"
+
+
+@pytest.fixture
+def sst_on_path(sst) -> dict[str, str]:
+    """Environment for sst-vault: the real `sst` first on PATH (through a symlink named `sst`)
+    and XDG_CONFIG_HOME as in `SstProject.env()`, so SST's home is `sst.sst_home`."""
+    bin_dir = sst.root / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sst").symlink_to(sst.binary.resolve())
+    env = {
+        "PATH": os.pathsep.join((str(bin_dir), os.environ.get("PATH", "/usr/bin:/bin"))),
+        "XDG_CONFIG_HOME": str(sst.config_home),
+    }
+    assert shutil.which("sst", path=env["PATH"]) == str(bin_dir / "sst")
+    return env
+
+
+@pytest.fixture
+def vault_key(sst) -> str:
+    """A vault initialised in the SST project (no `sst` on PATH yet); its key."""
+    key = generate_key(sst)
+    vault(sst, key, "init", "--no-keyring")
+    return key
+
+
+def doctor_lines(out: subprocess.CompletedProcess[str]) -> dict[str, list[str]]:
+    """Check name -> its whole lines, e.g. {"sst": ["ok    sst: ..."]}."""
+    found: dict[str, list[str]] = {}
+    for line in out.stdout.splitlines():
+        name = line[4:].strip().split(":", 1)[0]
+        found.setdefault(name, []).append(line)
+    return found
+
+
+@pytest.mark.parametrize("how", ["--sst-home", "XDG_CONFIG_HOME", "HOME"])
+def test_doctor_agrees_with_the_real_sst_on_its_home(sst, sst_on_path, vault_key, how):
+    env = dict(sst_on_path)
+    home = sst.sst_home
+    if how == "HOME":
+        # No XDG_CONFIG_HOME: Go's os.UserConfigDir() falls back to $HOME/.config, as must we.
+        del env["XDG_CONFIG_HOME"]
+        home = sst.root / "home" / ".config" / "sst"
+    out = vault(sst, vault_key, "doctor", env=env, sst_home_flag=how == "--sst-home")
+    checks = doctor_lines(out)
+    assert checks["sst"] == [f"ok    sst: `sst version --verbose` uses the same home {home}"]
+    assert str(home) in checks["SST home"][0]
+    assert not [line for line in out.stdout.splitlines() if line.startswith("fail")], out.stdout
+    # The real binary ran (any SST run creates <home>/bin), with sst-vault's environment.
+    assert (home / "bin").is_dir()
+
+
+@pytest.mark.parametrize("how", ["--sst-home", "SST_VAULT_SST_HOME"])
+def test_doctor_fails_when_the_real_sst_uses_another_home(sst, sst_on_path, vault_key, how):
+    other = sst.root / "elsewhere" / "sst"
+    env = dict(sst_on_path)
+    if how == "SST_VAULT_SST_HOME":
+        # sst-vault's own setting, which the SST it runs never sees.
+        env["SST_VAULT_SST_HOME"] = str(other)
+    out = vault(
+        sst, vault_key, "doctor", home=other, env=env, code=1, sst_home_flag=how == "--sst-home"
+    )
+    checks = doctor_lines(out)
+    assert checks["sst"] == [
+        f"fail  sst: `sst version --verbose` uses {sst.sst_home}, not {other} ({SST_HINT})"
+    ]
+    # That is the only failure: the exit code 1 comes from the cross-check.
+    fails = [line for line in out.stdout.splitlines() if line.startswith("fail")]
+    assert fails == checks["sst"], out.stdout
+    assert checks["SST home"][0].startswith(f"warn  SST home: {other} does not exist yet")
+    assert not other.exists()
+
+
+def test_verbose_status_warns_when_the_real_sst_uses_another_home(sst, sst_on_path, vault_key):
+    warning = f"Warning: `sst version --verbose` uses {sst.sst_home} as its home"
+    same = vault(sst, vault_key, "-v", "status", env=sst_on_path)
+    assert f"SST home: {sst.sst_home}" in same.stderr.splitlines()
+    assert "Warning" not in same.stderr, same.stderr
+
+    other = sst.root / "elsewhere" / "sst"
+    moved = vault(sst, vault_key, "-v", "status", home=other, env=sst_on_path)
+    assert f"SST home: {other}" in moved.stderr.splitlines()
+    assert warning in moved.stderr.splitlines(), moved.stderr
+    # Only with -v: the plain status stays quiet about it.
+    plain = vault(sst, vault_key, "status", home=other, env=sst_on_path)
+    assert "Warning" not in plain.stderr, plain.stderr
+
+
+@pytest.mark.parametrize("spelling", ["XDG_CONFIG_HOME with ..", "symlinked --sst-home"])
+def test_doctor_accepts_the_same_home_spelled_differently(sst, sst_on_path, vault_key, spelling):
+    env = dict(sst_on_path)
+    if spelling == "XDG_CONFIG_HOME with ..":
+        env["XDG_CONFIG_HOME"] = str(sst.root / "home" / ".." / "config")
+        out = vault(sst, vault_key, "doctor", env=env, sst_home_flag=False, code=None)
+    else:
+        (sst.root / "link").symlink_to(sst.config_home, target_is_directory=True)
+        home = sst.root / "link" / "sst"
+        out = vault(sst, vault_key, "doctor", home=home, env=env, code=None)
+    assert doctor_lines(out)["sst"][0].startswith("ok    sst:"), out.stdout
+    assert out.returncode == 0, out.stdout

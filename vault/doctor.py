@@ -170,7 +170,7 @@ def _key_check(project: Project) -> Check:
 
 
 def _home_check(project: Project) -> list[Check]:
-    from vault.paths import home_from_sst_binary
+    from vault.paths import home_from_sst_binary, same_folder
 
     root = project.home.root
     stages = sorted(project.home.stages(project.app))
@@ -192,7 +192,7 @@ def _home_check(project: Project) -> list[Check]:
     reported = home_from_sst_binary()
     if reported is None:
         result.append(Check(WARN, "sst", "`sst version --verbose` did not name its config folder"))
-    elif reported.absolute() == root:
+    elif same_folder(reported, root):
         result.append(Check(OK, "sst", f"`sst version --verbose` uses the same home {reported}"))
     else:
         result.append(

@@ -55,19 +55,27 @@ def check_app(app: str) -> str:
 
 
 def default_sst_home(platform: str | None = None, environ: dict[str, str] | None = None) -> Path:
-    """Go's os.UserConfigDir() + "/sst", which is where the SST binary keeps `home: "local"`."""
+    """Go's os.UserConfigDir() + "/sst", which is where the SST binary keeps `home: "local"`.
+
+    SST joins with Go's filepath.Join, which also cleans the path lexically (`a/../b` is `b`
+    even when `a` is a symlink), so the same cleaning here names the folder SST really uses.
+    """
+    return Path(os.path.normpath(_user_config_dir(platform, environ) / "sst"))
+
+
+def _user_config_dir(platform: str | None, environ: dict[str, str] | None) -> Path:
     platform = platform or sys.platform
     env = os.environ if environ is None else environ
     if platform.startswith("win"):
         appdata = env.get("AppData") or env.get("APPDATA")
         if not appdata:
             raise ConfigError("%AppData% is not set", "pass --sst-home DIR")
-        return Path(appdata) / "sst"
+        return Path(appdata)
     home = env.get("HOME")
     if platform == "darwin":
         if not home:
             raise ConfigError("$HOME is not set", "pass --sst-home DIR")
-        return Path(home) / "Library" / "Application Support" / "sst"
+        return Path(home) / "Library" / "Application Support"
     # Go: $XDG_CONFIG_HOME if set, else $HOME/.config. A relative $XDG_CONFIG_HOME is an
     # error there (and SST panics), so guessing ~/.config would sync a folder SST never reads.
     xdg = env.get("XDG_CONFIG_HOME", "")
@@ -77,10 +85,10 @@ def default_sst_home(platform: str | None = None, environ: dict[str, str] | None
                 f"$XDG_CONFIG_HOME ({xdg}) is a relative path, which SST refuses too",
                 "make it absolute, or pass --sst-home DIR",
             )
-        return Path(xdg) / "sst"
+        return Path(xdg)
     if not home:
         raise ConfigError("neither $XDG_CONFIG_HOME nor $HOME is set", "pass --sst-home DIR")
-    return Path(home) / ".config" / "sst"
+    return Path(home) / ".config"
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,14 @@ def find_project(start: Path) -> Path:
         f"no {CONFIG_NAME} in {here} or any parent",
         "run `sst-vault init` next to sst.config.ts, or pass --project DIR",
     )
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    """Whether two spellings name one folder: through symlinks and `..` when both exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
 def home_from_sst_binary(timeout: float = 10.0) -> Path | None:

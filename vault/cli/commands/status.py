@@ -9,7 +9,7 @@ import click
 
 from vault import sync
 from vault.cli.context import Context, pass_context
-from vault.paths import home_from_sst_binary
+from vault.paths import home_from_sst_binary, same_folder
 
 
 @click.command("status")
@@ -33,7 +33,7 @@ def status_cmd(ctx: Context, stages: tuple[str, ...], as_json: bool) -> None:
     if ctx.verbose:
         ctx.info(f"SST home: {project.home.root}")
         reported = home_from_sst_binary()
-        if reported is not None and reported != project.home.root:
+        if reported is not None and not same_folder(reported, project.home.root):
             ctx.info(f"Warning: `sst version --verbose` uses {reported} as its home")
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows], indent=2))
