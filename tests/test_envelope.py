@@ -48,6 +48,17 @@ def fernet_key(seed: int = 1) -> FileKey:
 
 
 KEYS = {"stream": stream_key, "fernet": fernet_key}
+BIG = 2 * 1024 * 1024  # past envelope._ISAL_MIN: ISA-L's zlib, when installed, handles these
+
+
+def use_zlib(monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
+    """Make the envelope compress and decompress files over 1 MiB with `codec` from now on."""
+    if codec == "isal":
+        pytest.importorskip("isal", reason="ISA-L has no wheel for this platform")
+        monkeypatch.delenv("SST_VAULT_NO_ISAL", raising=False)
+    else:
+        monkeypatch.setenv("SST_VAULT_NO_ISAL", "1")
+    assert (envelope._isal_zlib(BIG) is not None) == (codec == "isal")
 
 
 def seal(plain: bytes, key: FileKey, **meta: object) -> bytes:
@@ -172,8 +183,10 @@ def test_multi_chunk_noise_round_trip():
     assert open_(blob, key) == plain
 
 
-def test_highly_compressible_file_opens_in_bounded_steps():
+@pytest.mark.parametrize("codec", ["isal", "stdlib"])
+def test_highly_compressible_file_opens_in_bounded_steps(monkeypatch, codec):
     """A 64 KiB chunk of zlib may expand a thousandfold; output still arrives in pieces."""
+    use_zlib(monkeypatch, codec)
     key = stream_key()
     plain = bytes(40 * 1024 * 1024)
     blob = seal(plain, key)
@@ -461,19 +474,54 @@ def test_empty_final_chunk_is_refused_even_when_authentic():
     assert "empty final chunk" in expect(forged, key, TamperedError)
 
 
-def test_authentic_but_corrupt_compression_is_tampered():
-    """Belt and braces behind the AEAD: what decrypts must also be one complete zlib stream."""
-    key = stream_key()
-    blob = seal(b"{}", key)
-    header, raw = envelope.read_header(io.BytesIO(blob), WHERE)
+def resealed(blob: bytes, key: FileKey, compressed: bytes) -> bytes:
+    """`blob`'s header over a body that encrypts `compressed` correctly: authentic to the AEAD."""
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+    header, raw = envelope.read_header(io.BytesIO(blob), WHERE)
     aead = ChaCha20Poly1305(envelope._file_key(key, header, raw))
-    start = body_offset(blob)
-    good = zlib.compress(b"{}")
-    for compressed in (good[:-2], good + b"junk", b"not zlib at all", good + good):
-        body = aead.encrypt(envelope._nonce(0, last=True), compressed, None)
-        expect(blob[:start] + body, key, TamperedError)
+    pieces = [compressed[i : i + CHUNK_SIZE] for i in range(0, len(compressed), CHUNK_SIZE)]
+    pieces = pieces or [b""]
+    body = b"".join(
+        aead.encrypt(envelope._nonce(i, last=i == len(pieces) - 1), piece, None)
+        for i, piece in enumerate(pieces)
+    )
+    return blob[: body_offset(blob)] + body
+
+
+@pytest.mark.parametrize(
+    ("codec", "plain"), [("stdlib", b"{}"), ("isal", pulumi_like(BIG))], ids=["small", "2MiB"]
+)
+def test_authentic_but_corrupt_compression_is_tampered(monkeypatch, codec, plain):
+    """Belt and braces behind the AEAD: what decrypts must also be one complete zlib stream."""
+    use_zlib(monkeypatch, codec)
+    key = stream_key()
+    blob = seal(plain, key)
+    good = zlib.compress(plain)
+    assert open_(resealed(blob, key, good), key) == plain
+    bad_checksum = good[:-1] + bytes([good[-1] ^ 1])
+    broken = (good[:-2], good + b"junk", b"not zlib at all", good + good, bad_checksum)
+    for compressed in broken:
+        expect(resealed(blob, key, compressed), key, TamperedError)
+
+
+@pytest.mark.parametrize("writer", ["isal", "stdlib"])
+@pytest.mark.parametrize("reader", ["isal", "stdlib"])
+@pytest.mark.parametrize("cipher", ["stream", "fernet"])
+def test_both_zlib_codecs_write_and_read_one_format(monkeypatch, writer, reader, cipher):
+    """ISA-L is a speed-up, not a format: either side may lack it (recover.py has only zlib)."""
+    plain = pulumi_like(BIG) + noise(200_000)
+    key = KEYS[cipher]()
+    use_zlib(monkeypatch, writer)
+    blob = envelope.seal_bytes(plain, key, **META, serial=3, writer="w", level=3, workers=2)[1]
+    use_zlib(monkeypatch, reader)
+    assert open_(blob, key) == plain
+    assert len(blob) < 0.3 * len(plain)
+
+
+def test_small_files_never_load_isal(monkeypatch):
+    monkeypatch.delenv("SST_VAULT_NO_ISAL", raising=False)
+    assert envelope._isal_zlib(envelope._ISAL_MIN - 1) is None
 
 
 # --- test vectors (tests/testdata, written by make_vectors.py) ----------------------------

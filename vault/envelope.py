@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO
 
 from vault.errors import (
@@ -76,6 +77,11 @@ _PREFIX = struct.Struct(">8sBI")
 _READ_SIZE = 1024 * 1024
 _WINDOW = 32 * 1024  # deflate's window: what a block may refer back to
 _THREAD_MIN = 4 * _READ_SIZE  # below this a worker thread costs more than it overlaps
+# Files this large are compressed and decompressed with ISA-L (the `isal` package) when it is
+# installed: the same RFC 1950 streams, on 100 MB of Pulumi JSON about 5x faster to write and
+# 2x faster to read than the stdlib's zlib, at a ratio of 0.195 instead of 0.182 (bench/).
+# Smaller files are not worth its import. SST_VAULT_NO_ISAL=1 keeps to the stdlib.
+_ISAL_MIN = _READ_SIZE
 
 
 @dataclass(frozen=True)
@@ -208,9 +214,9 @@ def seal(
             yield chunk
 
     if key.cipher == CIPHER_FERNET:
-        _seal_fernet(plaintext(), out, key, raw, now, level)
+        _seal_fernet(plaintext(), out, key, raw, now, level, size)
     else:
-        _seal_stream(plaintext(), out, _file_key(key, header, raw), level, workers)
+        _seal_stream(plaintext(), out, _file_key(key, header, raw), level, workers, size)
     if read != size or not hmac.compare_digest(check.hexdigest(), header.fingerprint):
         raise ChangedWhileReading(
             "the file changed while it was being encrypted", "wait for SST to finish and retry"
@@ -222,8 +228,21 @@ class ChangedWhileReading(RefusedError):
     """The source changed between the two passes of `seal` (SST wrote meanwhile)."""
 
 
-def _compressed(plain: Iterator[bytes], level: int = COMPRESSION_LEVEL) -> Iterator[bytes]:
-    comp = zlib.compressobj(level)
+def _isal_zlib(size: int) -> ModuleType | None:
+    """ISA-L's zlib module for a file of `size` bytes, or None where the stdlib's serves."""
+    if size < _ISAL_MIN or os.environ.get("SST_VAULT_NO_ISAL", "") not in ("", "0"):
+        return None
+    try:
+        from isal import isal_zlib
+    except ImportError:  # optional: not every platform has a wheel of it
+        return None
+    return isal_zlib
+
+
+def _compressed(plain: Iterator[bytes], level: int, size: int) -> Iterator[bytes]:
+    fast = _isal_zlib(size)
+    # ISA-L has levels 0-3; its 2 is both faster and smaller than its 3 on Pulumi JSON.
+    comp = fast.compressobj(2 if level < 0 else min(level, 2)) if fast else zlib.compressobj(level)
     for chunk in plain:
         data = comp.compress(chunk)
         if data:
@@ -265,16 +284,18 @@ def _compressed_parallel(plain: Iterator[bytes], level: int, workers: int) -> It
 
 
 def _seal_stream(
-    plain: Iterator[bytes], out: BinaryIO, file_key: bytes, level: int, workers: int = 1
+    plain: Iterator[bytes], out: BinaryIO, file_key: bytes, level: int, workers: int, size: int
 ) -> None:
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
     aead = ChaCha20Poly1305(file_key)
     buffer = bytearray()
     counter = 0
-    compressed = (
-        _compressed(plain, level) if workers <= 1 else _compressed_parallel(plain, level, workers)
-    )
+    # One ISA-L thread outruns the stdlib's zlib on several: threads only help the latter.
+    if workers <= 1 or _isal_zlib(size):
+        compressed = _compressed(plain, level, size)
+    else:
+        compressed = _compressed_parallel(plain, level, workers)
     for data in compressed:
         buffer += data
         # Keep at least one byte back so the last chunk is never empty unless all is empty.
@@ -292,10 +313,11 @@ def _seal_fernet(
     raw_header: bytes,
     now: datetime | None,
     level: int,
+    size: int,
 ) -> None:
     from cryptography.fernet import Fernet
 
-    body = hashlib.sha256(raw_header).digest() + b"".join(_compressed(plain, level))
+    body = hashlib.sha256(raw_header).digest() + b"".join(_compressed(plain, level, size))
     fernet = Fernet(key.secret)
     at = int((now or datetime.now(UTC)).timestamp())
     out.write(fernet.encrypt_at_time(body, at))
@@ -379,7 +401,7 @@ def open_(
         plain = _open_fernet(handle, key, raw, path)
     else:
         plain = _open_stream(handle, _file_key(key, header, raw), path)
-    plain = _decompressed(plain, path)
+    plain = _decompressed(plain, path, header.size)
     if header.size > _THREAD_MIN:
         plain = _ahead(plain)
     size = 0
@@ -452,8 +474,19 @@ def _open_fernet(
         yield bytes(view[start : start + _READ_SIZE])
 
 
-def _decompressed(chunks: Iterator[bytes], path: Path | str) -> Iterator[bytes]:
-    # Bounded output per step: 64 KiB of zlib can expand to 64 MiB, which must not sit in memory.
+def _decompressed(chunks: Iterator[bytes], path: Path | str, size: int) -> Iterator[bytes]:
+    """The one zlib stream in `chunks`, in steps of at most _READ_SIZE bytes.
+
+    Bounded steps because 64 KiB of zlib can expand to 64 MiB, which must not sit in memory.
+    `size` (from the authenticated header) only chooses the decoder; both check the stream's
+    Adler-32 and refuse anything before, after or instead of one complete stream.
+    """
+    if _isal_zlib(size):
+        return _inflated_isal(chunks, path)
+    return _inflated(chunks, path)
+
+
+def _inflated(chunks: Iterator[bytes], path: Path | str) -> Iterator[bytes]:
     decomp = zlib.decompressobj()
     try:
         for chunk in chunks:
@@ -469,6 +502,29 @@ def _decompressed(chunks: Iterator[bytes], path: Path | str) -> Iterator[bytes]:
     if rest:
         yield rest
     if not decomp.eof or decomp.unused_data:
+        raise TamperedError(path, "corrupt compressed data", "restore it from git")
+
+
+def _inflated_isal(chunks: Iterator[bytes], path: Path | str) -> Iterator[bytes]:
+    from isal.igzip_lib import DECOMP_ZLIB, IgzipDecompressor, IsalError
+
+    decomp = IgzipDecompressor(flag=DECOMP_ZLIB)
+    trailing = False
+    try:
+        for chunk in chunks:
+            if decomp.eof:  # it keeps no unused_data past the end: note it here instead
+                trailing = trailing or bool(chunk)
+                continue
+            out = decomp.decompress(chunk, _READ_SIZE)
+            while True:
+                if out:
+                    yield out
+                if decomp.eof or decomp.needs_input:
+                    break
+                out = decomp.decompress(b"", _READ_SIZE)
+    except (IsalError, EOFError):
+        raise TamperedError(path, "corrupt compressed data", "restore it from git") from None
+    if not decomp.eof or decomp.unused_data or trailing:
         raise TamperedError(path, "corrupt compressed data", "restore it from git")
 
 
