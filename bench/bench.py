@@ -213,6 +213,9 @@ class Bench:
         self.age_key = root / "age-key.txt"
         sh(["age-keygen", "-o", self.age_key], self.env)
         self.age_pub = sh(["age-keygen", "-y", self.age_key], self.env).strip()
+        # ISA-L's zlib is used above 1 MiB when installed; SST_VAULT_NO_ISAL=1 measures without.
+        probe = "import importlib.util as u; print(u.find_spec('isal') is not None)"
+        self.isal = sh([PY, "-c", probe], self.env).strip() == "True"
 
     def runs(self, size: int) -> int:
         return self.runs_small if size <= 10 * MB else self.runs_big
@@ -311,6 +314,10 @@ def bench_size(b: Bench, size: int, python: float, want_peak: bool) -> None:
         big_goal,
     )
     compare(f"prepare {label}", t_prepare, "cp", t_cp)
+    stdlib_env = {**b.env, "SST_VAULT_NO_ISAL": "1"}  # the same install without ISA-L's zlib
+    if size > MB and b.isal:
+        t = median_time([prepare], stdlib_env, runs, repo, wipe)
+        compare(f"prepare {label}, stdlib zlib", t, "age -d", t_age_d)
 
     # commit: a deploy changed the state; seal + git add + git commit.
     def redeploy(i: int) -> None:
@@ -355,6 +362,13 @@ def bench_size(b: Bench, size: int, python: float, want_peak: bool) -> None:
         big_goal,
     )
     compare(f"commit {label}", t_commit, "age -e", t_age_e)
+    if size > MB and b.isal:
+
+        def redeploy_again(i: int) -> None:
+            b.deploy(home, "prod", pulumi_state.variant(state, 2000 + i))
+
+        t = median_time([commit], stdlib_env, runs, repo, redeploy_again)
+        compare(f"commit {label}, stdlib zlib", t, "cp+git add+commit", t_recipe)
 
     if want_peak:
         wipe(0)
@@ -527,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{version}; Python {platform.python_version()} ({PY}); "
             f"{sh(['age', '--version'], b.env).strip()} (age); "
             f"{sh(['git', '--version'], b.env).strip()}; {os.cpu_count()} cores; "
+            f"{'ISA-L zlib (isal) installed' if b.isal else 'no isal: stdlib zlib'}; "
             f"median of {args.runs} runs (<= 10 MB) / {args.big_runs} (larger)",
             flush=True,
         )
