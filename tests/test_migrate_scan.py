@@ -186,6 +186,53 @@ def test_scan_finds_plaintext_in_tree_and_history(tmp_path: Path) -> None:
     assert f"{side[:12]} extra/prod.bak: Pulumi checkpoint" in history.out
 
 
+def test_scan_exclude_leaves_out_fixtures_and_says_so(tmp_path: Path) -> None:
+    project, _files = recipe_repo(tmp_path)
+
+    def scan(*args: str):
+        return run_cli("scan", *args, cwd=project.root, env=project.env)
+
+    some = scan("--exclude", "infra/state/secret", "--exclude", "*/passphrase/dev.json")
+    assert some.code == 1
+    assert sorted(line.split(":")[0] for line in some.out.splitlines()) == [
+        "infra/state/app/dev.json",
+        "infra/state/app/prod.json",
+        "infra/state/passphrase/prod.json",
+    ]
+    assert "3 finding(s) left out by --exclude" in some.err
+    assert "Error: 3 plaintext SST file(s)" in some.err
+    every = scan("--exclude", "infra/state/")
+    assert every.code == 0 and every.out == ""
+    assert every.err.splitlines() == [
+        "6 finding(s) left out by --exclude",
+        "No plaintext SST state found outside the excluded paths.",
+    ]
+    history = scan("--history", "--exclude", "infra/state/app")
+    assert history.code == 1 and "infra/state/app/" not in history.out
+    assert "infra/state/secret/prod.json" in history.out
+    assert scan("--history", "--exclude", "infra").code == 0
+    # A pattern that matches nothing changes nothing.
+    assert len(scan("--exclude", "tests/fixtures").out.splitlines()) == 6
+
+
+@pytest.mark.parametrize(
+    ("path", "patterns", "expected"),
+    [
+        ("tests/fixtures/state/app/prod.json", ["tests/fixtures"], True),
+        ("tests/fixtures/state/app/prod.json", ["tests/fixtures/"], True),
+        ("tests/fixtures/state/app/prod.json", ["tests/*.json"], True),
+        ("tests/fixtures/state/app/prod.json", ["tests/fix"], False),
+        ("tests/fixtures/state/app/prod.json", ["fixtures"], False),
+        ("infra/state/app/prod.json", ["*/app/*", "nothing"], True),
+        ("infra/state/app/prod.json", [], False),
+    ],
+)
+def test_exclude_patterns(path: str, patterns: list[str], expected: bool) -> None:
+    from vault.scan import excluded
+
+    assert excluded(path, patterns) is expected
+
+
 def test_scan_by_content_anywhere(tmp_path: Path, env: dict[str, str]) -> None:
     root = tmp_path / "any"
     root.mkdir()

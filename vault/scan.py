@@ -7,18 +7,20 @@ characters of base64 of 32 bytes) in a `passphrase/` folder, an encrypted SST se
 (binary `*.json`) in a `secret/` folder. sst-vault's own files (`*.vault`, starting with the
 `SSTVAULT` signature) and the wrapped data key are never reported.
 
-Only the first `HEAD_SIZE` bytes of a file are read: every rule decides on them.
+Only the first `HEAD_SIZE` bytes of a file are read: every rule decides on them. Paths a user
+excludes (test fixtures of fake state, say) are left out by `excluded`, and counted, never hidden.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -65,6 +67,18 @@ def classify(path: str, head: bytes) -> str | None:
         if folder == "state" and folders[i + 1] in KINDS and name.endswith(".json"):
             return f"plaintext SST {folders[i + 1]} file (by its path)"
     return None
+
+
+def excluded(path: str, patterns: Iterable[str]) -> bool:
+    """Whether `path` (posix) matches a pattern, or lies in a folder that does.
+
+    Patterns are shell globs on the whole path, `*` crossing `/` (`tests/*.json` excludes
+    `tests/a/b.json`); `tests/fixtures` excludes that folder and everything in it.
+    """
+    parts = PurePosixPath(path).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    globs = [pattern.strip("/") for pattern in patterns]
+    return any(fnmatch.fnmatchcase(prefix, glob) for glob in globs for prefix in prefixes)
 
 
 def _is_passphrase(head: bytes) -> bool:
@@ -232,4 +246,4 @@ def scan_history(path: Path) -> list[Finding]:
     return findings
 
 
-__all__ = ["Finding", "classify", "scan_history", "scan_tree"]
+__all__ = ["Finding", "classify", "excluded", "scan_history", "scan_tree"]
