@@ -16,6 +16,8 @@ def doctor_cmd(ctx: Context) -> None:
 
     One line per check: `ok`, `warn` (worth fixing) or `fail` (prepare/commit cannot work),
     with a hint. Key sources are named, never printed. Exits 1 when any check fails.
+    When `sst` is on PATH, doctor runs `sst version --verbose` to compare homes; SST
+    itself then creates `<home>/bin` if it was missing.
 
     \b
     Example:
