@@ -142,6 +142,16 @@ class VaultProject:
         }
 
 
+def new_app_repo(root: Path, env: dict[str, str]) -> Path:
+    """A git repo at `root` whose one commit holds sst.config.ts: what `init` expects to find."""
+    root.mkdir()
+    git("init", "-q", cwd=root, env=env)
+    (root / "sst.config.ts").write_text(SST_CONFIG)
+    git("add", "sst.config.ts", cwd=root, env=env)
+    git("commit", "-q", "-m", "app", cwd=root, env=env)
+    return root
+
+
 def make_project(
     tmp_path: Path,
     name: str = "repo",
@@ -150,12 +160,7 @@ def make_project(
     env: dict[str, str] | None = None,
 ) -> VaultProject:
     env = dict(env or base_env(tmp_path))
-    root = tmp_path / name
-    root.mkdir()
-    git("init", "-q", cwd=root, env=env)
-    (root / "sst.config.ts").write_text(SST_CONFIG)
-    git("add", "sst.config.ts", cwd=root, env=env)
-    git("commit", "-q", "-m", "app", cwd=root, env=env)
+    root = new_app_repo(tmp_path / name, env)
     key = key or new_key(env, backend)
     env["SST_VAULT_KEY"] = key
     home = tmp_path / f"{name}-sst-home"

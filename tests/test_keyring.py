@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import sstfake
-from conftest import APP, SST_CONFIG, VaultProject, base_env, git, new_key
+from conftest import APP, VaultProject, base_env, new_app_repo, new_key
 
 pytestmark = pytest.mark.keyring
 
@@ -182,12 +182,7 @@ def no_bus_env(tmp_path: Path) -> dict[str, str]:
 
 def new_repo(tmp_path: Path, env: dict[str, str], name: str = "repo") -> VaultProject:
     """A git repo with sst.config.ts and no vault yet (init is what the tests exercise)."""
-    root = tmp_path / name
-    root.mkdir()
-    git("init", "-q", cwd=root, env=env)
-    (root / "sst.config.ts").write_text(SST_CONFIG)
-    git("add", "sst.config.ts", cwd=root, env=env)
-    git("commit", "-q", "-m", "app", cwd=root, env=env)
+    root = new_app_repo(tmp_path / name, env)
     return VaultProject(root, tmp_path / f"{name}-sst-home", env, key="")
 
 
