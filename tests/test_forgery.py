@@ -237,3 +237,46 @@ def test_damaged_files_fail_closed(tmp_path, backend):
             assert line.count(":") >= 3, f"{name}: no hint in {line!r}"
         target.write_bytes(original)
         assert p.cli("prepare", "prod").code == 0
+
+
+@pytest.mark.parametrize("backend", ["age", "fernet"])
+def test_status_verify_finds_what_headers_hide(tmp_path, backend):
+    p = make_project(tmp_path, backend=backend)
+    for stage in ("prod", "staging"):
+        deploy(p, stage)
+    assert p.cli("commit", "prod", "staging").code == 0
+    body = p.vault_file("app", "prod")
+    header = p.vault_file("passphrase", "staging")
+    originals = {path: path.read_bytes() for path in (body, header)}
+
+    # A flipped byte in the body, behind an intact header: plain status cannot see it.
+    body.write_bytes(_flip_last(originals[body]))
+    plain = p.cli("status", "prod")
+    assert plain.code == 0 and "Error" not in plain.err
+    assert all("in sync" in line for line in plain.out.splitlines()), plain.out
+    was = before(p)
+    verified = p.cli("status", "--verify")
+    assert_refused(verified, 1, "1 vault file(s) do not open (prod app)", "git", project=p, was=was)
+    lines = verified.out.splitlines()
+    [app_line] = [line for line in lines if line.split()[:2] == ["prod", "app"]]
+    assert "damaged" in app_line and ": tampered: " in app_line
+    others = [line for line in lines if line != app_line]
+    assert len(others) == 5 and all("in sync" in line for line in others), verified.out
+
+    # A damaged header: plain status refuses outright; --verify lists it with the rest.
+    header.write_bytes(b"")
+    assert_refused(p.cli("status"), 1, "not a vault file", project=p, was=before(p))
+    was = before(p)
+    listed = p.cli("status", "--verify", "--json")
+    assert_refused(listed, 1, "2 vault file(s) do not open", project=p, was=was)
+    rows = {(r["stage"], r["kind"]): r for r in json.loads(listed.out)}
+    assert rows["prod", "app"]["state"] == "damaged"
+    assert rows["prod", "app"]["problem"].startswith("tampered: ")
+    assert rows["staging", "passphrase"]["state"] == "damaged"
+    assert rows["staging", "passphrase"]["problem"].startswith("not a vault file: ")
+    assert rows["prod", "secret"] == {**rows["prod", "secret"], "state": "in sync", "problem": None}
+
+    for path, data in originals.items():
+        path.write_bytes(data)
+    healthy = p.cli("status", "--verify")
+    assert healthy.code == 0 and healthy.err == "", healthy.output

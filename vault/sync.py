@@ -42,6 +42,7 @@ HOME_AHEAD = "home ahead"
 REPO_AHEAD = "repo ahead"
 DIVERGED = "diverged"
 MISSING = "missing"
+DAMAGED = "damaged"  # only `status --verify` opens bodies, so only it can say this
 
 
 # --- sync records -------------------------------------------------------------------------
@@ -208,9 +209,17 @@ class KindStatus:
     home_present: bool = False
     repo_writer: str | None = None
     repo_time: str | None = None
+    problem: str | None = None  # why a damaged vault file does not open
 
 
-def status(project: Project, stages: Iterable[str] = ()) -> list[KindStatus]:
+def status(
+    project: Project, stages: Iterable[str] = (), *, verify: bool = False
+) -> list[KindStatus]:
+    """The three-way state of each stage and kind, from clear headers and fingerprints.
+
+    Headers are authenticated only together with the body, so a body damaged behind an intact
+    header still looks in sync; `verify` decrypts every vault file to rule that out.
+    """
     stages = [check_stage(s) for s in stages]
     records = Records(project)
     if not stages:
@@ -220,24 +229,40 @@ def status(project: Project, stages: Iterable[str] = ()) -> list[KindStatus]:
         stage_rows = [
             row
             for kind in KINDS
-            if (row := _kind_status(project, records, stage, kind)) is not None
+            if (row := _kind_status(project, records, stage, kind, verify)) is not None
         ]
         rows += stage_rows or [KindStatus(stage, "-", MISSING)]
     return rows
 
 
-def _kind_status(project: Project, records: Records, stage: str, kind: str) -> KindStatus | None:
-    found = _read_repo_header(project, stage, kind)
-    header = None
-    if found:
-        header, handle = found
-        handle.close()
+def _kind_status(
+    project: Project, records: Records, stage: str, kind: str, verify: bool
+) -> KindStatus | None:
     home = _HomeFile(project, stage, kind)
     record = records.get(stage, kind)
     row = KindStatus(stage, kind, MISSING, home_present=home.exists)
     row.synced_serial = record.serial if record else None
+    try:
+        found = _read_repo_header(project, stage, kind)
+    except FileFormatError as exc:
+        if not verify:
+            raise
+        row.state, row.problem = DAMAGED, f"{exc.reason}: {exc.detail}"
+        return row
+    header = None
+    if found:
+        header, handle = found
+        handle.close()
     if header:
         row.repo_serial, row.repo_writer, row.repo_time = header.serial, header.writer, header.time
+    if header and verify:
+        try:
+            _verify_repo_file(
+                project, project.keys.for_id(header.key_id) or project.keys.sealing, stage, kind
+            )
+        except FileFormatError as exc:
+            row.state, row.problem = DAMAGED, f"{exc.reason}: {exc.detail}"
+            return row
     if header is None and not home.exists:
         return None
     if header is None:
@@ -590,15 +615,20 @@ def seal_to_repo(
 
 def _repo_file_opens(project: Project, key: FileKey, stage: str, kind: str) -> bool:
     """Whether the vault file's body (not just its clear header) is intact under `key`."""
+    try:
+        return _verify_repo_file(project, key, stage, kind)
+    except FileFormatError:
+        return False  # a damaged body behind a matching header: commit writes a good file
+
+
+def _verify_repo_file(project: Project, key: FileKey, stage: str, kind: str) -> bool:
+    """Decrypt the whole vault file to nowhere: False when absent, FileFormatError when bad."""
     handle = safefs.open_read(project.root, project.repo.vault_parts(kind, stage))
     if handle is None:
         return False
     path = project.repo.vault_file(kind, stage)
-    try:
-        with handle:
-            envelope.open_(handle, _Discard(), key, path, app=project.app, stage=stage, kind=kind)
-    except FileFormatError:
-        return False  # a damaged body behind a matching header: commit writes a good file
+    with handle:
+        envelope.open_(handle, _Discard(), key, path, app=project.app, stage=stage, kind=kind)
     return True
 
 

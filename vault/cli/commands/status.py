@@ -9,27 +9,36 @@ import click
 
 from vault import sync
 from vault.cli.context import Context, pass_context
+from vault.errors import RefusedError
 from vault.paths import home_from_sst_binary, same_folder
 
 
 @click.command("status")
 @click.argument("stages", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--verify", is_flag=True, help="Decrypt every vault file too; exit 1 if one does not open."
+)
 @pass_context
-def status_cmd(ctx: Context, stages: tuple[str, ...], as_json: bool) -> None:
+def status_cmd(ctx: Context, stages: tuple[str, ...], as_json: bool, verify: bool) -> None:
     """Show, per stage and kind: in sync, home ahead, repo ahead, diverged or missing.
 
     \b
     home ahead   deployed or `sst secret set` here, not committed: run `commit`
     repo ahead   someone committed a newer state: run `prepare`
     diverged     both changed since the last sync: see README, "Diverged state"
+    damaged      (--verify only) the vault file does not open: restore it from git
+
+    Without --verify only the clear headers are read, which is fast; a body damaged
+    behind an intact header then shows as in sync until prepare or commit meets it.
 
     \b
-    Example:
+    Examples:
       sst-vault status --json | jq '.[] | select(.state != "in sync")'
+      sst-vault status --verify prod
     """
     project = ctx.project()
-    rows = sync.status(project, stages)
+    rows = sync.status(project, stages, verify=verify)
     if ctx.verbose:
         ctx.info(f"SST home: {project.home.root}")
         reported = home_from_sst_binary()
@@ -37,12 +46,22 @@ def status_cmd(ctx: Context, stages: tuple[str, ...], as_json: bool) -> None:
             ctx.info(f"Warning: `sst version --verbose` uses {reported} as its home")
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows], indent=2))
-        return
-    if not rows:
+    elif not rows:
         ctx.info("No stages found in the repo or the SST home.")
-        return
-    width = max(len(r.stage) for r in rows)
-    for r in rows:
-        serial = f"repo serial {r.repo_serial}" if r.repo_serial is not None else "not in repo"
-        synced = f", synced {r.synced_serial}" if r.synced_serial is not None else ""
-        click.echo(f"{r.stage:<{width}}  {r.kind:<10}  {r.state:<10}  ({serial}{synced})")
+    else:
+        width = max(len(r.stage) for r in rows)
+        for r in rows:
+            serial = f"repo serial {r.repo_serial}" if r.repo_serial is not None else "not in repo"
+            synced = f", synced {r.synced_serial}" if r.synced_serial is not None else ""
+            problem = f": {r.problem}" if r.problem else ""
+            click.echo(
+                f"{r.stage:<{width}}  {r.kind:<10}  {r.state:<10}  ({serial}{synced}){problem}"
+            )
+    damaged = [r for r in rows if r.state == sync.DAMAGED]
+    if damaged:
+        names = ", ".join(f"{r.stage} {r.kind}" for r in damaged)
+        raise RefusedError(
+            f"{len(damaged)} vault file(s) do not open ({names})",
+            "restore them from git (`sst-vault log STAGE` lists good versions), or commit "
+            "again from an SST home that holds the state",
+        )
