@@ -16,6 +16,7 @@ atomic create) and only guards this clone.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -24,11 +25,11 @@ import secrets
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from vault.errors import GitError, LockError, LockHeldError
+from vault.errors import GitError, LockError, LockHeldError, VaultError
 from vault.gitstore import GitStore, porcelain_reason, porcelain_status
 from vault.paths import check_stage
 from vault.project import Project
@@ -418,6 +419,62 @@ class DeployLock:
         return flag == "-"
 
 
+@contextlib.contextmanager
+def holding(
+    project: Project,
+    stages: Iterable[str],
+    store: GitStore,
+    *,
+    timeout: float = 0,
+    ttl: int = DEFAULT_TTL,
+    command: str = "",
+    info: Callable[[str], None] = lambda _msg: None,
+) -> Iterator[None]:
+    """Hold the deploy locks of `stages` for a change that must not race a deploy of them.
+
+    Taken in sorted order, so two holders of overlapping sets never wait on each other in a
+    circle; every one is given back on the way out. When the body raised, a lock that cannot
+    be released is only reported, so the body's own error is the one that surfaces.
+    """
+
+    def waiting(holder: LockInfo) -> None:
+        info(f"sst-vault: waiting for the deploy lock: {holder.describe()}")
+
+    held: list[tuple[DeployLock, LockInfo]] = []
+    try:
+        for stage in sorted(set(stages)):
+            lock = DeployLock(project, stage, store)
+            try:
+                mine = lock.acquire(timeout=timeout, ttl=ttl, command=command, on_wait=waiting)
+            except BaseException:
+                lock.abandon()
+                raise
+            held.append((lock, mine))
+        yield
+    except BaseException:
+        _release_all(held, info, quiet=True)
+        raise
+    _release_all(held, info, quiet=False)
+
+
+def _release_all(
+    held: list[tuple[DeployLock, LockInfo]], info: Callable[[str], None], *, quiet: bool
+) -> None:
+    failed: VaultError | None = None
+    broken = "sst-vault: warning: the deploy lock of {} was broken while this command held it"
+    for lock, mine in reversed(held):
+        try:
+            if not lock.release(mine.sha):
+                info(broken.format(lock.name))
+        except LockBrokenError as exc:  # someone else's now: nothing of ours to give back
+            info(f"{broken.format(lock.name)}: {exc}")
+        except VaultError as exc:
+            info(f"sst-vault: the deploy lock of {lock.name} was not released: {exc}")
+            failed = failed or exc
+    if failed is not None and not quiet:
+        raise failed
+
+
 __all__ = [
     "DEFAULT_TTL",
     "DeployLock",
@@ -425,4 +482,5 @@ __all__ = [
     "LockInfo",
     "ci_run_url",
     "format_age",
+    "holding",
 ]

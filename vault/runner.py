@@ -18,14 +18,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from vault import sync
 from vault.errors import UsageError, VaultError
 from vault.gitstore import DivergedError, GitStore, porcelain_status
 from vault.keys import ENV_KEY
-from vault.lock import DEFAULT_TTL, DeployLock, LockBrokenError, LockInfo
+from vault.lock import DEFAULT_TTL, DeployLock, LockBrokenError, LockInfo, holding
 from vault.paths import KINDS, check_stage
 from vault.project import Project
 
@@ -337,6 +338,44 @@ class _Run:
                 self.info(f"{broken}; check that nobody else deployed {lock.stage} meanwhile")
             elif quiet:
                 self.info(f"sst-vault: released the deploy lock of {lock.name}")
+
+
+T = TypeVar("T")
+
+
+def locked_change(
+    project: Project,
+    stages: Iterable[str] | None,
+    change: Callable[[Project], T],
+    *,
+    command: str,
+    lock_timeout: float = 0,
+    lock_ttl: int = DEFAULT_TTL,
+    info: Callable[[str], None] = lambda _msg: None,
+) -> T:
+    """`change` (which commits) between a pull and a push, under the stages' deploy locks.
+
+    What `rollback --push`, `rotate --push` and `recipients remove --push` do, so that they
+    never race a `run` of the stages they re-seal. `stages` None: every stage in the repo as
+    the remote has it. `change` gets the project as the pull left it (recipients or keys
+    someone else pushed meanwhile must not be lost).
+    """
+    project.keys  # noqa: B018 - a missing or wrong key must stop us before any lock is taken
+    store = GitStore(project.root)
+    remote = project.config.remote
+    store.require_remote(remote)
+    branch = store.current_branch()
+    if stages is None:
+        store.pull(remote)
+        stages = Project.open(project.root, project.home.root).repo.stages()
+    with holding(
+        project, stages, store, timeout=lock_timeout, ttl=lock_ttl, command=command, info=info
+    ):
+        store.pull(remote)
+        result = change(Project.open(project.root, project.home.root))
+        if store.unpushed(remote, branch):
+            store.push(remote)
+    return result
 
 
 def rescue_ref(project: Project, stage: str, sha: str) -> str:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import click
 
+from vault.cli.commands.lock import (
+    lock_timeout_option,
+    lock_ttl_option,
+    maybe_locked,
+    push_option,
+)
 from vault.cli.context import Context, pass_context
 
 
@@ -55,18 +61,33 @@ def add_cmd(ctx: Context, name: str, public_key: str) -> None:
 
 @recipients_group.command("remove")
 @click.argument("name")
+@push_option
+@lock_timeout_option
+@lock_ttl_option
 @pass_context
-def remove_cmd(ctx: Context, name: str) -> None:
+def remove_cmd(
+    ctx: Context, name: str, push: bool, lock_timeout: float, lock_ttl: int | None
+) -> None:
     """Remove NAME, rotate the data key, re-seal every stage, and commit that.
 
     NAME's key opens nothing committed from then on; it still opens git history, so the
-    secrets in it must be rotated (the command lists them). Pull before, push after.
+    secrets in it must be rotated (the command lists them). Pull before, push after; or
+    pass --push, which does both under the deploy lock of every stage (see `rotate`).
 
     \b
     Example:
-      git pull && sst-vault recipients remove bob && git push
+      sst-vault recipients remove bob --push
     """
     from vault import team
     from vault.cli.commands.rotate import show_rotation
 
-    show_rotation(ctx, team.remove_recipient(ctx.project(), name))
+    report = maybe_locked(
+        ctx,
+        push,
+        None,
+        lambda project: team.remove_recipient(project, name),
+        command=f"sst-vault recipients remove {name}",
+        lock_timeout=lock_timeout,
+        lock_ttl=lock_ttl,
+    )
+    show_rotation(ctx, report, pushed=push)

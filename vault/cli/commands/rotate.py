@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import click
 
+from vault.cli.commands.lock import (
+    lock_timeout_option,
+    lock_ttl_option,
+    maybe_locked,
+    push_option,
+)
 from vault.cli.context import Context, pass_context
 
 
 @click.command("rotate")
+@push_option
+@lock_timeout_option
+@lock_ttl_option
 @pass_context
-def rotate_cmd(ctx: Context) -> None:
+def rotate_cmd(ctx: Context, push: bool, lock_timeout: float, lock_ttl: int | None) -> None:
     """Re-seal every stage's vault files under a new key, and commit that.
 
     \b
@@ -17,20 +26,31 @@ def rotate_cmd(ctx: Context) -> None:
     fernet: put a new key first in SST_VAULT_KEY (old key on the next line), then rotate:
             every file moves to the new key; the old one still opens older revisions.
 
-    Pull before, push after. Git history keeps the old files, which the old key opens.
+    Pull before, push after; or pass --push, which does both while holding the deploy lock
+    of every stage, so no `run` re-seals one under the old key meanwhile. Git history keeps
+    the old files, which the old key opens.
 
     \b
     Example:
       export SST_VAULT_KEY="$(sst-vault key generate --backend fernet)
       $SST_VAULT_KEY"
-      sst-vault rotate && git push
+      sst-vault rotate --push --lock-timeout 600
     """
     from vault import team
 
-    show_rotation(ctx, team.rotate(ctx.project()))
+    report = maybe_locked(
+        ctx,
+        push,
+        None,
+        team.rotate,
+        command="sst-vault rotate",
+        lock_timeout=lock_timeout,
+        lock_ttl=lock_ttl,
+    )
+    show_rotation(ctx, report, pushed=push)
 
 
-def show_rotation(ctx: Context, report) -> None:  # report: vault.team.RotationReport
+def show_rotation(ctx: Context, report, *, pushed: bool) -> None:  # vault.team.RotationReport
     for item in report.files:
         ctx.info(f"{item.stage} {item.kind}: re-sealed (serial {item.old_serial} -> {item.serial})")
     if report.backend == "fernet" and not report.files:
@@ -48,7 +68,8 @@ def show_rotation(ctx: Context, report) -> None:  # report: vault.team.RotationR
     else:
         ctx.info(f"Every file is now sealed under the Fernet key {report.key_id}.")
     if report.commit:
-        ctx.info(f"Committed {report.commit[:12]}. Next: git push.")
+        after = " and pushed it." if pushed else ". Next: git push."
+        ctx.info(f"Committed {report.commit[:12]}{after}")
     for warning in report.warnings:
         ctx.info(f"Warning: {warning}")
     if report.backend == "age":
