@@ -16,7 +16,7 @@ import pytest
 import test_keyring
 from conftest import APP, VaultProject, make_project, new_key
 from helpers import assert_refused, deploy, head
-from test_keyring import keyring_env, new_repo, vault_id
+from test_keyring import keyring_entry, keyring_env, new_repo, vault_id
 
 # The module-scoped gnome-keyring on a private D-Bus session, from test_keyring.py.
 secret_service = test_keyring.secret_service
@@ -24,31 +24,12 @@ secret_service = test_keyring.secret_service
 pytestmark = pytest.mark.keyring
 
 
-def entry(env: dict[str, str], username: str) -> str | None:
-    """A keyring entry of service sst-vault, read by another Secret Service client."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, keyring; v = keyring.get_password('sst-vault', sys.argv[1]); "
-            "print(v if v is not None else '', end='')",
-            username,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return out.stdout or None
-
-
 def secret_of(env: dict[str, str], project: VaultProject) -> str | None:
-    return entry(env, f"vault:{vault_id(project)}")
+    return keyring_entry(env, f"vault:{vault_id(project)}")
 
 
 def pin_of(env: dict[str, str], project: VaultProject) -> str | None:
-    return entry(env, f"pin:{vault_id(project)}")
+    return keyring_entry(env, f"pin:{vault_id(project)}")
 
 
 def key_id(person: VaultProject) -> str:

@@ -202,13 +202,18 @@ def lookup(env: dict[str, str], vid: str) -> str | None:
             timeout=30,
         )
         return out.stdout if out.returncode == 0 and out.stdout else None
+    return keyring_entry(env, f"vault:{vid}")
+
+
+def keyring_entry(env: dict[str, str], username: str) -> str | None:
+    """A keyring entry of service sst-vault, read by the keyring library in another process."""
     out = subprocess.run(
         [
             sys.executable,
             "-c",
             "import sys, keyring; v = keyring.get_password('sst-vault', sys.argv[1]); "
             "print(v if v is not None else '', end='')",
-            f"vault:{vid}",
+            username,
         ],
         env=env,
         capture_output=True,
