@@ -242,27 +242,22 @@ def _kind_status(
     record = records.get(stage, kind)
     row = KindStatus(stage, kind, MISSING, home_present=home.exists)
     row.synced_serial = record.serial if record else None
+    header = None
     try:
         found = _read_repo_header(project, stage, kind)
+        if found:
+            header, handle = found
+            handle.close()
+            row.repo_serial, row.repo_writer = header.serial, header.writer
+            row.repo_time = header.time
+            if verify:
+                key = project.keys.for_id(header.key_id) or project.keys.sealing
+                _verify_repo_file(project, key, stage, kind)
     except FileFormatError as exc:
         if not verify:
             raise
         row.state, row.problem = DAMAGED, f"{exc.reason}: {exc.detail}"
         return row
-    header = None
-    if found:
-        header, handle = found
-        handle.close()
-    if header:
-        row.repo_serial, row.repo_writer, row.repo_time = header.serial, header.writer, header.time
-    if header and verify:
-        try:
-            _verify_repo_file(
-                project, project.keys.for_id(header.key_id) or project.keys.sealing, stage, kind
-            )
-        except FileFormatError as exc:
-            row.state, row.problem = DAMAGED, f"{exc.reason}: {exc.detail}"
-            return row
     if header is None and not home.exists:
         return None
     if header is None:
