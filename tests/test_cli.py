@@ -49,7 +49,7 @@ def test_unknown_command_is_a_usage_error(tmp_path: Path, env: dict[str, str]) -
     assert "No such command" in result.err
 
 
-def test_init_prints_the_key_id_and_no_spurious_warning(tmp_path: Path) -> None:
+def test_init_prints_the_pin_and_no_spurious_warning(tmp_path: Path) -> None:
     project = make_project(tmp_path, name="p")
     key_id = project.cli("key", "id")
     assert key_id.code == 0, key_id.err
@@ -61,6 +61,6 @@ def test_init_prints_the_key_id_and_no_spurious_warning(tmp_path: Path) -> None:
     result = project.cli("init", "--no-keyring", cwd=other)
     assert result.code == 0, result.err
     assert "Warning" not in result.err
-    assert result.out.startswith("SST_VAULT_KEY_ID=svk1-")
+    assert result.out.startswith("SST_VAULT_PIN=svid1-")
     assert "SST_VAULT_KEY" in result.err
     assert project.key not in result.output

@@ -1,4 +1,5 @@
-"""A developer's key in the real OS keyring: import, export-public, forget, and the key-id pin.
+"""A developer's key in the real OS keyring: import, export-public, forget; and what a machine
+remembers of the vault it trusts (its identity and newest key record entry).
 
 The Secret Service is gnome-keyring on a private D-Bus session (the `secret_service` fixture of
 test_keyring.py). CI is the key the vault was made with (`SST_VAULT_KEY`, no keyring); alice is a
@@ -29,7 +30,22 @@ def secret_of(env: dict[str, str], project: VaultProject) -> str | None:
 
 
 def pin_of(env: dict[str, str], project: VaultProject) -> str | None:
+    """sst-vault 0.1's keyring pin entry: nothing writes it any more."""
     return keyring_entry(env, f"pin:{vault_id(project)}")
+
+
+def trusted_of(person: VaultProject) -> dict | None:
+    """What this machine (this SST home) remembers of the vault, or None."""
+    import json
+
+    path = person.home / ".sst-vault" / "trust" / f"{APP}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def identity(person: VaultProject) -> str:
+    result = person.cli("key", "pin")
+    assert result.code == 0, result.output
+    return result.out.strip()
 
 
 def key_id(person: VaultProject) -> str:
@@ -105,7 +121,7 @@ def import_key(person: VaultProject, secret: str | None = None, *args: str):
 # --- import, export-public, forget ---------------------------------------------------------
 
 
-def test_import_stores_a_checked_key_and_pins_the_data_key(team, tmp_path):
+def test_import_stores_a_checked_key_and_remembers_the_vault(team, tmp_path):
     ci, alice = team
     assert_refused(alice.cli("prepare", "prod"), 2, "key import")
 
@@ -113,8 +129,8 @@ def test_import_stores_a_checked_key_and_pins_the_data_key(team, tmp_path):
     assert result.code == 0, result.output
     assert alice.key not in result.output
     assert secret_of(alice.env, alice) == alice.key
-    assert pin_of(alice.env, alice) == key_id(ci)
-    assert "Pinned" in result.err
+    assert trusted_of(alice)["identity"] == identity(ci)
+    assert pin_of(alice.env, alice) is None  # no keyring pin: the memory is a file
 
     result = fresh_prepare(alice, "prod")  # the key now comes from the keyring
     assert result.code == 0, result.output
@@ -138,7 +154,8 @@ def test_import_stores_a_checked_key_and_pins_the_data_key(team, tmp_path):
     assert secret_of(alice.env, alice) == alice.key
     result = alice.cli("key", "forget", "--yes")
     assert result.code == 0, result.output
-    assert secret_of(alice.env, alice) is None and pin_of(alice.env, alice) is None
+    assert secret_of(alice.env, alice) is None
+    assert trusted_of(alice) is not None  # not secret: it keeps protecting a later import
     result = alice.cli("key", "forget", "--yes")
     assert result.code == 0, result.output
     assert "nothing to forget" in result.err
@@ -171,7 +188,7 @@ def test_import_refusals_store_nothing(team, tmp_path):
     result = alice.cli("key", "import", alice.key)
     assert_refused(result, 2, "no key argument", "stdin")
     assert alice.key not in result.output
-    assert secret_of(alice.env, alice) is None and pin_of(alice.env, alice) is None
+    assert secret_of(alice.env, alice) is None and trusted_of(alice) is None
 
     # A different key already stored is never overwritten silently.
     assert import_key(alice).code == 0
@@ -200,11 +217,10 @@ def test_without_keyring_and_for_fernet(tmp_path, env):
         project.cli("key", "import", env=no_key, input=project.key), 2, "keyring", "gnome-keyring"
     )
     assert_refused(project.cli("key", "forget", "--yes", env=no_key), 2, "keyring")
-    # CI (key in the environment) can still review a data key: the pin is SST_VAULT_KEY_ID.
+    # A key from the environment needs no keyring to trust a vault: the memory is a file.
     result = project.cli("key", "trust", "--yes")
     assert result.code == 0, result.output
-    assert result.out.strip().endswith(f"SST_VAULT_KEY_ID={key_id(project)}")
-    assert "update SST_VAULT_KEY_ID" in result.err
+    assert result.out.strip().endswith(f"SST_VAULT_PIN={identity(project)}")
 
 
 def test_fernet_key_import(tmp_path, secret_service):
@@ -221,79 +237,90 @@ def test_fernet_key_import(tmp_path, secret_service):
     assert pin_of(env, dev) is None  # a Fernet key is the secret itself: nothing to pin
 
 
-# --- the key-id pin ------------------------------------------------------------------------
+# --- what a machine remembers ------------------------------------------------------------
 
 
-def test_first_unlock_pins_and_own_rotation_repins(tmp_path, secret_service):
+def test_own_rotation_keeps_the_identity(tmp_path, secret_service):
     env = keyring_env(tmp_path, secret_service)
     project = new_repo(tmp_path, env)
     result = project.cli("init")
     assert result.code == 0, result.output
-    first = result.out.strip().removeprefix("SST_VAULT_KEY_ID=")
-    assert pin_of(env, project) is None
+    pin = result.out.strip().removeprefix("SST_VAULT_PIN=")
+    assert pin.startswith("svid1-")
     deploy(project, "prod", "one")
     assert project.cli("commit", "prod").code == 0
-    assert pin_of(env, project) == first
+    first = trusted_of(project)
+    assert first["identity"] == pin
 
-    result = project.cli("rotate")  # this developer's own rotation: their pin follows it
+    result = project.cli("rotate")
     assert result.code == 0, result.output
-    second = result.out.strip().removeprefix("SST_VAULT_KEY_ID=")
-    assert second != first and pin_of(env, project) == second
-    assert "keyring now trusts the new data key" in result.err
+    assert "SST_VAULT_PIN stays" in result.err
+    after = trusted_of(project)
+    assert after["identity"] == pin and after["seq"] == first["seq"] + 1
+    assert identity(project) == pin
     assert fresh_prepare(project, "prod").code == 0
 
 
-def test_pin_refuses_a_rotated_data_key_until_trusted(team, tmp_path):
+def test_members_follow_a_rotation_but_a_new_identity_needs_trust(team, tmp_path):
     ci, alice = team
     assert import_key(alice).code == 0
-    old = pin_of(alice.env, alice)
     assert fresh_prepare(alice, "prod").code == 0
+    old = identity(ci)
 
+    # A member's rotation is a signed entry: alice follows it with nothing to confirm.
     result = ci.cli("rotate")
     assert result.code == 0, result.output
-    new = result.out.strip().removeprefix("SST_VAULT_KEY_ID=")
     deploy(ci, "prod", "after-rotation")
     assert ci.cli("commit", "prod").code == 0
+    result = alice.cli("prepare", "prod")
+    assert result.code == 0, result.output
+    assert alice.snapshot_home() == ci.snapshot_home()
+
+    # CI re-creates the vault (a new identity), with alice as a recipient again.
+    alice_public = public(ci.env, alice.key, ci)
+    for name in ("sst-vault.toml", "infra/state"):
+        ci.git("rm", "-rq", name)
+    result = ci.cli("init", "--no-keyring", "--recipient", f"alice={alice_public}")
+    assert result.code == 0, result.output
+    new = result.out.strip().removeprefix("SST_VAULT_PIN=")
+    assert new != old
+    assert ci.cli("commit", "prod", "--force").code == 0
 
     home = alice.snapshot_home()
-    for args in (("prepare", "prod"), ("status",), ("commit", "prod")):
+    for args in (("prepare", "prod"), ("commit", "prod")):
         assert_refused(alice.cli(*args), 1, new, old, "sst-vault key trust")
     assert alice.snapshot_home() == home
 
     result = alice.cli("key", "trust")  # no terminal, no --yes: shows, then refuses
     assert result.code == 2, result.output
-    assert f"data key is {new}" in result.out and f"trusts {old}" in result.out
-    assert "by Test User <test@example.com>" in result.out
-    assert f"rotate data key {old} -> {new}" in result.out
+    assert f"identity is {new}" in result.out and f"trusted {old}" in result.out
+    assert "by Test User" in result.out
     assert result.err.startswith("Error: not confirmed") and "--yes" in result.err
-    assert pin_of(alice.env, alice) == old
+    assert trusted_of(alice)["identity"] == old
 
-    # On a terminal it asks; "no" keeps the old pin, "yes" pins the new key id.
+    # On a terminal it asks; "no" keeps the old identity, "yes" accepts the new one.
     code, output = on_terminal(alice, "n", "key", "trust")
-    assert code == 1 and f"Trust the data key {new}?" in output, output
-    assert "Traceback" not in output and pin_of(alice.env, alice) == old
+    assert code == 1 and f"Trust the vault {new}?" in output, output
+    assert "Traceback" not in output and trusted_of(alice)["identity"] == old
     code, output = on_terminal(alice, "y", "key", "trust")
-    assert code == 0 and f"SST_VAULT_KEY_ID={new}" in output, output
-    assert pin_of(alice.env, alice) == new
+    assert code == 0 and f"SST_VAULT_PIN={new}" in output, output
+    assert trusted_of(alice)["identity"] == new
 
     result = alice.cli("key", "trust", "--yes")  # already trusted: says so, changes nothing
     assert result.code == 0 and "already trusts" in result.err, result.output
-    assert result.out.strip().endswith(f"SST_VAULT_KEY_ID={new}")
-    result = alice.cli("prepare", "prod")
+    result = alice.cli("prepare", "prod", "--force")
     assert result.code == 0, result.output
     assert alice.snapshot_home() == ci.snapshot_home()
 
 
 @pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
-def test_pin_refuses_a_forged_vault(team, tmp_path):
+def test_a_forged_data_key_is_refused_pinned_or_not(team, tmp_path):
     """An attacker with push access but no secret: own data key, wrapped to the public keys."""
-    from vault import envelope, keys
-
     ci, alice = team
     assert import_key(alice).code == 0
     assert fresh_prepare(alice, "prod").code == 0
     genuine_home = alice.snapshot_home()
-    pinned = pin_of(alice.env, alice)
+    remembered = trusted_of(alice)
 
     forged = os.urandom(32)
     pubs = [public(ci.env, ci.key, ci), public(ci.env, alice.key, ci)]
@@ -304,30 +331,17 @@ def test_pin_refuses_a_forged_vault(team, tmp_path):
         check=True,
     ).stdout
     (ci.root / "infra/state/data-key.age").write_bytes(wrapped)
-    file_key = keys.data_file_key(forged)
-    for kind in ("passphrase", "app"):
-        plain = (ci.home / "state" / kind / APP / "prod.json").read_bytes()
-        if kind == "app":
-            plain = plain.replace(b'"first"', b'"mallory"')
-        _, sealed = envelope.seal_bytes(
-            plain, file_key, app=APP, stage="prod", kind=kind, serial=99, writer="mallory@evil"
-        )
-        ci.vault_file(kind, "prod").write_bytes(sealed)
-    ci.vault_file("secret", "prod").unlink()
     ci.git("add", "-A", "infra/state")
     mallory = dict(ci.env, GIT_AUTHOR_NAME="Mallory", GIT_AUTHOR_EMAIL="m@evil.example")
     subprocess.run(["git", "commit", "-q", "-m", "bump deps"], cwd=ci.root, env=mallory, check=True)
     forged_head = head(ci)
 
-    # Alice's keyring pin refuses it; her home is untouched.
-    assert_refused(alice.cli("prepare", "prod", "--force"), 1, file_key.key_id, pinned)
+    # The signed key record names another data key: alice, CI unpinned and CI pinned refuse.
+    pinned = dict(ci.env, SST_VAULT_PIN=remembered["identity"])
+    for person, env in ((alice, alice.env), (ci, ci.env), (ci, pinned)):
+        result = person.cli("prepare", "prod", "--force", env=env)
+        assert_refused(result, 1, "data-key.age", "key record")
     assert alice.snapshot_home() == genuine_home
-    result = alice.cli("key", "trust")
-    assert "by Mallory <m@evil.example>" in result.out and "bump deps" in result.out
-    assert pin_of(alice.env, alice) == pinned
-    # CI pinned with SST_VAULT_KEY_ID refuses it too...
-    ci_pinned = dict(ci.env, SST_VAULT_KEY_ID=pinned)
-    assert_refused(ci.cli("prepare", "prod", "--force", env=ci_pinned), 1, pinned)
-    # ...which is what protects: unpinned, the forgery would open.
+    assert_refused(alice.cli("key", "trust", "--yes"), 1, "data-key.age")
+    assert trusted_of(alice) == remembered
     assert head(ci) == forged_head
-    assert fresh_prepare(ci, "prod").code == 0

@@ -289,7 +289,7 @@ def test_init_stores_a_new_key_that_commit_and_prepare_read(tmp_path, secret_ser
     assert stored is not None, "init wrote no keyring entry for service sst-vault"
     assert stored.strip().startswith("AGE-SECRET-KEY-1")
     assert stored.strip() not in result.output  # generated into the keyring, never printed
-    assert "SST_VAULT_KEY_ID=svk1-" in result.out
+    assert "SST_VAULT_PIN=svid1-" in result.out
 
     before = deploy(project, marker="keyring-marker")
     result = project.cli("commit", "prod")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -66,8 +65,9 @@ def keygen_project(tmp_path: Path) -> tuple[VaultProject, Path, str]:
 
 def test_age_keygen_identity_works_for_init_commit_prepare(keygen_project):
     project, key_file, public = keygen_project
-    config = tomllib.loads((project.root / "sst-vault.toml").read_text())
-    assert list(config["recipients"].values()) == [public]
+    listing = project.cli("recipients", "list")
+    assert listing.code == 0, listing.output
+    assert [line.split()[1] for line in listing.out.splitlines()] == [public]
     committed = project.snapshot_home()
     assert set(committed) == {
         f"{k}/{project.app}/prod.json" for k in ("passphrase", "app", "secret")

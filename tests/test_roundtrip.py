@@ -129,7 +129,7 @@ def test_sst_per_machine_files_are_never_touched(vault_project: VaultProject):
     assert not [t for t in tracked if any(w in t for w in ("lock", "update", "snapshot", "event"))]
     expected = {f"infra/state/{k}/prod.json.vault" for k in SYNCED_KINDS}
     if (p.root / "infra" / "state" / "data-key.age").exists():
-        expected.add("infra/state/data-key.age")
+        expected |= {"infra/state/data-key.age", "infra/state/key-record.jsonl"}
     assert set(p.git("ls-files", "infra/state").splitlines()) == expected
 
 

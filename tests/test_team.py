@@ -92,7 +92,7 @@ def test_added_member_prepares_with_own_key(vault_project, tmp_path):
     assert commit_count(ci) == commits + 1
     changed = ci.git("show", "--name-only", "--format=%s", "HEAD").split()
     assert changed[:4] == ["sst-vault:", "add", "recipient", "bob"]
-    assert sorted(changed[4:]) == ["infra/state/data-key.age", "sst-vault.toml"]
+    assert sorted(changed[4:]) == ["infra/state/data-key.age", "infra/state/key-record.jsonl"]
     assert ci.git("status", "--porcelain") == ""
 
     listing = ci.cli("recipients", "list")
@@ -138,7 +138,7 @@ def test_recipient_refusals_change_nothing(vault_project, tmp_path):
     repo, commit = ci.snapshot_repo(), head(ci)
     assert_refused(bob.cli("recipients", "add", "dave", other), 1, "wrong key")
     assert ci.snapshot_repo() == repo and head(ci) == commit
-    assert (ci.root / "sst-vault.toml").read_bytes() != config
+    assert (ci.root / "sst-vault.toml").read_bytes() == config  # settings only: never recipients
     assert temp_files(ci.root) == []
 
     fernet = make_project(tmp_path, name="fernet", backend="fernet")
@@ -175,12 +175,12 @@ def test_removed_member_opens_nothing_committed_afterwards(vault_project, tmp_pa
     assert "history still opens for bob" in result.err
     assert "SST passphrase of every stage (dev, prod)" in result.err
     assert "`sst secret` value of prod" in result.err
-    assert "key trust" in result.err
+    assert "SST_VAULT_PIN stays" in result.err
 
-    # One commit: every stage's files, the new wrapped key and the config; nothing else.
+    # One commit: every stage's files, the new wrapped key and the signed record; nothing else.
     changed = set(ci.git("show", "--name-only", "--format=", "HEAD").split())
     assert changed == {
-        "sst-vault.toml",
+        "infra/state/key-record.jsonl",
         "infra/state/data-key.age",
         *(f"infra/state/{k}/prod.json.vault" for k in ("app", "passphrase", "secret")),
         *(f"infra/state/{k}/dev.json.vault" for k in ("app", "passphrase")),

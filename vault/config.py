@@ -22,7 +22,9 @@ class Config:
     backend: str = "age"
     state_dir: str = DEFAULT_STATE_DIR
     vault_id: str = field(default_factory=lambda: os.urandom(8).hex())
-    recipients: dict[str, str] = field(default_factory=dict)
+    # `[recipients]` of a vault made by sst-vault 0.1: read only by `key upgrade`, which moves
+    # them into the signed key record. Nothing here decides who can read the vault.
+    legacy_recipients: dict[str, str] = field(default_factory=dict)
     lock_prefix: str = DEFAULT_LOCK_PREFIX
     remote: str = "origin"
 
@@ -33,8 +35,6 @@ class Config:
             raise ConfigError(f"{where}: unknown backend {self.backend!r}", "use age or fernet")
         if not re.fullmatch(r"[0-9a-f]{16}", self.vault_id):
             raise ConfigError(f"{where}: vault_id must be 16 hex digits")
-        for name in self.recipients:
-            check_recipient_name(name)
         if not self.lock_prefix.startswith("refs/") or self.lock_prefix.startswith("refs/heads"):
             raise ConfigError(
                 f"{where}: lock_prefix {self.lock_prefix!r} must be a ref outside refs/heads",
@@ -70,7 +70,7 @@ def load(path: Path) -> Config:
     if not isinstance(recipients, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in recipients.items()
     ):
-        raise ConfigError(f"{path}: [recipients] must map names to age1… strings")
+        raise ConfigError(f"{path}: [recipients] must map names to public keys")
     for key in ("app", "backend", "state_dir", "vault_id", "lock_prefix", "remote"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{path}: {key} must be a string")
@@ -79,7 +79,7 @@ def load(path: Path) -> Config:
         backend=data.get("backend", "age"),
         state_dir=data.get("state_dir", DEFAULT_STATE_DIR),
         vault_id=data["vault_id"],
-        recipients=dict(recipients),
+        legacy_recipients=dict(recipients),
         lock_prefix=data.get("lock_prefix", DEFAULT_LOCK_PREFIX),
         remote=data.get("remote", "origin"),
     )
@@ -100,9 +100,7 @@ def dumps(config: Config) -> str:
         lines.append(f"lock_prefix = {_quote(config.lock_prefix)}")
     if config.remote != "origin":
         lines.append(f"remote = {_quote(config.remote)}")
-    if config.backend == "age":
-        lines += ["", "# age public keys that can open the vault (name = age1…).", "[recipients]"]
-        lines += [f"{_quote(name)} = {_quote(pub)}" for name, pub in config.recipients.items()]
+    # No [recipients]: who can open the vault is in the signed key record (key-record.jsonl).
     return "\n".join(lines) + "\n"
 
 

@@ -90,30 +90,35 @@ def _guard(checks: list[Check], name: str, fn: Callable[[], object]) -> object:
 
 
 def _key_env_summary(checks: list[Check]) -> bool:
-    from vault.keys import ENV_KEY, ENV_KEY_FILE, ENV_KEY_ID
+    from vault.keys import ENV_KEY, ENV_KEY_FILE, ENV_KEY_ID, taken
+    from vault.trust import ENV_PIN
 
     found = []
-    if os.environ.get(ENV_KEY) is not None:
-        count = len([ln for ln in os.environ[ENV_KEY].splitlines() if ln.strip()])
+    key_text = taken(ENV_KEY)
+    if key_text is not None:
+        count = len([ln for ln in key_text.splitlines() if ln.strip()])
         found.append(f"${ENV_KEY} ({count} key{'s' if count != 1 else ''})")
-    key_file = os.environ.get(ENV_KEY_FILE)
+    key_file = taken(ENV_KEY_FILE)
     if key_file:
         readable = os.access(Path(key_file).expanduser(), os.R_OK)
         found.append(f"${ENV_KEY_FILE}={key_file}" + ("" if readable else " (not readable)"))
-    pinned = os.environ.get(ENV_KEY_ID, "").strip()
+    pinned = os.environ.get(ENV_PIN, "").strip()
+    exact = os.environ.get(ENV_KEY_ID, "").strip()
     if found:
         checks.append(Check(OK, "key sources", ", ".join(found) + " (values not shown)"))
     else:
         checks.append(Check(OK, "key sources", f"no ${ENV_KEY} or ${ENV_KEY_FILE}; the OS keyring"))
-    if pinned:
-        checks.append(Check(OK, "key pin", f"${ENV_KEY_ID}={pinned}"))
+    if pinned or exact:
+        shown = [f"${ENV_PIN}={pinned}"] if pinned else []
+        shown += [f"${ENV_KEY_ID}={exact}"] if exact else []
+        checks.append(Check(OK, "key pin", ", ".join(shown)))
     elif os.environ.get("CI"):
         checks.append(
             Check(
                 WARN,
                 "key pin",
-                f"${ENV_KEY_ID} is not set in CI",
-                "set it to the output of `sst-vault key id`",
+                f"${ENV_PIN} is not set in CI",
+                "set it to the output of `sst-vault key pin`",
             )
         )
     return bool(found)
@@ -214,7 +219,8 @@ def _git_check(project: Project) -> tuple[Check, GitStore]:
 
 
 def _attributes_check(project: Project) -> list[Check]:
-    from vault.history import DRIVER, git_run
+    from vault.gitstore import git_run
+    from vault.history import DRIVER
 
     sample = project.repo.vault_file("app", "doctor")
     rel = os.path.relpath(sample, project.root)

@@ -3,8 +3,8 @@
 This is the one seam for the storage location (DESIGN.md: a later mode keeps vault files on a
 dedicated state branch). Everything here runs real git through GitPython; it stages exactly
 the paths it is given and never runs `git add .`. The secret key never reaches git: it was
-removed from this process's environment when it was read (`vault.keys.find_source`), and
-`GitStore.git` strips it from git's environment as well.
+taken out of this process's environment when the CLI started (`vault.keys.take_environment`),
+and every git child gets `git_env()`, which drops any `SST_VAULT_KEY*` variable as well.
 
 Pushing never forces and never resets: when the remote branch moved, its commits are fetched
 and ours rebased onto them, unless the remote changed a file ours change too (two deploys of
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vault.errors import ConfigError, GitError, RefusedError
+from vault.errors import ConfigError, GitError, RefusedError, UsageError
 
 if TYPE_CHECKING:
     import git
@@ -28,11 +29,98 @@ if TYPE_CHECKING:
 # Commits made by sst-vault when the user has no git identity (a bare CI runner).
 FALLBACK_NAME = "sst-vault"
 FALLBACK_EMAIL = "sst-vault@localhost"
-# Never handed to git (vault.keys.ENV_KEY; not imported, to keep this module light).
-ENV_KEY = "SST_VAULT_KEY"
 # Rebase-and-retry rounds when the remote branch keeps moving during a push.
 PUSH_RETRIES = 5
 REACH_HINT = "check the network and your git credentials for that remote, then retry"
+
+
+# --- git plumbing that returns bytes ------------------------------------------------------
+
+
+def git_env() -> dict[str, str]:
+    """The environment for git children: never any sst-vault secret."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SST_VAULT_KEY")}
+    env.setdefault("GIT_TERMINAL_PROMPT", "0")
+    return env
+
+
+def git_run(top: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run(
+        ["git", *args], cwd=top, env=git_env(), capture_output=True, stdin=subprocess.DEVNULL
+    )
+    if check and proc.returncode != 0:
+        reason = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise GitError(f"git {args[0]} failed: {reason[-1] if reason else proc.returncode}")
+    return proc
+
+
+def resolve_commit(top: Path, rev: str) -> str:
+    """The full commit id of `rev`, or a usage error naming it."""
+    if not rev or rev.startswith("-"):
+        raise UsageError(f"invalid revision {rev!r}", "give a commit, branch or tag")
+    proc = git_run(top, "rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
+    if proc.returncode != 0:
+        raise UsageError(
+            f"unknown revision {rev!r}", "see `sst-vault log STAGE` or `git log` for commits"
+        )
+    return proc.stdout.decode().strip()
+
+
+def show_blob(top: Path, commit: str, rel: str) -> bytes | None:
+    """The bytes of `rel` in `commit` (already resolved), or None when it was not there."""
+    proc = git_run(top, "cat-file", "blob", f"{commit}:{rel}", check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def iter_blobs(
+    top: Path, shas: Iterable[str], head: int | None = None
+) -> Iterator[tuple[str, bytes | None]]:
+    """Stream blobs through one `git cat-file --batch`, one in memory at a time.
+
+    With `head`, only each blob's first `head` bytes are kept (the rest is read and dropped).
+    """
+    wanted = list(dict.fromkeys(shas))
+    if not wanted:
+        return
+    proc = subprocess.Popen(
+        ["git", "cat-file", "--batch"],
+        cwd=top,
+        env=git_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def feed() -> None:
+        try:
+            proc.stdin.write("".join(f"{s}\n" for s in wanted).encode())  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        for sha in wanted:
+            line = proc.stdout.readline().decode().split()
+            if len(line) != 3:
+                yield sha, None
+                continue
+            size = int(line[2])
+            if head is None:
+                data = proc.stdout.read(size)
+            else:
+                data = proc.stdout.read(min(size, head))
+                rest = size - len(data)
+                while rest > 0:
+                    rest -= len(proc.stdout.read(min(rest, 1 << 20))) or rest
+            proc.stdout.read(1)
+            yield sha, data if line[1] == "blob" else None
+    finally:
+        proc.stdout.close()
+        proc.wait()
+        writer.join()
 
 
 class DivergedError(RefusedError):
@@ -109,7 +197,9 @@ class GitStore:
         import git
 
         try:
-            return self.repo.git.execute(["git", *args], env=self._env(), **kwargs)  # type: ignore[call-overload]
+            return self.repo.git.execute(  # type: ignore[call-overload]
+                ["git", *args], env={**git_env(), **self._env()}, **kwargs
+            )  # type: ignore[call-overload]
         except git.GitCommandError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             last = detail[-1].strip() if detail else str(exc.status)
@@ -229,7 +319,7 @@ class GitStore:
         env: dict[str, str] | None = None,
     ) -> GitResult:
         """Run git in the work tree without the secret key in its environment."""
-        full_env = {k: v for k, v in os.environ.items() if k != ENV_KEY}
+        full_env = git_env()
         full_env.update(self._env())
         full_env.update(env or {})
         env = full_env

@@ -20,13 +20,10 @@ import hashlib
 import hmac
 import io
 import json
-import os
 import shlex
 import shutil
-import subprocess
 import sys
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,12 +33,12 @@ from vault.envelope import FileKey, Header
 from vault.errors import (
     ConfigError,
     FileFormatError,
-    GitError,
     RefusedError,
     UsageError,
     VaultError,
     WrongKeyError,
 )
+from vault.gitstore import git_run, iter_blobs, resolve_commit, show_blob
 from vault.paths import CONFIG_NAME, KINDS, check_stage
 
 if TYPE_CHECKING:
@@ -53,95 +50,6 @@ SST_NONCE_SIZE = 12  # SST's secret files: 12-byte nonce, then AES-GCM under the
 MASK_FP_LEN = 8
 WORK = "work"  # a side of a diff: the working tree's vault files
 HOME = "home"  # a side of a diff: the SST home's plaintext files
-
-
-# --- git plumbing that returns bytes ------------------------------------------------------
-
-
-def git_env() -> dict[str, str]:
-    """The environment for git children: never any sst-vault secret."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SST_VAULT_KEY")}
-    env.setdefault("GIT_TERMINAL_PROMPT", "0")
-    return env
-
-
-def git_run(top: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run(
-        ["git", *args], cwd=top, env=git_env(), capture_output=True, stdin=subprocess.DEVNULL
-    )
-    if check and proc.returncode != 0:
-        reason = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise GitError(f"git {args[0]} failed: {reason[-1] if reason else proc.returncode}")
-    return proc
-
-
-def resolve_commit(top: Path, rev: str) -> str:
-    """The full commit id of `rev`, or a usage error naming it."""
-    if not rev or rev.startswith("-"):
-        raise UsageError(f"invalid revision {rev!r}", "give a commit, branch or tag")
-    proc = git_run(top, "rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
-    if proc.returncode != 0:
-        raise UsageError(
-            f"unknown revision {rev!r}", "see `sst-vault log STAGE` or `git log` for commits"
-        )
-    return proc.stdout.decode().strip()
-
-
-def show_blob(top: Path, commit: str, rel: str) -> bytes | None:
-    """The bytes of `rel` in `commit` (already resolved), or None when it was not there."""
-    proc = git_run(top, "cat-file", "blob", f"{commit}:{rel}", check=False)
-    return proc.stdout if proc.returncode == 0 else None
-
-
-def iter_blobs(
-    top: Path, shas: Iterable[str], head: int | None = None
-) -> Iterator[tuple[str, bytes | None]]:
-    """Stream blobs through one `git cat-file --batch`, one in memory at a time.
-
-    With `head`, only each blob's first `head` bytes are kept (the rest is read and dropped).
-    """
-    wanted = list(dict.fromkeys(shas))
-    if not wanted:
-        return
-    proc = subprocess.Popen(
-        ["git", "cat-file", "--batch"],
-        cwd=top,
-        env=git_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-
-    def feed() -> None:
-        try:
-            proc.stdin.write("".join(f"{s}\n" for s in wanted).encode())  # type: ignore[union-attr]
-            proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
-    try:
-        for sha in wanted:
-            line = proc.stdout.readline().decode().split()
-            if len(line) != 3:
-                yield sha, None
-                continue
-            size = int(line[2])
-            if head is None:
-                data = proc.stdout.read(size)
-            else:
-                data = proc.stdout.read(min(size, head))
-                rest = size - len(data)
-                while rest > 0:
-                    rest -= len(proc.stdout.read(min(rest, 1 << 20))) or rest
-            proc.stdout.read(1)
-            yield sha, data if line[1] == "blob" else None
-    finally:
-        proc.stdout.close()
-        proc.wait()
-        writer.join()
 
 
 # --- reading one version of a stage --------------------------------------------------------
@@ -194,14 +102,10 @@ def _rel(project: Project, top: Path, parts: tuple[str, ...]) -> str:
 
 
 def history_key(project: Project, key_id: str) -> FileKey | None:
-    """The key of `key_id` for *reading* history: the current keys, else a data key this
-    vault used before a rotation (age; found by `Project.past_file_key`). Never for sealing
-    or for state that reaches the SST home: rollback uses only the current keys."""
-    key = project.keys.for_id(key_id)
-    past = getattr(project, "past_file_key", None)
-    if key is None and past is not None:
-        key = past(key_id)
-    return key
+    """The key of `key_id` for *reading* history: a data key of the verified key record's
+    chain (age) or one of the keys given (fernet), never one a writer put in history. Never for
+    sealing or for state that reaches the SST home: rollback uses only the newest key."""
+    return project.review_key(key_id)
 
 
 def open_version(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import getpass
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vault import keys, safefs
+from vault import keyrecord, keys, safefs
 from vault.config import Config, app_from_sst_config, check_recipient_name, dumps, home_is_local
 from vault.errors import ConfigError, NoKeyError
 from vault.paths import CONFIG_NAME, DEFAULT_STATE_DIR, RepoLayout, check_app, check_state_dir
@@ -20,8 +19,11 @@ class InitReport:
     config: Config
     key_origin: str
     key_id: str
+    pin: str  # the value of SST_VAULT_PIN: the vault identity (age), the key id (fernet)
     generated: bool
     public: str | None
+    recipients: dict[str, str] = field(default_factory=dict)
+    record: keyrecord.Record | None = None  # age: the signed key record it started
     written: list[Path] = field(default_factory=list)
     owners: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -32,6 +34,7 @@ def gitattributes_block(state_dir: str) -> str:
         f"{MARK}: encrypted SST state; never convert or merge it; `sst-vault setup-git` diffs it\n"
         f"{state_dir}/**/*.vault -text -merge diff=sst-vault\n"
         f"{state_dir}/data-key.age -text -merge\n"
+        f"{state_dir}/key-record.jsonl -text -merge\n"
     )
 
 
@@ -79,26 +82,31 @@ def init(
     written: list[Path] = []
     public = None
     owners: list[str] = []
+    named: dict[str, str] = {}
     if backend == "age":
         public = secret.public()
         owner = check_recipient_name(name or ("ci" if origin.startswith("$") else _user()))
-        config.recipients = {owner: public}
+        named = {owner: public}
         owners = [owner]
         for extra_name, extra_pub in (recipients or {}).items():
             keys.parse_recipient(extra_pub, check_recipient_name(extra_name))
-            config.recipients[extra_name] = extra_pub.strip()
+            named[extra_name] = extra_pub.strip()
         data_key = keys.new_data_key()
         key_id = keys.data_file_key(data_key).key_id
-        wrapped = keys.wrap_data_key(data_key, config.recipients.values())
+        wrapped = keys.wrap_data_key(data_key, named.values())
+        record = keyrecord.first_entry(app, data_key, key_id, named, _user())
+        pin = record.identity
     else:
         key_id = keys.fernet_file_key(secret).key_id
+        pin = key_id
     config.validate()
     if generated:
         keys.keyring_set(config.vault_id, [secret])
         origin = "the OS keyring (new key)"
     if backend == "age":
         safefs.write_atomic(project, layout.data_key_parts, wrapped, 0o644)
-        written.append(layout.data_key_file)
+        safefs.write_atomic(project, layout.record_parts, record.dumps(), 0o644)
+        written += [layout.data_key_file, layout.record_file]
     _append_block(project / ".gitattributes", gitattributes_block(state_dir))
     _append_block(project / ".gitignore", gitignore_block(state_dir))
     safefs.write_atomic(project, (CONFIG_NAME,), dumps(config).encode(), 0o644)
@@ -110,8 +118,11 @@ def init(
         config,
         origin,
         key_id,
+        pin,
         generated,
         public,
+        recipients=named,
+        record=record if backend == "age" else None,
         written=written,
         warnings=warnings,
         owners=owners,
@@ -120,7 +131,7 @@ def init(
 
 def _initial_secret(backend: str | None, use_keyring: bool) -> tuple[keys.Secret, str, bool]:
     """The key from the environment if there is one; else a new key meant for the keyring."""
-    if keys.take_environment_key() is not None or os.environ.get(keys.ENV_KEY_FILE):
+    if keys.taken(keys.ENV_KEY) is not None or keys.taken(keys.ENV_KEY_FILE):
         source = keys.find_source(None, use_keyring=False)
         return source.secrets[0], source.origin, False
     if not use_keyring:

@@ -2,8 +2,8 @@
 
 Key sources, first found wins: `SST_VAULT_KEY` (one key a line, newest first), the file named by
 `SST_VAULT_KEY_FILE`, then the OS keyring entry of this vault. A secret is never taken from an
-argument, and `SST_VAULT_KEY` is removed from this process's environment once read, so no child
-(git, the command under `run`) inherits it.
+argument; `SST_VAULT_KEY` and `SST_VAULT_KEY_FILE` leave this process's environment when the CLI
+starts (`vault.keyenv`), so no child (git, the command under `run`) inherits them.
 
 age backend: the secret is an age identity; it unwraps the vault's random 32-byte data key from
 `<state_dir>/data-key.age`, a standard age file (armored) that the `age` CLI opens too.
@@ -11,7 +11,7 @@ fernet backend: the secret is a Fernet key that seals files directly; older keys
 the first still open files they sealed.
 
 The key id names the data key (or Fernet key) without revealing it: HKDF-SHA-256 of the secret.
-Pinning it (`SST_VAULT_KEY_ID`) makes a data key swapped in the repo fail loudly.
+Which data key a member accepts is `vault.trust`'s to decide (the signed key record, the pins).
 """
 
 from __future__ import annotations
@@ -33,9 +33,15 @@ from vault.errors import (
     TamperedError,
     WrongKeyError,
 )
+from vault.keyenv import (  # noqa: F401 - part of this module's interface
+    ENV_KEY,
+    ENV_KEY_FILE,
+    reexec_without_secrets,
+    take_environment,
+    take_environment_key,
+    taken,
+)
 
-ENV_KEY = "SST_VAULT_KEY"
-ENV_KEY_FILE = "SST_VAULT_KEY_FILE"
 ENV_KEY_ID = "SST_VAULT_KEY_ID"
 KEYRING_SERVICE = "sst-vault"
 BACKENDS = ("age", "fernet")
@@ -143,29 +149,14 @@ def keyring_username(vault_id: str) -> str:
     return f"vault:{vault_id}"
 
 
-_environment_key: str | None = None
-
-
-def take_environment_key() -> str | None:
-    """Read SST_VAULT_KEY and remove it from os.environ, so no child process inherits it.
-
-    The value is kept in this module so a second read in the same process still finds it.
-    """
-    global _environment_key
-    value = os.environ.pop(ENV_KEY, None)
-    if value is not None:
-        _environment_key = value
-    return _environment_key
-
-
 def find_source(vault_id: str | None, *, use_keyring: bool = True) -> KeySource:
     """The first available key source, or NoKeyError saying exactly what to set or install."""
-    value = take_environment_key()
+    value = taken(ENV_KEY)
     if value is not None:
         if value.strip():
             return KeySource(parse_secrets(value, f"${ENV_KEY}"), f"${ENV_KEY}")
         raise NoKeyError(f"${ENV_KEY} is set but empty", "set it to the vault's secret key")
-    key_file = os.environ.get(ENV_KEY_FILE)
+    key_file = taken(ENV_KEY_FILE)
     if key_file:
         path = Path(key_file).expanduser()
         try:

@@ -18,6 +18,7 @@ from vault.errors import ConfigError, UsageError
 CONFIG_NAME = "sst-vault.toml"
 DEFAULT_STATE_DIR = "infra/state"
 DATA_KEY_NAME = "data-key.age"  # the age backend's wrapped data key, inside state_dir
+RECORD_NAME = "key-record.jsonl"  # the signed key record (vault.keyrecord), inside state_dir
 VAULT_SUFFIX = ".json.vault"
 
 # The kinds of SST state we sync, in the order SST needs them (passphrase opens the rest).
@@ -148,6 +149,14 @@ class RepoLayout:
     @property
     def data_key_file(self) -> Path:
         return self.project.joinpath(*self.data_key_parts)
+
+    @property
+    def record_parts(self) -> tuple[str, ...]:
+        return (*self.state_parts, RECORD_NAME)
+
+    @property
+    def record_file(self) -> Path:
+        return self.project.joinpath(*self.record_parts)
 
     def vault_parts(self, kind: str, stage: str) -> tuple[str, ...]:
         return (*self.state_parts, kind, f"{stage}{VAULT_SUFFIX}")

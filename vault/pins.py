@@ -1,105 +1,29 @@
-"""A developer's OS keyring entries of a vault: the secret (import, forget) and the key-id pin.
+"""A developer's keyring entry of a vault (import, forget) and accepting a re-created vault.
 
 The secret is stored under username `vault:<vault_id>` (`vault.keys`), only after it proved to
-open this vault, and never over a different key already there unless asked to.
+open this vault through every trust check (`vault.trust`), and never over a different key
+already there unless asked to.
 
-The pin is trust on first unlock.
-CI pins the vault's data key with `SST_VAULT_KEY_ID`. A developer whose secret lives in the
-keyring gets the same protection without setting anything: the first successful unlock stores
-the data key's id next to the secret (username `pin:<vault_id>`, not a secret), and every later
-unlock refuses a different data key until `sst-vault key trust` has shown who changed
-`data-key.age` in git and the user confirmed it. This matters for the age backend only, where
-the data key comes from the repository and anyone who can push could replace it; a Fernet key
-is the secret itself and cannot be swapped through the repo.
+Trust itself needs no keyring: this machine remembers the vault's identity and the newest key
+record entry it accepted (`vault.trust`), for keys from the keyring and from variables alike.
+A member's rotation or recipient change is a signed entry and is accepted without asking;
+only a different vault identity (the vault re-created, or a writer's forgery) stops every
+command until `sst-vault key trust` has shown the commit that changed it and the user agreed.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vault import envelope, keys, safefs
-from vault.errors import KeyPinError, NoKeyError, RefusedError, WrongKeyError
-from vault.paths import KINDS
+from vault import keys, trust
+from vault.errors import NoKeyError, RefusedError
 
 if TYPE_CHECKING:
     from vault.project import Project
-    from vault.team import Change
 
-PIN_PREFIX = "pin:"
-
-
-def pin_username(vault_id: str) -> str:
-    return f"{PIN_PREFIX}{vault_id}"
-
-
-def is_keyring_source(source: keys.KeySource) -> bool:
-    """True when `source` (from `keys.find_source`) is the OS keyring, not a variable or file."""
-    return source.origin != f"${keys.ENV_KEY}" and not os.environ.get(keys.ENV_KEY_FILE)
-
-
-def _cannot(action: str, exc: Exception) -> NoKeyError:
-    reason = " ".join(str(exc).split()) or type(exc).__name__
-    return NoKeyError(
-        f"the OS keyring cannot be {action} ({reason})",
-        "unlock the keyring (or restart its daemon) and retry",
-    )
-
-
-def get_pin(vault_id: str) -> str | None:
-    keyring = keys._keyring()
-    try:
-        value = keyring.get_password(keys.KEYRING_SERVICE, pin_username(vault_id))
-    except Exception as exc:  # KeyringError, or a D-Bus error the backend let through
-        raise _cannot("read", exc) from None
-    return value.strip() if value and value.strip() else None
-
-
-def set_pin(vault_id: str, key_id: str) -> None:
-    keyring = keys._keyring()
-    try:
-        keyring.set_password(keys.KEYRING_SERVICE, pin_username(vault_id), key_id)
-    except Exception as exc:  # KeyringError, or a D-Bus error the backend let through
-        raise _cannot("written", exc) from None
-
-
-def delete_pin(vault_id: str) -> bool:
-    keyring = keys._keyring()
-    from keyring.errors import PasswordDeleteError
-
-    try:
-        keyring.delete_password(keys.KEYRING_SERVICE, pin_username(vault_id))
-    except PasswordDeleteError:
-        return False
-    except Exception as exc:  # KeyringError, or a D-Bus error the backend let through
-        raise _cannot("written", exc) from None
-    return True
-
-
-def delete_key(vault_id: str) -> bool:
-    """Delete the vault's secret from the keyring; False when there was none."""
-    return keys.keyring_delete(vault_id)
-
-
-def check_or_pin(vault_id: str, key_id: str) -> bool:
-    """Refuse a data key other than the pinned one; pin `key_id` when nothing is pinned yet.
-
-    Returns True when this call pinned it (the first unlock on this machine).
-    """
-    pinned = get_pin(vault_id)
-    if pinned is None:
-        set_pin(vault_id, key_id)
-        return True
-    if pinned != key_id:
-        raise KeyPinError(
-            f"the vault's data key changed to {key_id}, but your keyring trusts {pinned}",
-            "if a member rotated it, review the change and accept it with `sst-vault key trust`",
-        )
-    return False
-
-
-# --- importing, forgetting, trusting --------------------------------------------------------
+LEGACY_PIN_PREFIX = "pin:"  # sst-vault 0.1 pinned the data key id here; `key forget` removes it
 
 
 @dataclass
@@ -108,8 +32,6 @@ class ImportReport:
     public: str | None
     unchanged: bool = False  # the keyring already held exactly this
     replaced: bool = False  # a different key was overwritten (--replace)
-    pinned: bool = False  # this import pinned the data key (first unlock on this machine)
-    pin_conflict: str | None = None  # the pinned id, when the vault's data key differs from it
     warnings: list[str] = field(default_factory=list)
 
 
@@ -118,15 +40,13 @@ def import_key(project: Project, text: str, origin: str, *, replace: bool = Fals
     source = keys.KeySource(keys.parse_secrets(text, origin), origin)
     keys.ensure_backend(source, project.config.backend)
     vault_id = project.config.vault_id
+    opened = project.unlock(source)  # every trust check; WrongKeyError if not a recipient
     report = ImportReport(
-        "", source.secrets[0].public() if project.config.backend == "age" else None
+        opened.sealing.key_id,
+        source.secrets[0].public() if project.config.backend == "age" else None,
     )
-    if project.config.backend == "age":
-        report.key_id = project.unlock(source).sealing.key_id  # WrongKeyError if not a recipient
-    else:
-        report.key_id = keys.fernet_file_key(source.secrets[0]).key_id
-        if not _fernet_opens(project, source):
-            report.warnings.append("the vault has no files yet to check this key against")
+    if project.config.backend == "fernet" and not _fernet_opens(project, opened):
+        report.warnings.append("the vault has no files yet to check this key against")
     existing = keys.keyring_get(vault_id)
     if existing is not None:
         if _texts(existing) == [s.text for s in source.secrets]:
@@ -140,13 +60,6 @@ def import_key(project: Project, text: str, origin: str, *, replace: bool = Fals
             report.replaced = True
     if not report.unchanged:
         keys.keyring_set(vault_id, source.secrets)
-    if project.config.backend == "age":
-        pinned = get_pin(vault_id)
-        if pinned is None:
-            set_pin(vault_id, report.key_id)
-            report.pinned = True
-        elif pinned != report.key_id:
-            report.pin_conflict = pinned
     return report
 
 
@@ -154,9 +67,12 @@ def _texts(stored: str) -> list[str]:
     return [ln.strip() for ln in stored.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
-def _fernet_opens(project: Project, source: keys.KeySource) -> bool:
+def _fernet_opens(project: Project, opened: keys.VaultKeys) -> bool:
     """Every current vault file is sealed under one of these Fernet keys (False: no files)."""
-    ids = {keys.fernet_file_key(s).key_id for s in source.secrets}
+    from vault import envelope, safefs
+    from vault.errors import WrongKeyError
+    from vault.paths import KINDS
+
     seen = False
     for stage in sorted(project.repo.stages()):
         for kind in KINDS:
@@ -166,7 +82,7 @@ def _fernet_opens(project: Project, source: keys.KeySource) -> bool:
             path = project.repo.vault_file(kind, stage)
             with handle:
                 header, _ = envelope.read_header(handle, path)
-            if header.key_id not in ids:
+            if opened.for_id(header.key_id) is None:
                 raise WrongKeyError(
                     path,
                     f"sealed under key id {header.key_id}, not under the key given",
@@ -176,42 +92,55 @@ def _fernet_opens(project: Project, source: keys.KeySource) -> bool:
     return seen
 
 
-def forget(project: Project) -> tuple[bool, bool]:
-    """Delete the vault's secret and pin from the keyring: (key was there, pin was there)."""
-    had_key = delete_key(project.config.vault_id)
-    had_pin = delete_pin(project.config.vault_id)
-    return had_key, had_pin
+def forget(project: Project) -> bool:
+    """Delete the vault's secret from the keyring (and 0.1's pin entry); True if it was there."""
+    had_key = keys.keyring_delete(project.config.vault_id)
+    with contextlib.suppress(NoKeyError):
+        _delete_legacy_pin(project.config.vault_id)
+    return had_key
+
+
+def _delete_legacy_pin(vault_id: str) -> None:
+    keyring = keys._keyring()
+    from keyring.errors import PasswordDeleteError
+
+    with contextlib.suppress(PasswordDeleteError):
+        keyring.delete_password(keys.KEYRING_SERVICE, f"{LEGACY_PIN_PREFIX}{vault_id}")
 
 
 @dataclass
 class TrustInfo:
-    current: str  # the key id of the data key now in the repo
-    pinned: str | None  # what the keyring trusts (None: nothing yet, or no usable keyring)
-    keyring: bool  # whether a keyring pin can be written
-    change: Change | None  # the last commit of data-key.age
-    uncommitted: bool  # data-key.age differs from HEAD in this working tree
+    identity: str  # the vault identity of the verified record in the work tree
+    remembered: str | None  # what this machine accepted before (None: nothing yet)
+    entry: int  # the newest entry of the record
+    recipients: dict[str, str]
+    change: trust.Change | None  # the last commit of the key record
+    uncommitted: bool  # the key record differs from HEAD in this working tree
 
 
 def trust_info(project: Project) -> TrustInfo:
-    from vault import team
+    """What `key trust` shows before asking: the record as verified, minus this machine's
+    memory (which is what the user is about to overrule)."""
+    from vault.gitstore import git_run
+    from vault.team import require_age
 
-    team.require_age(project, "key trust")
-    current = project.unlock().sealing.key_id  # no pin applied: this is what we show
-    try:
-        pinned, usable = get_pin(project.config.vault_id), True
-    except NoKeyError:
-        if project.key_from_keyring:
-            raise
-        pinned, usable = None, False
-    path = project.repo.data_key_file
+    require_age(project, "key trust")
+    memory = trust.recall(project.home, project.app)
+    # Every check but the memory's identity: the record verifies, the data key matches it,
+    # the pins agree, and it neither went back nor forked along history.
+    trusted = project.verify_record(accept_identity=True, remember=False)
+    label = project.record_label
+    changed = git_run(project.root, "status", "--porcelain", "--", label, check=False)
     return TrustInfo(
-        current,
-        pinned,
-        usable,
-        team.last_change(project, path),
-        team.has_uncommitted_changes(project, path),
+        trusted.record.identity,
+        memory.identity if memory else None,
+        trusted.record.newest.seq,
+        trusted.record.recipients,
+        trust.last_change(project.root, label),
+        bool(changed.stdout.strip()),
     )
 
 
-def trust(project: Project, key_id: str) -> None:
-    set_pin(project.config.vault_id, key_id)
+def accept(project: Project) -> None:
+    """Remember the vault's current identity on this machine (after the user reviewed it)."""
+    project.verify_record(accept_identity=True)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vault import config as config_mod
-from vault import keys, pins, safefs
+from vault import keys, safefs, trust
 from vault.config import Config
-from vault.errors import ConfigError
+from vault.errors import ConfigError, KeyPinError, TamperedError
 from vault.paths import HomeLayout, RepoLayout, default_sst_home, find_project
-
-PAST_KEYS_SEARCHED = 50  # rotations are rare; an older sync record just counts as changed
 
 
 @dataclass
@@ -21,7 +19,6 @@ class Project:
     config: Config
     home: HomeLayout
     repo: RepoLayout
-    key_from_keyring: bool = field(default=False, init=False)
 
     @classmethod
     def open(cls, project_dir: Path | None = None, sst_home: Path | None = None) -> Project:
@@ -41,80 +38,132 @@ class Project:
     @functools.cached_property
     def key_source(self) -> keys.KeySource:
         """The secret(s) found for this vault, read once (reading pops `SST_VAULT_KEY`)."""
-        source = keys.find_source(self.config.vault_id)
-        self.key_from_keyring = pins.is_keyring_source(source)
-        return source
+        return keys.find_source(self.config.vault_id)
 
     def unlock(self, source: keys.KeySource | None = None) -> keys.VaultKeys:
-        """The vault's keys from `source` (default: `key_source`), with no pin applied.
+        """The vault's keys from `source` (default: `key_source`), every trust check applied.
 
-        Only `keys` (which applies the pins) should feed sealing and opening; this is for
-        commands that inspect a key before trusting it (`key import`, `key trust`).
+        age: the key record verified, the pins, this machine's memory and the record's git
+        history checked, and the data key unwrapped and matched to the record's newest entry
+        (`vault.trust`); the newest entry is then remembered. fernet: with a pin, only the
+        pinned key opens files; older keys listed after the first serve history only.
         """
         source = source or self.key_source
         keys.ensure_backend(source, self.config.backend)
         if self.config.backend == "age":
-            data_key = keys.unwrap_data_key(
-                self.read_wrapped_key(), source.secrets, self.repo.data_key_file
-            )
-            sealing = keys.data_file_key(data_key)
-            opening = {sealing.key_id: sealing}
-        else:
-            file_keys = [keys.fernet_file_key(s) for s in source.secrets]
-            sealing = file_keys[0]
-            opening = {fk.key_id: fk for fk in reversed(file_keys)}
-        return keys.VaultKeys(sealing, opening, source.origin)
+            trusted = self.verify_record(source)
+            sealing = trusted.sealing
+            self.__dict__["trusted"] = trusted
+            return keys.VaultKeys(sealing, {sealing.key_id: sealing}, source.origin)
+        file_keys = [keys.fernet_file_key(s) for s in source.secrets]
+        pinned = trust.env_pin(trust.ENV_PIN) or trust.env_pin(keys.ENV_KEY_ID)
+        if pinned:
+            chosen = [fk for fk in file_keys if fk.key_id == pinned]
+            if not chosen:
+                raise KeyPinError(
+                    f"none of the Fernet keys given is the pinned {pinned}",
+                    "give the vault's newest Fernet key first in SST_VAULT_KEY",
+                )
+            self.__dict__["_review"] = {fk.key_id: fk for fk in file_keys}
+            return keys.VaultKeys(chosen[0], {pinned: chosen[0]}, source.origin)
+        self.__dict__["_review"] = {fk.key_id: fk for fk in file_keys}
+        return keys.VaultKeys(
+            file_keys[0], {fk.key_id: fk for fk in reversed(file_keys)}, source.origin
+        )
 
     @functools.cached_property
     def keys(self) -> keys.VaultKeys:
-        """Find the secret, unwrap the data key (age) and apply the key-id pins.
+        """The verified keys: the newest data key seals, and only it opens for prepare."""
+        return self.unlock()
 
-        `SST_VAULT_KEY_ID` pins it wherever the key comes from; a key from the OS keyring
-        also pins the data key in the keyring on first unlock (`vault.pins`).
+    def verify_record(
+        self,
+        source: keys.KeySource | None = None,
+        *,
+        accept_identity: bool = False,
+        remember: bool = True,
+    ) -> trust.Trusted:
+        """Run the trust checks of `vault.trust` in order; remember the newest entry.
+
+        `accept_identity` is `key trust`: a vault identity other than the remembered one is
+        accepted (after the user reviewed it); a record that went back or forked never is.
         """
-        unlocked = self.unlock()
-        keys.check_pin(unlocked.sealing.key_id, keys.pinned_key_id(), f"${keys.ENV_KEY_ID}")
-        if self.config.backend == "age" and self.key_from_keyring:
-            pins.check_or_pin(self.config.vault_id, unlocked.sealing.key_id)
-        return unlocked
+        source = source or self.key_source
+        where = self.record_label
+        record = trust.load_record(self.root, self.repo.record_parts, self.app)
+        versions = self._record_history()
+        memory = trust.recall(self.home, self.app)
+        if record is None:
+            self.refuse_downgrade(versions, memory)
+            raise ConfigError(
+                f"this vault has no signed key record ({where}): it was made by sst-vault 0.1",
+                "a member runs `sst-vault key upgrade`, commits and pushes; then CI sets"
+                " SST_VAULT_PIN to what it prints",
+            )
+        pinned = trust.check_pins(record)
+        if memory is not None and accept_identity and memory.identity != record.identity:
+            memory = None
+        if memory is not None and memory.identity != record.identity:
+            trust.check_memory(memory, record, where, trust.last_change(self.root, where))
+        trust.check_memory(memory, record, where, None)
+        accepted = accept_identity or pinned or (memory is not None)
+        trust.check_history(record, versions, where, identity_accepted=accepted)
+        data_key = keys.unwrap_data_key(
+            self.read_wrapped_key(), source.secrets, self.repo.data_key_file
+        )
+        trust.check_data_key(record, data_key, self.repo.data_key_file)
+        trust.check_exact_pin(record.newest.key_id)
+        if remember and (memory is None or memory.seq != record.newest.seq):
+            trust.remember(self.home, self.app, record)
+        return trust.Trusted(record, data_key, first_use=memory is None)
 
-    def past_file_key(self, key_id: str) -> keys.FileKey | None:
-        """A data key this vault used before a rotation, found in git history by its key id.
+    def refuse_downgrade(
+        self,
+        versions: list[tuple[str, bytes | None]] | None = None,
+        memory: trust.Memory | None = None,
+    ) -> None:
+        """With no key record: refuse if this vault had one (history, memory or a pin says so)."""
+        where = self.record_label
+        versions = self._record_history() if versions is None else versions
+        trust.check_history(None, versions, where)
+        memory = memory or trust.recall(self.home, self.app)
+        if memory is not None or trust.env_pin(trust.ENV_PIN):
+            raise TamperedError(
+                where,
+                "the signed key record is missing, but this vault had one",
+                f"restore it from git (`git log -- {where}`)",
+            )
 
-        Only for comparing this SST home with its sync record (written under the key of its
-        day): a file in the repo must open under the current key alone, or a removed member
-        could commit files sealed under a data key they still know.
-        """
-        if self.config.backend != "age":
-            return None
-        cache = self.__dict__.setdefault("_past_keys", {})
-        if key_id not in cache:
-            cache[key_id] = self._find_past_key(key_id)
-        return cache[key_id]
+    @property
+    def record_label(self) -> str:
+        return "/".join(self.repo.record_parts)
 
-    def _find_past_key(self, key_id: str) -> keys.FileKey | None:
-        import git
-
-        from vault.errors import VaultError
-        from vault.gitstore import GitStore
+    def _record_history(self) -> list[tuple[str, bytes | None]]:
+        from vault.errors import GitError
 
         try:
-            store = GitStore(self.root)
-            rel = store.relative(self.repo.data_key_file)
-            commits = list(store.repo.iter_commits(paths=rel, max_count=PAST_KEYS_SEARCHED))
-        except (VaultError, ValueError, git.GitCommandError):
-            return None
-        for commit in commits:
-            try:
-                wrapped = (commit.tree / rel).data_stream.read()
-                found = keys.data_file_key(
-                    keys.unwrap_data_key(wrapped, self.key_source.secrets, Path(rel))
-                )
-            except (KeyError, VaultError):
-                continue  # deleted in that commit, or not wrapped to this key
-            if found.key_id == key_id:
-                return found
-        return None
+            return trust.history_versions(self.root, self.record_label)
+        except GitError:
+            return []  # not a git work tree (yet): nothing to compare with
+
+    @functools.cached_property
+    def trusted(self) -> trust.Trusted:
+        self.unlock()
+        return self.__dict__["trusted"]
+
+    def review_key(self, key_id: str) -> keys.FileKey | None:
+        """A key of the verified chain (age) or one of the keys given (fernet), by key id.
+
+        Only for review (diff, log, the diff driver) and for comparing this SST home with
+        its sync record: a file in the repo must open under the newest key alone, or a removed
+        member could commit files sealed under a data key they still know.
+        """
+        found = self.keys.for_id(key_id)
+        if found is not None:
+            return found
+        if self.config.backend == "age":
+            return self.trusted.history_keys().get(key_id)
+        return self.__dict__.get("_review", {}).get(key_id)
 
     def read_wrapped_key(self) -> bytes:
         data = safefs.read_bytes(self.root, self.repo.data_key_parts)

@@ -25,7 +25,6 @@ from typing import TypeVar
 from vault import sync
 from vault.errors import UsageError, VaultError
 from vault.gitstore import DivergedError, GitStore, porcelain_status
-from vault.keys import ENV_KEY
 from vault.lock import DEFAULT_TTL, DeployLock, LockBrokenError, LockInfo, holding
 from vault.paths import KINDS, check_stage
 from vault.project import Project
@@ -133,6 +132,17 @@ class _Signals:
         code = self.child.wait()
         self.after = True
         return 128 - code if code < 0 else code
+
+
+def command_environment() -> dict[str, str]:
+    """The command's environment: ours without any SST_VAULT_KEY* variable (the key, the key
+    file's path, the internal pipe). Pins (SST_VAULT_PIN, SST_VAULT_KEY_ID) are not secret but
+    go too: the command has no use for them."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SST_VAULT_KEY", "SST_VAULT_PIN", "SST_VAULT_REEXECED"))
+    }
 
 
 def _stdin_is_tty() -> bool:
@@ -258,7 +268,7 @@ class _Run:
         timings.mark("pull")
         sync.prepare(self.project, [self.stage], missing_ok=True)
         timings.mark("prepare")
-        env = {k: v for k, v in os.environ.items() if k != ENV_KEY}
+        env = command_environment()
         self.result.code = self.signals.spawn(self.command, env)
         timings.mark("command")
         self._commit()

@@ -105,7 +105,7 @@ def _is_sst_secret(head: bytes) -> bool:
 
 
 def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    from vault.history import git_env
+    from vault.gitstore import git_env
 
     return subprocess.run(
         ["git", *args], cwd=cwd, env=git_env(), capture_output=True, stdin=subprocess.DEVNULL
@@ -172,7 +172,7 @@ def scan_tree(path: Path) -> list[Finding]:
 
 def _staged_versions(root: Path, found: set[str]) -> list[Finding]:
     """Staged content that differs from the work tree: it is what a commit would take."""
-    from vault.history import iter_blobs
+    from vault.gitstore import iter_blobs
 
     changed = _git(root, "diff", "--name-only", "-z", "--relative").stdout.decode(
         errors="surrogateescape"
@@ -205,7 +205,7 @@ def _staged_versions(root: Path, found: set[str]) -> list[Finding]:
 
 def scan_history(path: Path) -> list[Finding]:
     """Every file version any commit (on any ref) introduced under `path` that is plaintext."""
-    from vault.history import iter_blobs
+    from vault.gitstore import iter_blobs
 
     path = path.absolute()
     folder = path if path.is_dir() else path.parent

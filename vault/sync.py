@@ -192,7 +192,7 @@ def _home_changed(home: _HomeFile, record: SyncRecord | None, project: Project) 
         return False
     if record is None:
         return True
-    key = project.keys.for_id(record.key_id) or project.past_file_key(record.key_id)
+    key = project.review_key(record.key_id)
     return key is None or home.fingerprint(key) != record.fingerprint
 
 
@@ -438,7 +438,7 @@ def own_files(project: Project, store: GitStore | None = None) -> list[Path]:
 
     files = [project.repo.config_file]
     if project.config.backend == "age":
-        files.append(project.repo.data_key_file)
+        files += [project.repo.data_key_file, project.repo.record_file]
     state_dir = project.config.state_dir
     for name, block in (
         (".gitattributes", gitattributes_block(state_dir)),

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault import config as config_mod
-from vault import envelope, keys, pins, safefs
+from vault import envelope, keyrecord, keys, safefs, trust
 from vault.envelope import FileKey, Header
-from vault.errors import GitError, RefusedError, UsageError, WrongKeyError
+from vault.errors import ConfigError, GitError, RefusedError, UsageError, WrongKeyError
 from vault.paths import CONFIG_NAME, KINDS
 from vault.project import Project
 
@@ -52,7 +52,6 @@ class RotationReport:
     files: list[Resealed] = field(default_factory=list)
     removed: str | None = None
     commit: str | None = None
-    pinned: bool = False  # this developer's keyring pin now names the new key id
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -72,17 +71,6 @@ class RecipientChange:
     commit: str | None
 
 
-@dataclass
-class Change:
-    """One git commit that touched a file."""
-
-    commit: str
-    author: str
-    email: str
-    date: str
-    summary: str
-
-
 # --- recipients ---------------------------------------------------------------------------
 
 
@@ -96,8 +84,9 @@ def require_age(project: Project, command: str) -> None:
 
 
 def list_recipients(project: Project) -> dict[str, str]:
+    """The recipients of the verified key record's newest entry (never sst-vault.toml's)."""
     require_age(project, "recipients")
-    return dict(project.config.recipients)
+    return project.trusted.record.recipients
 
 
 def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
@@ -109,7 +98,8 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
     config_mod.check_recipient_name(name)
     public = public.strip()
     keys.parse_recipient(public, name)
-    current = project.config.recipients
+    trusted = project.trusted  # verified record, pinned and remembered: never a writer's edit
+    current = trusted.record.recipients
     if name in current:
         raise UsageError(
             f"{name} is already a recipient ({current[name]})",
@@ -118,9 +108,11 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
     for other, pub in current.items():
         if pub == public:
             raise UsageError(f"that public key is already the recipient {other}", "nothing to do")
-    data_key = project.keys.sealing  # unwrapped and pin-checked: never re-wrap a swapped key
+    data_key = trusted.sealing
     recipients = {**current, name: public}
-    config = dataclasses.replace(project.config, recipients=recipients).validate()
+    record = keyrecord.append(
+        trusted.record, data_key.secret, data_key.secret, data_key.key_id, recipients, _writer()
+    )
     store = GitStore(project.root)
     with safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
         swap = _Swap()
@@ -132,11 +124,11 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
                     keys.wrap_data_key(data_key.secret, recipients.values()),
                 )
             )
-            swap.add(_pending(project.root, (CONFIG_NAME,), config_mod.dumps(config).encode()))
+            swap.add(_pending(project.root, project.repo.record_parts, record.dumps()))
             swap.commit()
         finally:
             swap.close()
-        project.config = config
+        trust.remember(project.home, project.app, record)
         commit = _commit(
             project, store, own_files(project, store), f"sst-vault: add recipient {name}"
         )
@@ -146,10 +138,11 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
 def remove_recipient(project: Project, name: str) -> RotationReport:
     """Drop a recipient and rotate the data key, so their key opens nothing committed later."""
     require_age(project, "recipients remove")
-    if name not in project.config.recipients:
-        known = ", ".join(project.config.recipients) or "none"
+    current = project.trusted.record.recipients
+    if name not in current:
+        known = ", ".join(current) or "none"
         raise UsageError(f"{name} is not a recipient of this vault", f"recipients: {known}")
-    remaining = {n: p for n, p in project.config.recipients.items() if n != name}
+    remaining = {n: p for n, p in current.items() if n != name}
     if not remaining:
         raise RefusedError(
             f"{name} is the vault's only recipient: nobody could open it afterwards",
@@ -164,18 +157,26 @@ def remove_recipient(project: Project, name: str) -> RotationReport:
 def rotate(
     project: Project, *, recipients: dict[str, str] | None = None, removed: str | None = None
 ) -> RotationReport:
-    """age: new data key for `recipients` (default: the current ones), every file re-sealed.
+    """age: new data key for `recipients` (default: the current ones), every file re-sealed,
+    and a key record entry signed by the old and the new data key.
 
     fernet: every file re-sealed under the newest key given, when it is not already.
     """
-    from vault.gitstore import GitStore
-    from vault.sync import Records, home_lock, own_files
-
-    current = project.keys  # pin-checked: a data key swapped in the repo is never rotated in
+    current = project.keys  # verified: a data key swapped in the repo is never rotated in
+    extra: list[tuple[tuple[str, ...], bytes]] = []
+    record = None
     if project.config.backend == "age":
-        recipients = dict(project.config.recipients if recipients is None else recipients)
+        trusted = project.trusted
+        recipients = dict(trusted.record.recipients if recipients is None else recipients)
         _refuse_lockout(project, recipients, removed)
         new_key = keys.data_file_key(keys.new_data_key())
+        record = keyrecord.append(
+            trusted.record, trusted.data_key, new_key.secret, new_key.key_id, recipients, _writer()
+        )
+        extra = [
+            (project.repo.data_key_parts, keys.wrap_data_key(new_key.secret, recipients.values())),
+            (project.repo.record_parts, record.dumps()),
+        ]
     else:
         new_key = current.sealing
     report = RotationReport(
@@ -185,6 +186,25 @@ def rotate(
         recipients or {},
         removed=removed,
     )
+    _reseal_all(project, current, new_key, report, extra)
+    if record is not None:
+        trust.remember(project.home, project.app, record)
+    return report
+
+
+def _reseal_all(
+    project: Project,
+    current: keys.VaultKeys,
+    new_key: FileKey,
+    report: RotationReport,
+    extra: list[tuple[tuple[str, ...], bytes]],
+    message: str | None = None,
+) -> None:
+    """Re-seal every stage's files under `new_key` and replace them together with `extra`
+    (repo-relative parts and bytes: the wrapped key, the record, the config), then commit."""
+    from vault.gitstore import GitStore
+    from vault.sync import Records, home_lock, own_files
+
     store = GitStore(project.root)
     writer = _writer()
     resealed: list[tuple[Resealed, Header, Header]] = []
@@ -197,44 +217,100 @@ def rotate(
                     if done:
                         old, new = done
                         resealed.append((Resealed(stage, kind, old.serial, new.serial), old, new))
-            if project.config.backend == "age":
-                wrapped = keys.wrap_data_key(new_key.secret, recipients.values())
-                swap.add(_pending(project.root, project.repo.data_key_parts, wrapped))
-                if recipients != project.config.recipients:
-                    config = dataclasses.replace(project.config, recipients=recipients).validate()
-                    swap.add(
-                        _pending(project.root, (CONFIG_NAME,), config_mod.dumps(config).encode())
-                    )
+            for parts, data in extra:
+                swap.add(_pending(project.root, parts, data))
             if not swap.pending:
-                return report  # fernet, every file already under the newest key
+                return  # fernet, every file already under the newest key
             swap.commit()
         finally:
             swap.close()
-        if project.config.backend == "age" and recipients != project.config.recipients:
-            project.config = dataclasses.replace(project.config, recipients=recipients)
         report.files = [r for r, _, _ in resealed]
         paths = [project.repo.vault_file(r.kind, r.stage) for r in report.files]
         report.commit = _commit(
-            project, store, paths + own_files(project, store), _rotation_message(report)
+            project, store, paths + own_files(project, store), message or _rotation_message(report)
         )
         # This home was in sync with what was just re-sealed: it still is, at the new serial.
         records = Records(project)
         for item, old, new in resealed:
-            record = records.get(item.stage, item.kind)
-            if record and (record.serial, record.fingerprint, record.key_id) == (
+            synced = records.get(item.stage, item.kind)
+            if synced and (synced.serial, synced.fingerprint, synced.key_id) == (
                 old.serial,
                 old.fingerprint,
                 old.key_id,
             ):
-                records.set(item.stage, item.kind, new, record.action)
+                records.set(item.stage, item.kind, new, synced.action)
         records.save()
-    if project.config.backend == "age" and project.key_from_keyring:
-        try:
-            pins.set_pin(project.config.vault_id, new_key.key_id)
-            report.pinned = True
-        except keys.NoKeyError as exc:
-            report.warnings.append(f"your keyring pin was not updated ({exc})")
+
+
+def upgrade(project: Project, recipients: dict[str, str] | None = None) -> RotationReport:
+    """Give a vault made by sst-vault 0.1 its signed key record, under a new data key.
+
+    0.1 kept the recipients in `sst-vault.toml`, where anyone who could push could add
+    themselves, and trusted whatever `data-key.age` held. So the upgrade does not carry the old
+    data key over: it unwraps it one last time (after the 0.1 pins, `SST_VAULT_KEY_ID`),
+    starts a new chain with a fresh data key wrapped to `recipients` (default: the toml's, which
+    the CLI shows for review first), re-seals every file, and drops `[recipients]` from the toml.
+    """
+    check_upgradable(project)
+    source = project.key_source
+    keys.ensure_backend(source, "age")
+    old_key = keys.data_file_key(
+        keys.unwrap_data_key(project.read_wrapped_key(), source.secrets, project.repo.data_key_file)
+    )
+    trust.check_exact_pin(old_key.key_id)
+    recipients = dict(project.config.legacy_recipients if recipients is None else recipients)
+    if not recipients:
+        raise ConfigError(
+            "sst-vault.toml lists no recipients to carry over",
+            "pass them: `sst-vault key upgrade --recipient NAME=age1…` (yours included)",
+        )
+    for name, public in recipients.items():
+        config_mod.check_recipient_name(name)
+        keys.parse_recipient(public, name)
+    _refuse_lockout(project, recipients, None)
+    new_key = keys.data_file_key(keys.new_data_key())
+    record = keyrecord.first_entry(
+        project.app, new_key.secret, new_key.key_id, recipients, _writer()
+    )
+    legacy = keys.VaultKeys(old_key, {old_key.key_id: old_key}, source.origin)
+    config = dataclasses.replace(project.config, legacy_recipients={})
+    extra = [
+        (project.repo.data_key_parts, keys.wrap_data_key(new_key.secret, recipients.values())),
+        (project.repo.record_parts, record.dumps()),
+        ((CONFIG_NAME,), config_mod.dumps(config).encode()),
+    ]
+    attributes = _attributes_with_record(project)
+    if attributes is not None:
+        extra.append(((".gitattributes",), attributes))
+    report = RotationReport("age", old_key.key_id, new_key.key_id, recipients)
+    message = f"sst-vault: signed key record {record.identity}, new data key {new_key.key_id}"
+    _reseal_all(project, legacy, new_key, report, extra, message)
+    project.config = config
+    trust.remember(project.home, project.app, record)
     return report
+
+
+def check_upgradable(project: Project) -> None:
+    """Refuse `key upgrade` of a vault that has a record, or had one (a writer deleted it)."""
+    require_age(project, "key upgrade")
+    if project.repo.record_file.exists():
+        raise RefusedError(
+            f"{project.record_label} exists: this vault is upgraded already", "nothing to do"
+        )
+    project.refuse_downgrade()
+
+
+def _attributes_with_record(project: Project) -> bytes | None:
+    """0.1's `.gitattributes` block with the key record's line added (None: nothing to add)."""
+    path = project.root / ".gitattributes"
+    text = path.read_text() if path.is_file() else ""
+    state_dir = project.config.state_dir
+    data_line = f"{state_dir}/data-key.age -text -merge\n"
+    if f"{state_dir}/key-record.jsonl" in text or data_line not in text:
+        return None
+    return text.replace(
+        data_line, data_line + f"{state_dir}/key-record.jsonl -text -merge\n", 1
+    ).encode()
 
 
 def _refuse_lockout(project: Project, recipients: dict[str, str], removed: str | None) -> None:
@@ -247,7 +323,7 @@ def _refuse_lockout(project: Project, recipients: dict[str, str], removed: str |
             "let another member remove it, or add your key first",
         )
     raise RefusedError(
-        "none of your keys is a recipient in sst-vault.toml, so rotating would lock you out",
+        "none of your keys is a recipient in the key record, so rotating would lock you out",
         "add your key with `sst-vault recipients add`, then rotate",
     )
 
@@ -400,42 +476,11 @@ def _writer() -> str:
     return writer_name()
 
 
-# --- trusting a changed data key ----------------------------------------------------------
-
-
-def last_change(project: Project, path: Path) -> Change | None:
-    """The last commit that touched `path`, or None when git has never seen it."""
-    import git
-
-    from vault.gitstore import GitStore
-
-    store = GitStore(project.root)
-    try:
-        commit = next(store.repo.iter_commits(paths=store.relative(path), max_count=1))
-    except (StopIteration, ValueError, git.GitCommandError):
-        return None
-    return Change(
-        commit.hexsha,
-        str(commit.author.name),
-        str(commit.author.email),
-        commit.authored_datetime.isoformat(),
-        commit.summary if isinstance(commit.summary, str) else commit.summary.decode(),
-    )
-
-
-def has_uncommitted_changes(project: Project, path: Path) -> bool:
-    from vault.gitstore import GitStore
-
-    return GitStore(project.root).is_tracked_or_changed(path)
-
-
 __all__ = [
-    "Change",
     "RecipientChange",
     "Resealed",
     "RotationReport",
     "add_recipient",
-    "last_change",
     "list_recipients",
     "remove_recipient",
     "require_age",

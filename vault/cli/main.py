@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str, bool]] = {
     "init": (
         "init",
         "init_cmd",
-        "Write sst-vault.toml, the wrapped data key and git attributes.",
+        "Write sst-vault.toml, the signed key record, the wrapped data key and git attributes.",
         False,
     ),
     "prepare": (
@@ -52,7 +52,7 @@ COMMANDS: dict[str, tuple[str, str, str, bool]] = {
     "key": (
         "key",
         "key_group",
-        "Generate, import and forget keys; show the key id; trust a rotated data key.",
+        "Generate, import and forget keys; print the pins; trust a re-created vault.",
         False,
     ),
     "recipients": (
@@ -145,7 +145,8 @@ Exit codes: 0 success; 1 operation refused or failed (nothing was half-written);
 
 \b
 Keys: SST_VAULT_KEY (one per line, newest first), else SST_VAULT_KEY_FILE,
-else the OS keyring. SST_VAULT_KEY_ID pins the vault's data key.
+else the OS keyring. SST_VAULT_PIN pins the vault's identity (`key pin`);
+SST_VAULT_KEY_ID its exact data key (`key id`).
 """
 
 
@@ -182,6 +183,9 @@ def cli(
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every VaultError becomes one line on stderr and its exit code."""
+    from vault.keyenv import take_environment
+
+    take_environment()  # before anything can start a child process
     try:
         # A command's `ctx.exit(code)` comes back as the return value (how `run` keeps CMD's code).
         code = cli.main(args=argv, prog_name="sst-vault", standalone_mode=False)

@@ -53,7 +53,7 @@ def init_cmd(
     recipients: tuple[str, ...],
     name: str | None,
 ) -> None:
-    """Write sst-vault.toml, the wrapped data key and git attributes.
+    """Write sst-vault.toml, the signed key record, the wrapped data key and git attributes.
 
     Uses the key in SST_VAULT_KEY (or SST_VAULT_KEY_FILE) if set; otherwise generates one
     and stores it in the OS keyring. Then prints the CI variables to set. Commit the new
@@ -64,12 +64,7 @@ def init_cmd(
       export SST_VAULT_KEY=$(sst-vault key generate)
       sst-vault init --recipient alice=age1…
     """
-    extra: dict[str, str] = {}
-    for item in recipients:
-        rname, sep, pub = item.partition("=")
-        if not sep or not rname or not pub:
-            raise UsageError(f"--recipient {item!r}", "expected NAME=age1…")
-        extra[rname] = pub
+    extra = parse_recipients(recipients)
     project = (ctx.project_dir or Path.cwd()).resolve()
     report = init(
         project,
@@ -80,6 +75,11 @@ def init_cmd(
         recipients=extra,
         name=name,
     )
+    if report.record is not None:
+        # Whoever made the vault trusts it: this SST home remembers its identity from now on.
+        from vault import trust
+
+        trust.remember(ctx.project().home, report.config.app, report.record)
     for warning in report.warnings:
         ctx.info(f"Warning: {warning}")
     ctx.info(
@@ -87,10 +87,10 @@ def init_cmd(
     )
     ctx.info(f"Key: {report.key_origin}")
     if report.public:
-        ctx.info(f"Recipients: {', '.join(report.config.recipients)}")
+        ctx.info(f"Recipients: {', '.join(report.recipients)}")
     ctx.info("")
     ctx.info("Set these CI variables (mark SST_VAULT_KEY secret):")
-    others = [n for n in report.config.recipients if n not in report.owners]
+    others = [n for n in report.recipients if n not in report.owners]
     if report.generated and others:
         ctx.info(
             f"  SST_VAULT_KEY     the secret key of recipient {others[0]!r} "
@@ -103,4 +103,16 @@ def init_cmd(
         )
     else:
         ctx.info(f"  SST_VAULT_KEY     the secret key now in {report.key_origin}")
-    click.echo(f"SST_VAULT_KEY_ID={report.key_id}")
+    click.echo(f"SST_VAULT_PIN={report.pin}")
+
+
+def parse_recipients(items: tuple[str, ...]) -> dict[str, str]:
+    """NAME=PUBLIC options as a dict (the public key is checked where it is used)."""
+    found: dict[str, str] = {}
+    for item in items:
+        name, sep, public = item.partition("=")
+        if not sep or not name or not public:
+            # Never echo the value: a secret key pasted here must not reach a CI log.
+            raise UsageError("a --recipient option is not NAME=PUBLIC", "expected NAME=age1…")
+        found[name] = public
+    return found

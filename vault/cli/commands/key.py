@@ -14,7 +14,7 @@ from vault.errors import ConfigError, UsageError
 
 @click.group("key")
 def key_group() -> None:
-    """Generate, import and forget keys; show the key id; trust a rotated data key."""
+    """Generate, import and forget keys; print the pins; trust a re-created vault."""
 
 
 @key_group.command("generate")
@@ -42,11 +42,83 @@ def generate_cmd(backend: str) -> None:
 @key_group.command("id")
 @pass_context
 def id_cmd(ctx: Context) -> None:
-    """Print the vault's key id: the value to set as SST_VAULT_KEY_ID in CI.
+    """Print the id of the vault's newest data key (for SST_VAULT_KEY_ID, the strictest pin).
 
-    Pinning it makes CI refuse a data key that was replaced in the repository.
+    SST_VAULT_KEY_ID pins this exact data key: CI then refuses any other, also after a
+    member's rotation, until the variable is updated. Most setups pin the vault's identity
+    instead (`sst-vault key pin`), which survives rotations.
+
+    \b
+    Example:
+      sst-vault key id       # svk1-…: set as SST_VAULT_KEY_ID in CI
     """
     click.echo(ctx.project().keys.sealing.key_id)
+
+
+@key_group.command("pin")
+@pass_context
+def pin_cmd(ctx: Context) -> None:
+    """Print the vault's identity: the value to set as SST_VAULT_PIN in CI.
+
+    The identity is a hash of the first entry of the signed key record (age), so it never
+    changes when members rotate the data key or add and remove recipients. With it, a fresh CI
+    clone refuses a key record, data key or vault file that a writer without a key forged. For
+    the fernet backend it is the id of the newest Fernet key.
+
+    \b
+    Example:
+      sst-vault key pin      # svid1-…: set as the plain CI variable SST_VAULT_PIN
+    """
+    project = ctx.project()
+    if project.config.backend == "age":
+        click.echo(project.trusted.record.identity)
+    else:
+        click.echo(project.keys.sealing.key_id)
+
+
+@key_group.command("upgrade")
+@click.option(
+    "--recipient",
+    "recipients",
+    multiple=True,
+    metavar="NAME=PUBLIC",
+    help="The recipients to carry over (default: [recipients] of sst-vault.toml). Repeatable.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask to confirm the recipients.")
+@pass_context
+def upgrade_cmd(ctx: Context, recipients: tuple[str, ...], yes: bool) -> None:
+    """Give a vault made by sst-vault 0.1 its signed key record (under a new data key).
+
+    0.1 read the recipients from sst-vault.toml, where anyone who can push could add a key of
+    their own. The upgrade shows the recipients it will sign for review, starts the signed key
+    record with a new data key wrapped to them, re-seals every file and commits. Then push,
+    and set SST_VAULT_PIN in CI to the value printed.
+
+    \b
+    Example:
+      sst-vault key upgrade                  # review the names and keys, confirm
+      git push
+    """
+    from vault import team
+    from vault.cli.commands.init import parse_recipients
+
+    project = ctx.project()
+    team.check_upgradable(project)
+    chosen = parse_recipients(recipients) if recipients else dict(project.config.legacy_recipients)
+    for name, public in chosen.items():
+        click.echo(f"  {name} = {public}")
+    _confirm(
+        yes,
+        "Only these keys will open the vault from now on. Are they all your team's?",
+        "pass --yes after checking the recipients listed",
+    )
+    report = team.upgrade(project, chosen or None)
+    ctx.info(
+        f"Signed key record started; {len(report.files)} file(s) re-sealed under "
+        f"{report.key_id}" + (f" in commit {report.commit[:12]}" if report.commit else "")
+    )
+    ctx.info("Push it, then set in CI:")
+    click.echo(f"SST_VAULT_PIN={project.trusted.record.identity}")
 
 
 @key_group.command(
@@ -63,8 +135,8 @@ def id_cmd(ctx: Context) -> None:
 def import_cmd(click_ctx: click.Context, file: Path | None, replace: bool) -> None:
     """Store the vault's secret key in the OS keyring (from stdin or --file, never an argument).
 
-    The key must open this vault first (for age: be one of its recipients). On the first
-    import the vault's data key id is pinned in the keyring too.
+    The key must open this vault first (for age: be one of the recipients of the verified
+    key record), and the vault must pass every trust check.
 
     \b
     Example:
@@ -101,13 +173,6 @@ def import_cmd(click_ctx: click.Context, file: Path | None, replace: bool) -> No
         ctx.info(f"{verb} of vault {project.config.vault_id} ({project.app}) in the OS keyring.")
     if report.public:
         ctx.info(f"Public key: {report.public}")
-    if report.pinned:
-        ctx.info(f"Pinned the vault's data key {report.key_id} in the keyring.")
-    if report.pin_conflict:
-        ctx.info(
-            f"Warning: the vault's data key is {report.key_id}, but your keyring trusts "
-            f"{report.pin_conflict}: review it with `sst-vault key trust` before using the vault"
-        )
 
 
 @key_group.command("export-public")
@@ -133,7 +198,7 @@ def export_public_cmd(ctx: Context) -> None:
     public = secret.public()
     click.echo(public)
     if project and project.config.backend == "age":
-        names = [n for n, p in project.config.recipients.items() if p == public]
+        names = [n for n, p in _record_recipients(project).items() if p == public]
         if names:
             ctx.info(f"(the recipient {names[0]} of this vault; key from {source.origin})")
         else:
@@ -143,24 +208,39 @@ def export_public_cmd(ctx: Context) -> None:
             )
 
 
+def _record_recipients(project) -> dict[str, str]:
+    """The recipients of the signed record (signatures checked; no key needed), or none."""
+    from vault import trust
+    from vault.errors import VaultError
+
+    try:
+        record = trust.load_record(project.root, project.repo.record_parts, project.app)
+    except VaultError:
+        return {}
+    return record.recipients if record else {}
+
+
 @key_group.command("forget")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_context
 def forget_cmd(ctx: Context, yes: bool) -> None:
-    """Delete this vault's key (and its data key pin) from the OS keyring.
+    """Delete this vault's key from the OS keyring.
 
     If that key is stored nowhere else and no other recipient can re-add you, the vault is
-    lost to you: export or back it up first.
+    lost to you: export or back it up first. What this machine remembers of the vault's
+    identity stays (it is not secret, and it keeps protecting a later import).
+
+    \b
+    Example:
+      sst-vault key export-public && sst-vault key forget
     """
     from vault import pins
 
     project = ctx.project()
     stored = keys.keyring_get(project.config.vault_id)
     if stored is None:
-        had_pin = pins.delete_pin(project.config.vault_id)
         ctx.info(
-            f"No key for vault {project.config.vault_id} in the OS keyring: nothing to forget"
-            + (" (its data key pin was removed)." if had_pin else ".")
+            f"No key for vault {project.config.vault_id} in the OS keyring: nothing to forget."
         )
         return
     _confirm(
@@ -173,41 +253,44 @@ def forget_cmd(ctx: Context, yes: bool) -> None:
 
 
 @key_group.command("trust")
-@click.option("--yes", "-y", is_flag=True, help="Trust the new data key without asking.")
+@click.option("--yes", "-y", is_flag=True, help="Accept the vault's identity without asking.")
 @pass_context
 def trust_cmd(ctx: Context, yes: bool) -> None:
-    """Review a changed data key (who changed it in git) and pin it in the keyring.
+    """Review a changed vault identity (who changed the key record in git) and accept it.
 
-    After a member rotated the key or removed a recipient, your keyring still trusts the
-    old data key id and refuses the new one. Check that the commit shown is expected, then
-    confirm.
+    Rotations and recipient changes by members are signed and need no review. A different
+    vault identity means the vault was re-created (`init` again) or someone forged it: every
+    command refuses it until you check the commit shown and confirm here. A key record that
+    went back or forked is never accepted.
+
+    \b
+    Example:
+      sst-vault key trust        # shows the commit, asks before accepting
     """
     from vault import pins
 
     project = ctx.project()
     info = pins.trust_info(project)
-    if info.pinned == info.current:
-        ctx.info(f"Your keyring already trusts the vault's data key {info.current}.")
-        click.echo(f"SST_VAULT_KEY_ID={info.current}")
+    if info.remembered == info.identity:
+        ctx.info(f"This machine already trusts the vault {info.identity}.")
+        click.echo(f"SST_VAULT_PIN={info.identity}")
         return
-    path = project.repo.data_key_file.relative_to(project.root)
-    click.echo(f"The vault's data key is {info.current}.")
-    click.echo(f"Your keyring trusts {info.pinned}." if info.pinned else "Nothing pinned yet.")
+    path = project.record_label
+    click.echo(f"The vault's identity is {info.identity} (key record entry {info.entry}).")
+    click.echo(
+        f"This machine trusted {info.remembered}." if info.remembered else "Nothing trusted yet."
+    )
+    click.echo("Recipients: " + ", ".join(f"{n} ({p[:16]}…)" for n, p in info.recipients.items()))
     if info.change:
-        c = info.change
-        click.echo(f"Last change of {path}: commit {c.commit[:12]} by {c.author} <{c.email}>")
-        click.echo(f"  on {c.date}: {c.summary}")
+        click.echo(f"Last change of {path}: {info.change.describe()}")
     else:
         click.echo(f"{path} has never been committed.")
     if info.uncommitted:
         click.echo(f"Warning: {path} has changes in this working tree that are not committed.")
-    _confirm(yes, f"Trust the data key {info.current}?", f"pass --yes to trust {info.current}")
-    if info.keyring:
-        pins.trust(project, info.current)
-        ctx.info(f"Pinned {info.current} in the OS keyring.")
-    else:
-        ctx.info("No usable OS keyring: update SST_VAULT_KEY_ID where you set it.")
-    click.echo(f"SST_VAULT_KEY_ID={info.current}")
+    _confirm(yes, f"Trust the vault {info.identity}?", f"pass --yes to trust {info.identity}")
+    pins.accept(project)
+    ctx.info(f"This machine now trusts the vault {info.identity}.")
+    click.echo(f"SST_VAULT_PIN={info.identity}")
 
 
 def _confirm(yes: bool, question: str, how: str) -> None:

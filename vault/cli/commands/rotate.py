@@ -22,7 +22,8 @@ def rotate_cmd(ctx: Context, push: bool, lock_timeout: float, lock_ttl: int | No
     """Re-seal every stage's vault files under a new key, and commit that.
 
     \b
-    age:    a new random data key, wrapped to every recipient; SST_VAULT_KEY_ID changes.
+    age:    a new random data key, wrapped to every recipient and signed into the key
+            record by the old one; SST_VAULT_PIN stays, SST_VAULT_KEY_ID changes.
     fernet: put a new key first in SST_VAULT_KEY (old key on the next line), then rotate:
             every file moves to the new key; the old one still opens older revisions.
 
@@ -87,11 +88,9 @@ def show_rotation(ctx: Context, report, *, pushed: bool) -> None:  # vault.team.
                 + (f", every `sst secret` value of {secrets}" if secrets else "")
                 + ", and any credential kept in the state's resource outputs."
             )
-        if report.pinned:
-            ctx.info("Your keyring now trusts the new data key.")
         ctx.info(
-            "Other members: after pulling, run `sst-vault key trust`; CI: set the new "
-            "SST_VAULT_KEY_ID below."
+            "Members and CI accept the new data key by its signed key record entry: "
+            "SST_VAULT_PIN stays; only a CI that pins SST_VAULT_KEY_ID sets the value below."
         )
     else:
         ctx.info(

@@ -30,17 +30,23 @@ def run_cmd(
     """Run COMMAND for STAGE with its state in place, then commit and push the new state.
 
     In order: take the deploy lock, pull, decrypt the stage's state into the SST home, run
-    COMMAND (without SST_VAULT_KEY in its environment), commit whatever state it left (also
-    when it failed), push (rebasing over unrelated commits), release the lock. SIGINT and
-    SIGTERM go to COMMAND first; the commit and release still run. Exits with COMMAND's code.
+    COMMAND (its environment holds no SST_VAULT_KEY, SST_VAULT_KEY_FILE or pin), commit
+    whatever state it left (also when it failed), push (rebasing over unrelated commits),
+    release the lock. SIGINT and SIGTERM go to COMMAND first; the commit and release still
+    run. Exits with COMMAND's code.
 
     \b
     Example (one CI step):
       sst-vault run --stage prod --lock-timeout 600 -- npx sst deploy --stage prod
     """
+    import sys
+
     from vault import runner
+    from vault.keyenv import reexec_without_secrets
     from vault.lock import DEFAULT_TTL
 
+    # Linux: COMMAND could read our start-up environment in /proc; start again without the key.
+    reexec_without_secrets(sys.argv[1:])
     project = ctx.project()
     result = runner.run(
         project,

@@ -1,0 +1,325 @@
+"""Which data key a member accepts, and why a writer without one can never change it.
+
+Every file in the repository and every commit in its history is attacker-controlled unless a
+data key authenticated it. A member accepts the vault's keys in this order, and every step has
+one named failure (TUF's trusted-set discipline: nothing unverified is handed on):
+
+1. the key record (`vault.keyrecord`) parses and its chain verifies from entry 0;
+2. pins: `SST_VAULT_PIN` names the vault's identity (the hash of entry 0: it survives
+   rotations), `SST_VAULT_KEY_ID` the exact newest data key (the strictest setups). A pin
+   variable that is set but empty is an error, never "no pin";
+3. this machine's memory (`<sst-home>/.sst-vault/trust/<app>.json`): the identity it accepted
+   and the newest entry it saw. Another identity is refused until `sst-vault key trust`; a
+   record that went back or forked is refused outright (a removed member reverting it);
+4. the record's git history: every version of it in the history this clone has that verifies
+   under this identity must be a prefix of the current one (so a fresh clone also refuses a
+   record that went back or forked along history); a record deleted after it existed is
+   refused (no downgrade to an unsigned vault);
+5. the member's secret unwraps `data-key.age`, and that data key must be the record's newest
+   (same key id, same signing key): a data key swapped in by a writer never seals anything.
+
+Only then is the newest entry remembered. Review commands (diff, log, the diff driver,
+rollback) get older data keys from the chain itself (each rotation seals the previous data key
+under the new one), never from files a writer could have put in history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vault import keyrecord, keys, safefs
+from vault.envelope import FileKey
+from vault.errors import ConfigError, KeyPinError, TamperedError, WrongKeyError
+from vault.keyrecord import Record
+
+if TYPE_CHECKING:
+    from vault.paths import HomeLayout
+
+ENV_PIN = "SST_VAULT_PIN"
+MEMORY_VERSION = 1
+
+
+def env_pin(name: str) -> str | None:
+    """A pin variable's value; set but empty (an undefined CI variable) is an error."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    if not value.strip():
+        raise ConfigError(
+            f"${name} is set but empty",
+            "set it to the value `sst-vault key pin` prints, or unset it"
+            if name == ENV_PIN
+            else "set it to the value `sst-vault key id` prints, or unset it",
+        )
+    return value.strip()
+
+
+# --- this machine's memory -----------------------------------------------------------------
+
+
+@dataclass
+class Memory:
+    """What this machine accepted last for one app: identity, newest entry seq and hash."""
+
+    identity: str
+    seq: int
+    hash: str
+    time: str = ""
+
+
+def _memory_parts(app: str) -> tuple[str, ...]:
+    return (".sst-vault", "trust", f"{app}.json")
+
+
+def recall(home: HomeLayout, app: str) -> Memory | None:
+    raw = safefs.read_bytes(home.root, _memory_parts(app)) if home.root.is_dir() else None
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        if data.get("version") != MEMORY_VERSION:
+            raise ValueError
+        memory = Memory(str(data["identity"]), int(data["seq"]), str(data["hash"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(
+            f"{home.root.joinpath(*_memory_parts(app))} is damaged",
+            "delete it and run `sst-vault key trust` to accept the vault again after review",
+        ) from None
+    return memory
+
+
+def remember(home: HomeLayout, app: str, record: Record) -> None:
+    newest = record.newest
+    body = {
+        "version": MEMORY_VERSION,
+        "identity": record.identity,
+        "seq": newest.seq,
+        "hash": newest.hash,
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    safefs.write_atomic(home.root, _memory_parts(app), json.dumps(body, indent=1).encode())
+
+
+def forget(home: HomeLayout, app: str) -> bool:
+    path = home.root.joinpath(*_memory_parts(app))
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# --- the record's history in git -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """One commit that changed the key record (for messages and `key trust`)."""
+
+    commit: str
+    author: str
+    date: str
+    summary: str
+
+    def describe(self) -> str:
+        return f"commit {self.commit[:12]} by {self.author} on {self.date} ({self.summary})"
+
+
+def history_versions(top: Path, rel: str) -> list[tuple[str, bytes | None]]:
+    """Every version of `rel` in the history reachable from HEAD: (commit, bytes or None)."""
+    from vault.gitstore import git_run, iter_blobs
+
+    proc = git_run(top, "log", "--format=%H", "--full-history", "--no-renames", "--", rel)
+    commits = proc.stdout.decode().split()
+    if not commits:
+        return []
+    specs = [f"{c}:./{rel}" for c in commits]  # ./: relative to `top`, not the repository
+    blobs = dict(iter_blobs(top, specs))
+    return [(c, blobs.get(f"{c}:./{rel}")) for c in commits]
+
+
+def last_change(top: Path, rel: str) -> Change | None:
+    from vault.gitstore import git_run
+
+    proc = git_run(top, "log", "-1", "--format=%H%x00%an%x00%as%x00%s", "--", rel, check=False)
+    fields = proc.stdout.decode(errors="replace").strip().split("\0")
+    if proc.returncode != 0 or len(fields) != 4:
+        return None
+    return Change(*fields)
+
+
+def check_history(
+    record: Record | None,
+    versions: list[tuple[str, bytes | None]],
+    where: str,
+    *,
+    identity_accepted: bool = False,
+) -> None:
+    """Refuse a record that went back, forked, vanished or was replaced along the history
+    this clone has.
+
+    Only versions that verify count: a version that never verified could not have been
+    accepted by anyone, so it is noise, not history. A verified version of *another* vault
+    identity means the vault was replaced at some point (re-created by a member, or a whole
+    vault forged by a writer, who can sign a chain of their own): refused unless this machine
+    accepted the current identity (`key trust`, or `init` here) or a pin names it.
+    """
+    for commit, data in versions:
+        if data is None:
+            continue
+        hashes = keyrecord.entry_hashes(data)
+        if not hashes or (record and record.extends(hashes)):
+            continue
+        try:
+            old = keyrecord.load(data, f"{where} in {commit[:12]}")
+        except TamperedError:
+            continue
+        if record is None:
+            raise TamperedError(
+                where,
+                f"the key record was deleted after commit {commit[:12]}, which had one",
+                f"restore it: git checkout {commit[:12]} -- {where}",
+            )
+        if old.identity != record.identity:
+            if identity_accepted:
+                continue
+            raise KeyPinError(
+                f"{where}: the vault's identity changed: commit {commit[:12]} has"
+                f" {old.identity}, the current record is {record.identity}",
+                "if a member re-created the vault, review `git log -- "
+                f"{where}`, then `sst-vault key trust` (CI: set SST_VAULT_PIN)",
+            )
+        if old.extends(record.hashes()):
+            raise TamperedError(
+                where,
+                f"the key record went back: commit {commit[:12]} had entry {old.newest.seq},"
+                f" the current one ends at entry {record.newest.seq}",
+                f"restore the newer record: git checkout {commit[:12]} -- {where}",
+            )
+        raise TamperedError(
+            where,
+            f"the key record forked: commit {commit[:12]} has entry {old.newest.seq} that the"
+            " current record does not continue",
+            "a removed member may have re-signed an old data key: restore the record from the"
+            " commit that every member accepted",
+        )
+
+
+# --- the verified keys ---------------------------------------------------------------------
+
+
+@dataclass
+class Trusted:
+    """A verified record, the newest data key it names, and the way to older ones."""
+
+    record: Record
+    data_key: bytes
+    first_use: bool = False  # this machine had no memory of the vault before
+    _history: dict[str, FileKey] | None = field(default=None, repr=False)
+
+    @property
+    def sealing(self) -> FileKey:
+        return keys.data_file_key(self.data_key)
+
+    def history_keys(self) -> dict[str, FileKey]:
+        """Every data key of the chain, newest first, each checked against its entry."""
+        if self._history is None:
+            found = {self.record.newest.key_id: self.sealing}
+            entries = self.record.entries
+            current = self.data_key
+            for n in range(len(entries) - 1, 0, -1):
+                entry, before = entries[n], entries[n - 1]
+                if entry.key_id == before.key_id:
+                    continue
+                older = keyrecord.open_previous_key(entry, current, before.key_id)
+                if (
+                    older is None
+                    or keys.key_id_of(older) != before.key_id
+                    or keyrecord.signing_public(older) != before.signing_key
+                ):
+                    break  # a member's record always opens; stop at anything else
+                found[before.key_id] = keys.data_file_key(older)
+                current = older
+            self._history = found
+        return self._history
+
+
+def load_record(root: Path, parts: tuple[str, ...], app: str) -> Record | None:
+    data = safefs.read_bytes(root, parts)
+    if data is None:
+        return None
+    return keyrecord.load(data, str(Path(*parts)), app)
+
+
+def check_pins(record: Record) -> bool:
+    """Check SST_VAULT_PIN; True when it is set (and so names this vault's identity)."""
+    pinned = env_pin(ENV_PIN)
+    if pinned and pinned != record.identity:
+        raise KeyPinError(
+            f"this vault's identity is {record.identity}, not the pinned {pinned} (${ENV_PIN})",
+            "the key record was replaced: check `git log` of it; never re-pin without review",
+        )
+    return pinned is not None
+
+
+def check_memory(memory: Memory | None, record: Record, where: str, change: Change | None):
+    if memory is None:
+        return
+    if memory.identity != record.identity:
+        changed = f" in {change.describe()}" if change else ""
+        raise KeyPinError(
+            f"the vault's identity changed to {record.identity}{changed}; this machine trusts"
+            f" {memory.identity}",
+            "if a member re-created the vault, review that commit, then `sst-vault key trust`",
+        )
+    hashes = record.hashes()
+    if len(hashes) <= memory.seq:
+        raise TamperedError(
+            where,
+            f"the key record went back to entry {record.newest.seq}; this machine has seen"
+            f" entry {memory.seq}",
+            "someone reverted it (a removed member?): restore the newest record from git",
+        )
+    if hashes[memory.seq] != memory.hash:
+        raise TamperedError(
+            where,
+            f"the key record forked at entry {memory.seq} from the one this machine accepted",
+            "someone re-signed an old entry (a removed member?): restore it from git",
+        )
+
+
+def check_data_key(record: Record, data_key: bytes, where: Path) -> None:
+    newest = record.newest
+    if (
+        keys.key_id_of(data_key) != newest.key_id
+        or keyrecord.signing_public(data_key) != newest.signing_key
+    ):
+        raise TamperedError(
+            where,
+            f"it holds data key {keys.key_id_of(data_key)}, not {newest.key_id} that the signed"
+            " key record names",
+            "someone without the data key replaced it: restore it from git",
+        )
+
+
+def check_exact_pin(key_id: str) -> None:
+    pinned = env_pin(keys.ENV_KEY_ID)
+    if pinned and pinned != key_id:
+        raise KeyPinError(
+            f"the vault's data key {key_id} is not the pinned {pinned} (${keys.ENV_KEY_ID})",
+            "if a member rotated the key, set the new value (`sst-vault key id`)",
+        )
+
+
+def not_a_recipient(path: Path) -> WrongKeyError:
+    return WrongKeyError(
+        path,
+        "this key is not a recipient of the vault",
+        "ask a member to run `sst-vault recipients add NAME <your public key>`",
+    )
