@@ -285,6 +285,11 @@ def test_members_follow_a_rotation_but_a_new_identity_needs_trust(team, tmp_path
     new = result.out.strip().removeprefix("SST_VAULT_PIN=")
     assert new != old
     assert ci.cli("commit", "prod", "--force").code == 0
+    # The new vault has a keyring entry of its own: alice stores her key there (it opens the
+    # vault), and is told to review the new identity before using it.
+    result = import_key(alice)
+    assert result.code == 0, result.output
+    assert "key trust" in result.err and new in result.err
 
     home = alice.snapshot_home()
     for args in (("prepare", "prod"), ("commit", "prod")):

@@ -69,7 +69,7 @@ def test_migrate_a_recipe_repo(tmp_path: Path) -> None:
     assert not list((project.root / "infra" / "state").rglob("*.json"))
     assert project.git("ls-tree", "-r", "--name-only", "HEAD", "infra/state").split() == sorted(
         [f"infra/state/{k}/{s}.json.vault" for k in ("app", "passphrase", "secret") for s in STAGES]
-        + ["infra/state/data-key.age"]
+        + ["infra/state/data-key.age", "infra/state/key-record.jsonl"]
     )
     assert project.git("status", "--porcelain").strip() == ""
     # The ignore rules keep a copied-back plaintext file out.

@@ -101,6 +101,7 @@ def test_no_plaintext_in_git_or_the_work_tree(tmp_path: Path, backend: str):
         ".gitattributes",
         ".gitignore",
         "infra/state/data-key.age",
+        "infra/state/key-record.jsonl",
     }
 
 

@@ -176,6 +176,7 @@ def test_commit_stages_only_vault_files(vault_project: VaultProject):
         ".gitignore",
         "sst-vault.toml",
         "infra/state/data-key.age",
+        "infra/state/key-record.jsonl",
         *(f"infra/state/{kind}/prod.json.vault" for kind in SYNCED_KINDS),
     }
     status = p.git("status", "--porcelain").splitlines()

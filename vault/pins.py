@@ -40,13 +40,22 @@ def import_key(project: Project, text: str, origin: str, *, replace: bool = Fals
     source = keys.KeySource(keys.parse_secrets(text, origin), origin)
     keys.ensure_backend(source, project.config.backend)
     vault_id = project.config.vault_id
-    opened = project.unlock(source)  # every trust check; WrongKeyError if not a recipient
-    report = ImportReport(
-        opened.sealing.key_id,
-        source.secrets[0].public() if project.config.backend == "age" else None,
-    )
-    if project.config.backend == "fernet" and not _fernet_opens(project, opened):
-        report.warnings.append("the vault has no files yet to check this key against")
+    if project.config.backend == "age":
+        # Every trust check but this machine's memory of the identity (WrongKeyError if not a
+        # recipient): a key for a re-created vault can be stored, and `key trust` decides.
+        trusted = project.verify_record(source, accept_identity=True, remember=False)
+        report = ImportReport(trusted.sealing.key_id, source.secrets[0].public())
+        memory = trust.recall(project.home, project.app)
+        if memory is not None and memory.identity != trusted.record.identity:
+            report.warnings.append(
+                f"this machine trusts the vault {memory.identity}, not {trusted.record.identity}"
+                ": review the change with `sst-vault key trust` before using the vault"
+            )
+    else:
+        opened = project.unlock(source)
+        report = ImportReport(opened.sealing.key_id, None)
+        if not _fernet_opens(project, opened):
+            report.warnings.append("the vault has no files yet to check this key against")
     existing = keys.keyring_get(vault_id)
     if existing is not None:
         if _texts(existing) == [s.text for s in source.secrets]:

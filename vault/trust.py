@@ -94,6 +94,10 @@ def recall(home: HomeLayout, app: str) -> Memory | None:
 
 
 def remember(home: HomeLayout, app: str, record: Record) -> None:
+    """Remember the newest entry in the SST home; nothing where the home does not exist yet
+    (`doctor` and `status` never create it; the first `prepare` does)."""
+    if not home.root.is_dir():
+        return
     newest = record.newest
     body = {
         "version": MEMORY_VERSION,
@@ -102,7 +106,6 @@ def remember(home: HomeLayout, app: str, record: Record) -> None:
         "hash": newest.hash,
         "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     safefs.write_atomic(home.root, _memory_parts(app), json.dumps(body, indent=1).encode())
 
 
