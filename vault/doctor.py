@@ -171,7 +171,14 @@ def _keyring_check(checks: list[Check], vault_id: str, needed: bool) -> None:
 
 def _key_check(project: Project) -> Check:
     keys = project.keys
-    return Check(OK, "key", f"{keys.origin} opens the vault (key id {keys.sealing.key_id})")
+    found = f"{keys.origin} opens the vault (key id {keys.sealing.key_id})"
+    if project.config.backend == "age":
+        record = project.trusted.record
+        found += (
+            f"; signed key record verified: vault {record.identity}, entry {record.newest.seq},"
+            f" recipients {', '.join(record.recipients)}"
+        )
+    return Check(OK, "key", found)
 
 
 def _home_check(project: Project) -> list[Check]:

@@ -88,6 +88,21 @@ class NewerFormatError(FileFormatError):
     reason = "newer format"
 
 
+class TrustError(VaultError):
+    """The key record, the wrapped data key or the history says: not the vault a member trusts.
+
+    Never a `FileFormatError`: it concerns the whole vault, not one file, so no command lists
+    it per file as "damaged" or skips over it.
+    """
+
+    def __init__(self, path: Path | str, detail: str, hint: str | None = None) -> None:
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.detail = detail
+        super().__init__(f"{path}: tampered: {detail}", hint)
+
+
 class KeyPinError(VaultError):
     """The vault's data key differs from the pinned SST_VAULT_KEY_ID (a swapped data key)."""
 

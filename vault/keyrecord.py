@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from vault.envelope import _hkdf
-from vault.errors import TamperedError
+from vault.errors import TrustError
 
 RECORD_VERSION = 1
 IDENTITY_PREFIX = "svid1-"
@@ -163,20 +163,20 @@ def open_previous_key(entry: Entry, data_key: bytes, previous_key_id: str) -> by
 def parse(data: bytes, where: str) -> tuple[Entry, ...]:
     """Typed entries from the record's bytes, every field checked; no signature checked yet."""
     if len(data) > MAX_RECORD_BYTES:
-        raise TamperedError(where, f"the key record is larger than {MAX_RECORD_BYTES} bytes")
+        raise TrustError(where, f"the key record is larger than {MAX_RECORD_BYTES} bytes")
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     if not lines:
-        raise TamperedError(where, "the key record is empty")
+        raise TrustError(where, "the key record is empty")
     if len(lines) > MAX_ENTRIES:
-        raise TamperedError(where, f"the key record has more than {MAX_ENTRIES} entries")
+        raise TrustError(where, f"the key record has more than {MAX_ENTRIES} entries")
     return tuple(_parse_line(line, n, where) for n, line in enumerate(lines))
 
 
 def _parse_line(line: bytes, n: int, where: str) -> Entry:
-    def bad(detail: str) -> TamperedError:
-        return TamperedError(where, f"key record line {n + 1}: {detail}", "restore it from git")
+    def bad(detail: str) -> TrustError:
+        return TrustError(where, f"key record line {n + 1}: {detail}", "restore it from git")
 
     if len(line) > MAX_LINE_BYTES:
         raise bad("too long")
@@ -263,7 +263,7 @@ def verify(entries: tuple[Entry, ...], where: str, app: str | None = None) -> Re
                 bytes.fromhex(signature), _SIGNATURE_CONTEXT + entry.body
             )
         except (InvalidSignature, ValueError):
-            raise TamperedError(
+            raise TrustError(
                 where,
                 f"key record entry {entry.seq}: bad {which} signature",
                 "someone without the data key edited the key record: restore it from git",
@@ -273,17 +273,17 @@ def verify(entries: tuple[Entry, ...], where: str, app: str | None = None) -> Re
         if entry.seq:
             previous = entries[entry.seq - 1]
             if entry.prev != previous.hash:
-                raise TamperedError(
+                raise TrustError(
                     where,
                     f"key record entry {entry.seq} does not follow entry {entry.seq - 1}",
                     "restore the key record from git",
                 )
             check(previous.signing_key, entry.sig_prev, entry, "previous key's")
             if entry.app != previous.app:
-                raise TamperedError(where, f"key record entry {entry.seq} changes the app name")
+                raise TrustError(where, f"key record entry {entry.seq} changes the app name")
         check(entry.signing_key, entry.sig_self, entry, "own")
     if app is not None and entries[0].app != app:
-        raise TamperedError(
+        raise TrustError(
             where,
             f"the key record belongs to app {entries[0].app!r}, not {app!r}",
             "restore the key record and sst-vault.toml from git",
@@ -299,7 +299,7 @@ def entry_hashes(data: bytes) -> list[str] | None:
     """The entry hashes of a record's bytes with no signature checked; None when unparsable."""
     try:
         return [e.hash for e in parse(data, "history")]
-    except TamperedError:
+    except TrustError:
         return None
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from vault import config as config_mod
 from vault import keys, safefs, trust
 from vault.config import Config
-from vault.errors import ConfigError, KeyPinError, TamperedError
+from vault.errors import ConfigError, KeyPinError, TrustError
 from vault.paths import HomeLayout, RepoLayout, default_sst_home, find_project
 
 
@@ -128,7 +128,7 @@ class Project:
         trust.check_history(None, versions, where)
         memory = memory or trust.recall(self.home, self.app)
         if memory is not None or trust.env_pin(trust.ENV_PIN):
-            raise TamperedError(
+            raise TrustError(
                 where,
                 "the signed key record is missing, but this vault had one",
                 f"restore it from git (`git log -- {where}`)",
@@ -142,7 +142,7 @@ class Project:
         from vault.errors import GitError
 
         try:
-            return trust.history_versions(self.root, self.record_label)
+            return trust.history_versions(self.root)
         except GitError:
             return []  # not a git work tree (yet): nothing to compare with
 

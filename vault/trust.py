@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING
 
 from vault import keyrecord, keys, safefs
 from vault.envelope import FileKey
-from vault.errors import ConfigError, KeyPinError, TamperedError, WrongKeyError
+from vault.errors import ConfigError, KeyPinError, TrustError, WrongKeyError
 from vault.keyrecord import Record
+from vault.paths import RECORD_NAME
 
 if TYPE_CHECKING:
     from vault.paths import HomeLayout
@@ -93,9 +94,12 @@ def recall(home: HomeLayout, app: str) -> Memory | None:
     return memory
 
 
-def remember(home: HomeLayout, app: str, record: Record) -> None:
+def remember(home: HomeLayout, app: str, record: Record, *, create: bool = False) -> None:
     """Remember the newest entry in the SST home; nothing where the home does not exist yet
-    (`doctor` and `status` never create it; the first `prepare` does)."""
+    (`doctor` and `status` never create it; the first `prepare` does), unless `create` (`init`:
+    who made the vault trusts it)."""
+    if create:
+        home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not home.root.is_dir():
         return
     newest = record.newest
@@ -134,17 +138,32 @@ class Change:
         return f"commit {self.commit[:12]} by {self.author} on {self.date} ({self.summary})"
 
 
-def history_versions(top: Path, rel: str) -> list[tuple[str, bytes | None]]:
-    """Every version of `rel` in the history reachable from HEAD: (commit, bytes or None)."""
+def history_versions(top: Path) -> list[tuple[str, bytes | None]]:
+    """Every version of every key record (any folder) in the history reachable from HEAD.
+
+    Any folder, not only the current `state_dir`: a writer who moves the vault and edits
+    `state_dir` in sst-vault.toml must not hide the record's past from the check.
+    """
     from vault.gitstore import git_run, iter_blobs
 
-    proc = git_run(top, "log", "--format=%H", "--full-history", "--no-renames", "--", rel)
-    commits = proc.stdout.decode().split()
-    if not commits:
-        return []
-    specs = [f"{c}:./{rel}" for c in commits]  # ./: relative to `top`, not the repository
-    blobs = dict(iter_blobs(top, specs))
-    return [(c, blobs.get(f"{c}:./{rel}")) for c in commits]
+    pattern = f":(top,glob)**/{RECORD_NAME}"
+    proc = git_run(
+        top,
+        "log",
+        "--format=%x00%H",
+        "--name-only",
+        "--full-history",
+        "--no-renames",
+        "--",
+        pattern,
+    )
+    specs: list[tuple[str, str]] = []
+    for chunk in proc.stdout.decode(errors="replace").split("\0")[1:]:
+        lines = [ln for ln in chunk.splitlines() if ln.strip()]
+        if lines:
+            specs += [(lines[0], f"{lines[0]}:{path}") for path in lines[1:]]
+    blobs = dict(iter_blobs(top, [spec for _, spec in specs]))
+    return [(commit, blobs.get(spec)) for commit, spec in specs]
 
 
 def last_change(top: Path, rel: str) -> Change | None:
@@ -181,10 +200,10 @@ def check_history(
             continue
         try:
             old = keyrecord.load(data, f"{where} in {commit[:12]}")
-        except TamperedError:
+        except TrustError:
             continue
         if record is None:
-            raise TamperedError(
+            raise TrustError(
                 where,
                 f"the key record was deleted after commit {commit[:12]}, which had one",
                 f"restore it: git checkout {commit[:12]} -- {where}",
@@ -199,13 +218,13 @@ def check_history(
                 f"{where}`, then `sst-vault key trust` (CI: set SST_VAULT_PIN)",
             )
         if old.extends(record.hashes()):
-            raise TamperedError(
+            raise TrustError(
                 where,
                 f"the key record went back: commit {commit[:12]} had entry {old.newest.seq},"
                 f" the current one ends at entry {record.newest.seq}",
                 f"restore the newer record: git checkout {commit[:12]} -- {where}",
             )
-        raise TamperedError(
+        raise TrustError(
             where,
             f"the key record forked: commit {commit[:12]} has entry {old.newest.seq} that the"
             " current record does not continue",
@@ -283,14 +302,14 @@ def check_memory(memory: Memory | None, record: Record, where: str, change: Chan
         )
     hashes = record.hashes()
     if len(hashes) <= memory.seq:
-        raise TamperedError(
+        raise TrustError(
             where,
             f"the key record went back to entry {record.newest.seq}; this machine has seen"
             f" entry {memory.seq}",
             "someone reverted it (a removed member?): restore the newest record from git",
         )
     if hashes[memory.seq] != memory.hash:
-        raise TamperedError(
+        raise TrustError(
             where,
             f"the key record forked at entry {memory.seq} from the one this machine accepted",
             "someone re-signed an old entry (a removed member?): restore it from git",
@@ -303,7 +322,7 @@ def check_data_key(record: Record, data_key: bytes, where: Path) -> None:
         keys.key_id_of(data_key) != newest.key_id
         or keyrecord.signing_public(data_key) != newest.signing_key
     ):
-        raise TamperedError(
+        raise TrustError(
             where,
             f"it holds data key {keys.key_id_of(data_key)}, not {newest.key_id} that the signed"
             " key record names",
