@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from vault import __version__
 from vault.cli.context import Context
 from vault.errors import EXIT_REFUSED, EXIT_USAGE, VaultError
 
@@ -163,7 +164,7 @@ else the OS keyring. SST_VAULT_KEY_ID pins the vault's data key.
 )
 @click.option("-v", "--verbose", count=True, help="Say more.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and requested output.")
-@click.version_option(package_name="sst-vault", prog_name="sst-vault")
+@click.version_option(__version__, prog_name="sst-vault", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(
     ctx: click.Context, project: str | None, sst_home: str | None, verbose: int, quiet: bool
