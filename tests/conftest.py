@@ -184,3 +184,45 @@ def vault_project(tmp_path: Path) -> VaultProject:
 @pytest.fixture
 def fernet_project(tmp_path: Path) -> VaultProject:
     return make_project(tmp_path, backend="fernet")
+
+
+# With CI=true a missing real part is a failure, never a skip (the project's rule): the commands
+# the tests run and the real SST CLI are checked once, before the first test, by name.
+REAL_PARTS = {
+    "age": "age",
+    "xxd": "xxd",
+    "ssh-keygen": "openssh-client",
+    "secret-tool": "libsecret-tools",
+    "gnome-keyring-daemon": "gnome-keyring",
+    "dbus-run-session": "dbus",
+    "node": "nodejs",
+    "git": "git",
+}
+
+
+def missing_real_parts() -> list[str]:
+    import shutil
+
+    from sst_real import missing_reason
+
+    missing = [
+        f"{command} (Debian package {package})"
+        for command, package in REAL_PARTS.items()
+        if shutil.which(command) is None
+    ]
+    sst = missing_reason()
+    if sst:
+        missing.append(sst)
+    return missing
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("CI") != "true":
+        return
+    missing = missing_real_parts()
+    if missing:
+        raise pytest.UsageError(
+            "CI=true and real parts are missing (tests would skip): "
+            + "; ".join(missing)
+            + ". Run `bash scripts/test`, which installs them."
+        )
