@@ -172,11 +172,11 @@ def cli(
     """Keep SST (home: "local") state encrypted in this git repository.
 
     \b
-    First time, next to sst.config.ts:
-      export SST_VAULT_KEY=$(sst-vault key generate)   # or let init use the keyring
-      sst-vault init
-    After each deploy:      sst-vault commit prod
-    Before the next one:    sst-vault prepare prod
+    Examples:
+      export SST_VAULT_KEY=$(sst-vault key generate)   # first time, next to sst.config.ts
+      sst-vault init                                   # (or let init use the keyring)
+      sst-vault commit prod                            # after each deploy
+      sst-vault prepare prod                           # before the next one
     """
     ctx.obj = Context.from_options(project, sst_home, verbose=verbose, quiet=quiet)
 

@@ -14,7 +14,13 @@ from vault.errors import ConfigError, UsageError
 
 @click.group("key")
 def key_group() -> None:
-    """Generate, import and forget keys; show the key id; trust a rotated data key."""
+    """Generate, import and forget keys; show the key id; trust a rotated data key.
+
+    \b
+    Examples:
+      sst-vault key generate > ci.key     # a new age key (its public key on stderr)
+      sst-vault key export-public         # your age1… line, for `recipients add`
+    """
 
 
 @key_group.command("generate")
@@ -45,6 +51,10 @@ def id_cmd(ctx: Context) -> None:
     """Print the vault's key id: the value to set as SST_VAULT_KEY_ID in CI.
 
     Pinning it makes CI refuse a data key that was replaced in the repository.
+
+    \b
+    Example:
+      sst-vault key id      # svk1-…: set it as the plain CI variable SST_VAULT_KEY_ID
     """
     click.echo(ctx.project().keys.sealing.key_id)
 
@@ -151,6 +161,10 @@ def forget_cmd(ctx: Context, yes: bool) -> None:
 
     If that key is stored nowhere else and no other recipient can re-add you, the vault is
     lost to you: export or back it up first.
+
+    \b
+    Example:
+      sst-vault key forget --yes    # e.g. before handing the laptop on
     """
     from vault import pins
 
@@ -181,6 +195,10 @@ def trust_cmd(ctx: Context, yes: bool) -> None:
     After a member rotated the key or removed a recipient, your keyring still trusts the
     old data key id and refuses the new one. Check that the commit shown is expected, then
     confirm.
+
+    \b
+    Example:
+      git pull && sst-vault key trust   # after a member ran `sst-vault rotate --push`
     """
     from vault import pins
 

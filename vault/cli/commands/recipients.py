@@ -15,7 +15,13 @@ from vault.cli.context import Context, pass_context
 
 @click.group("recipients")
 def recipients_group() -> None:
-    """List, add and remove the age public keys that can open the vault."""
+    """List, add and remove the age public keys that can open the vault.
+
+    \b
+    Examples:
+      sst-vault recipients add ci age1…     # then commit and push
+      sst-vault recipients remove bob --push
+    """
 
 
 @recipients_group.command("list")
