@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,12 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SST_VAULT_", "GIT_"))}
     env.pop("XDG_CONFIG_HOME", None)
+    # The `sst-vault` of the Python under test comes first on PATH, as for a user whose venv or
+    # pipx folder is on PATH: git finds the diff driver (`sst-vault textconv`) there.
+    scripts = sysconfig.get_path("scripts")
+    env["PATH"] = os.pathsep.join(
+        [scripts, *(p for p in env.get("PATH", "").split(os.pathsep) if p)]
+    )
     env.update(
         HOME=str(home),
         GIT_CONFIG_GLOBAL=str(gitconfig),
