@@ -85,8 +85,9 @@ def init(
         config.recipients = {owner: public}
         owners = [owner]
         for extra_name, extra_pub in (recipients or {}).items():
-            keys.parse_recipient(extra_pub, check_recipient_name(extra_name))
-            config.recipients[extra_name] = extra_pub.strip()
+            config.recipients[extra_name] = keys.canonical_recipient(
+                extra_pub, check_recipient_name(extra_name)
+            )
         data_key = keys.new_data_key()
         key_id = keys.data_file_key(data_key).key_id
         wrapped = keys.wrap_data_key(data_key, config.recipients.values())

@@ -107,8 +107,7 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
 
     require_age(project, "recipients add")
     config_mod.check_recipient_name(name)
-    public = public.strip()
-    keys.parse_recipient(public, name)
+    public = keys.canonical_recipient(public, name)  # ssh-ed25519 keys lose their comment
     current = project.config.recipients
     if name in current:
         raise UsageError(

@@ -181,6 +181,12 @@ def cli(
     ctx.obj = Context.from_options(project, sst_home, verbose=verbose, quiet=quiet)
 
 
+def _secret_in_arguments(argv: list[str]) -> bool:
+    from vault.keys import looks_like_secret_key
+
+    return any(looks_like_secret_key(arg) for arg in argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every VaultError becomes one line on stderr and its exit code."""
     try:
@@ -193,6 +199,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_REFUSED)
     except click.ClickException as exc:
+        if _secret_in_arguments(sys.argv[1:] if argv is None else argv):
+            # click quotes the offending argument ("No such option '-----BEGIN OPENSSH…'"):
+            # a pasted secret key must not be printed, not even in part.
+            click.echo(
+                "Error: an argument looks like a secret key (not shown), and secrets are never "
+                "taken from arguments: give a public key (age1… or ssh-ed25519 …), or pass the "
+                "secret on stdin or in SST_VAULT_KEY_FILE",
+                err=True,
+            )
+            sys.exit(EXIT_USAGE)
         exc.show()
         sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
     except click.exceptions.Exit as exc:
