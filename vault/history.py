@@ -792,9 +792,12 @@ def rollback(project: Project, stage: str, rev: str) -> RollbackReport:
             txn.commit()
         restored = [a for a in report.actions if a.action == "restored"]
         summary = ", ".join(f"{a.kind} serial {a.from_serial} as {a.serial}" for a in restored)
-        message = (
-            f"sst-vault: roll back {project.app}/{stage} to {rev} ({commit_id[:12]})\n\n{summary}"
+        # `--to 1a2b3c4d` names the commit already: say it once; a branch, tag or HEAD~2 is
+        # worth keeping next to the commit it meant at the time.
+        target = (
+            commit_id[:12] if commit_id.startswith(rev.lower()) else f"{rev} ({commit_id[:12]})"
         )
+        message = f"sst-vault: roll back {project.app}/{stage} to {target}\n\n{summary}"
         report.commit = store.commit_paths([paths[a.kind] for a in restored], message)
     return report
 

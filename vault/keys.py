@@ -246,7 +246,7 @@ def parse_recipient(text: str, name: str = "recipient"):  # -> x25519 or ssh Rec
         return x25519.Recipient.from_str(text.strip())
     except RecipientError:
         raise ConfigError(
-            f"{name}: {text.strip()[:20]}… is not an age X25519 or ssh-ed25519 recipient",
+            f"{name}: {text.strip()[:20]}… is not an age X25519 recipient (nor ssh-ed25519)",
             "expected age1… (from `sst-vault key export-public` or `age-keygen -y`), or the "
             "ssh-ed25519 line of an SSH .pub file",
         ) from None
