@@ -204,13 +204,13 @@ def _repo_changed(header: Header, record: SyncRecord | None) -> bool:
     )
 
 
-def _diverged(stage: str, kind: str) -> RefusedError:
+def _diverged(stage: str, kind: str, repo_serial: int, synced_serial: int) -> RefusedError:
     """prepare and commit of a diverged stage give the same advice (they used to send the user
     from one to the other): keep what the repo has, since others deployed from it, and redeploy
     over it; a backup keeps the home's version for the rare case it was the right one."""
     return RefusedError(
-        f"{stage} {kind} has diverged: this SST home and the repo both changed since the last "
-        f"sync (someone else deployed {stage} too)",
+        f"{stage} {kind} has diverged: the repo is at serial {repo_serial} and this SST home "
+        f"changed since serial {synced_serial}, the last sync (someone else deployed {stage} too)",
         f"keep the repo's version: run `sst-vault prepare {stage} --force` (your home file is "
         "backed up), then deploy again",
     )
@@ -383,8 +383,8 @@ def prepare(
                         "pull the latest commit, or pass --force to go back to it",
                     )
                 if _home_changed(home, record, project):
-                    if not force and _repo_changed(header, record):
-                        raise _diverged(stage, kind)
+                    if not force and record is not None and _repo_changed(header, record):
+                        raise _diverged(stage, kind, header.serial, record.serial)
                     if not force:
                         raise RefusedError(
                             f"{home.path} has changes that were never committed",
@@ -564,8 +564,8 @@ def _seal_one(
             records.set(stage, kind, header, "commit")
             return FileAction(stage, kind, "unchanged", header.serial)
         if header and not force and (record is None or header.serial > record.serial):
-            if _home_changed(home, record, project):
-                raise _diverged(stage, kind)
+            if record is not None and _home_changed(home, record, project):
+                raise _diverged(stage, kind, header.serial, record.serial)
             since = f"serial {record.serial}" if record else "never prepared here"
             raise RefusedError(
                 f"{project.repo.vault_file(kind, stage)} is at serial {header.serial} but this "
