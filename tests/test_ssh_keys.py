@@ -193,3 +193,26 @@ def test_the_keyring_holds_an_ssh_key(alice, tmp_path: Path, secret_service) -> 
     result = project.cli("prepare", "prod", env=env)
     assert result.code == 0, result.output
     assert "the OS keyring" in project.cli("doctor", env=env).out
+
+
+def test_cut_or_damaged_ssh_keys_are_one_clear_error(tmp_path: Path) -> None:
+    """Every length in the key file's clear header is checked: a cut, truncated or garbled
+    key is KeyFormatError (one line, exit 2 in the CLI), never a crash."""
+    from vault import keys
+    from vault.errors import KeyFormatError
+
+    text = ssh_keygen(tmp_path, "cut").read_text()
+    lines = text.splitlines()
+    cases = {
+        "no END line": "\n".join(lines[:-1]),
+        "a line missing": "\n".join(lines[:2] + lines[3:]),
+        "garbled": text.replace(lines[1], "!" * len(lines[1])),
+        "only the markers": f"{lines[0]}\n{lines[-1]}",
+    }
+    for why, broken in cases.items():
+        with pytest.raises(KeyFormatError) as caught:
+            keys.parse_secrets(broken, "the key file")
+        message = str(caught.value)
+        assert "OpenSSH" in message and "the key file" in message, (why, message)
+        for piece in key_material(tmp_path / "id_cut"):
+            assert piece not in message

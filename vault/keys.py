@@ -166,7 +166,7 @@ def _ssh_private_info(text: str, origin: str) -> SshKeyInfo:
     if not blob.startswith(magic):
         raise bad
 
-    def field(data: bytes, pos: int) -> tuple[bytes, int]:  # an SSH `string`: u32 length, bytes
+    def ssh_string(data: bytes, pos: int) -> tuple[bytes, int]:  # u32 length, then the bytes
         if pos + 4 > len(data):
             raise bad
         end = pos + 4 + int.from_bytes(data[pos : pos + 4], "big")
@@ -174,13 +174,18 @@ def _ssh_private_info(text: str, origin: str) -> SshKeyInfo:
             raise bad
         return data[pos + 4 : end], end
 
-    cipher, pos = field(blob, len(magic))
-    _kdf, pos = field(blob, pos)
-    _kdf_options, pos = field(blob, pos)
+    cipher, pos = ssh_string(blob, len(magic))
+    _kdf, pos = ssh_string(blob, pos)
+    _kdf_options, pos = ssh_string(blob, pos)
     if blob[pos : pos + 4] != (1).to_bytes(4, "big"):  # number of keys: always 1
         raise bad
-    public_blob, _ = field(blob, pos + 4)
-    key_type = field(public_blob, 0)[0].decode("ascii", errors="replace")
+    public_blob, _ = ssh_string(blob, pos + 4)
+    key_type = ssh_string(public_blob, 0)[0].decode("ascii", errors="replace")
+    if (
+        not key_type.replace("-", "").replace("@", "").replace(".", "").isalnum()
+        or len(key_type) > 64
+    ):
+        raise bad  # every OpenSSH key type is a short name like ssh-ed25519
     info = SshKeyInfo(
         key_type,
         cipher != b"none",
