@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,12 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SST_VAULT_", "GIT_"))}
     env.pop("XDG_CONFIG_HOME", None)
+    # The `sst-vault` of the Python under test comes first on PATH, as for a user whose venv or
+    # pipx folder is on PATH: git finds the diff driver (`sst-vault textconv`) there.
+    scripts = sysconfig.get_path("scripts")
+    env["PATH"] = os.pathsep.join(
+        [scripts, *(p for p in env.get("PATH", "").split(os.pathsep) if p)]
+    )
     env.update(
         HOME=str(home),
         GIT_CONFIG_GLOBAL=str(gitconfig),
@@ -165,7 +172,8 @@ def make_project(
     env["SST_VAULT_KEY"] = key
     home = tmp_path / f"{name}-sst-home"
     project = VaultProject(root, home, env, key)
-    result = project.cli("init", "--no-keyring")
+    # An environment key is named "ci" only when init runs in CI: name it for every run.
+    result = project.cli("init", "--no-keyring", "--name", "ci")
     assert result.code == 0, result.output
     return project
 
@@ -184,3 +192,45 @@ def vault_project(tmp_path: Path) -> VaultProject:
 @pytest.fixture
 def fernet_project(tmp_path: Path) -> VaultProject:
     return make_project(tmp_path, backend="fernet")
+
+
+# With CI=true a missing real part is a failure, never a skip (the project's rule): the commands
+# the tests run and the real SST CLI are checked once, before the first test, by name.
+REAL_PARTS = {
+    "age": "age",
+    "xxd": "xxd",
+    "ssh-keygen": "openssh-client",
+    "secret-tool": "libsecret-tools",
+    "gnome-keyring-daemon": "gnome-keyring",
+    "dbus-run-session": "dbus",
+    "node": "nodejs",
+    "git": "git",
+}
+
+
+def missing_real_parts() -> list[str]:
+    import shutil
+
+    from sst_real import missing_reason
+
+    missing = [
+        f"{command} (Debian package {package})"
+        for command, package in REAL_PARTS.items()
+        if shutil.which(command) is None
+    ]
+    sst = missing_reason()
+    if sst:
+        missing.append(sst)
+    return missing
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("CI") != "true":
+        return
+    missing = missing_real_parts()
+    if missing:
+        raise pytest.UsageError(
+            "CI=true and real parts are missing (tests would skip): "
+            + "; ".join(missing)
+            + ". Run `bash scripts/test`, which installs them."
+        )

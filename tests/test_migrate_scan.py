@@ -371,3 +371,77 @@ def test_scan_checks_the_staged_version_too(tmp_path: Path, env: dict[str, str])
     )
     git("add", "notes.json", cwd=root, env=env)
     assert run_cli("scan", cwd=root, env=env).code == 0
+
+
+def test_scan_sees_through_formatting_encoding_and_compression(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Each way of hiding plaintext state from a path or byte-pattern check is caught."""
+    import gzip
+    import json
+    import lzma
+    import subprocess
+
+    root = tmp_path / "evasions"
+    root.mkdir()
+    git("init", "-q", cwd=root, env=env)
+    home = tmp_path / "h"
+    sstfake.write_secrets(home, APP, "prod", {"API_TOKEN": "t0k"})
+    state = sstfake.write_state(home, APP, "prod").read_bytes()
+    checkpoint = json.loads(state)
+    passphrase = sstfake.state_path(home, "passphrase", APP, "prod").read_bytes()
+    secret = sstfake.state_path(home, "secret", APP, "prod").read_bytes()
+    files = {
+        # `jq -S .` (sorted keys, "checkpoint" holds "latest" before "stack"), and minified.
+        "backup/sorted.json": json.dumps(checkpoint, sort_keys=True, indent=2).encode(),
+        "backup/min.json": json.dumps(checkpoint, sort_keys=True, separators=(",", ":")).encode(),
+        # An editor's UTF-8 byte order mark; PowerShell's UTF-16.
+        "backup/bom.json": b"\xef\xbb\xbf" + state,
+        "backup/utf16.json": b"\xff\xfe" + state.decode().encode("utf-16-le"),
+        # Compressed, by the gzip CLI (below) and by xz.
+        "backup/prod.json.xz": lzma.compress(state),
+        # A passphrase outside any passphrase/ folder, and SST's secret file under secrets/.
+        "config/prod-passphrase.txt": passphrase + b"\n",
+        "secrets/prod.json": secret,
+        # An export (`pulumi stack export` shape) with its keys sorted.
+        "export.json": json.dumps(
+            {
+                "deployment": {
+                    "resources": checkpoint["checkpoint"]["latest"]["resources"],
+                    "manifest": {},
+                },
+                "version": 3,
+            },
+            sort_keys=True,
+        ).encode(),
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "backup" / "prod.json").write_bytes(state)
+    subprocess.run(["gzip", "-9", str(root / "backup" / "prod.json")], check=True)
+    # Look-alikes that are none of these.
+    (root / "package.json").write_text('{"name": "x", "stack": "y", "latest": "1.0"}')
+    (root / "docs").mkdir()
+    (root / "docs" / "package.json.gz").write_bytes(gzip.compress(b'{"name": "x"}'))
+    (root / "docs" / "logo.png").write_bytes(bytes(range(256)) * 4)
+    (root / "docs" / "text.json").write_text('{"note": "' + "é" * 100 + '"}')
+    (root / "docs" / "short-key.txt").write_text("not a passphrase\n")
+    result = run_cli("scan", cwd=root, env=env)
+    assert result.code == 1, result.output
+    found = {line.split(":")[0]: line for line in result.out.splitlines()}
+    assert sorted(found) == sorted([*files, "backup/prod.json.gz"]), result.out
+    assert "Pulumi checkpoint" in found["backup/sorted.json"]
+    assert "(gzip-compressed)" in found["backup/prod.json.gz"]
+    assert "(xz-compressed)" in found["backup/prod.json.xz"]
+    assert "SST passphrase" in found["config/prod-passphrase.txt"]
+    assert "SST secret file" in found["secrets/prod.json"]
+    assert "exported Pulumi state" in found["export.json"]
+    # The same files committed: --history finds them in every commit that holds them.
+    git("add", "-A", cwd=root, env=env)
+    git("commit", "-q", "-m", "oops", cwd=root, env=env)
+    history = run_cli("scan", "--history", cwd=root, env=env)
+    assert history.code == 1
+    assert len(history.out.splitlines()) == len(found)
+    # Nothing of the secrets is printed.
+    assert passphrase.strip().decode() not in result.output + history.output

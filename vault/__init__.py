@@ -19,5 +19,8 @@ Do not decrypt into the SST home yourself, and do not copy vault files between s
 file is bound to its app, stage and kind, and `sync` writes only after everything verified.
 Every failure is a `vault.errors.VaultError` carrying a one-line hint.
 
-This module imports nothing, so that `sst-vault --help` stays fast.
+This module imports nothing, so that `sst-vault --help` stays fast. `__version__` is the one
+place the version lives (pyproject.toml reads it; the release procedure is in CHANGELOG.md).
 """
+
+__version__ = "0.2.0"

@@ -8,7 +8,6 @@ does not.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import urllib.parse
 from collections.abc import Callable
@@ -299,16 +298,33 @@ def _driver_check(project: Project) -> Check:
             "not registered in this clone",
             "run `sst-vault setup-git` for decrypted `git diff`/`git log -p`",
         )
-    try:
-        program = shlex.split(command)[0]
-    except (ValueError, IndexError):
-        program = ""
-    if not program or shutil.which(program) is None:
+    from vault.history import DRIVER_COMMAND, check_driver, driver_on_path
+
+    checked = check_driver(project.root, command)
+    if not checked.works:
+        if command == DRIVER_COMMAND and driver_on_path() is None:
+            return Check(
+                FAIL,
+                "diff driver",
+                f"textconv = {command}, but `sst-vault` is not on PATH "
+                "(git diff and git log -p would fail)",
+                "put sst-vault on PATH (`pipx install …`, or activate its virtualenv), "
+                "then run `sst-vault doctor` again",
+            )
         return Check(
             FAIL,
             "diff driver",
-            f"{command!r}: program not found (git diff would fail)",
-            "run `sst-vault setup-git` again",
+            f"textconv = {command} does not run ({checked.reason}; git diff and git log -p "
+            "would fail)",
+            "run `sst-vault setup-git`: it registers `sst-vault textconv`, found through PATH",
+        )
+    if command != DRIVER_COMMAND:
+        return Check(
+            WARN,
+            "diff driver",
+            f"textconv = {command} works, but a fixed path breaks when that installation "
+            "moves or is rebuilt",
+            "run `sst-vault setup-git`: it registers `sst-vault textconv`, found through PATH",
         )
     return Check(OK, "diff driver", f"textconv = {command}")
 

@@ -22,7 +22,7 @@ import io
 import json
 import shlex
 import shutil
-import sys
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from vault.errors import (
     VaultError,
     WrongKeyError,
 )
-from vault.gitstore import git_run, iter_blobs, resolve_commit, show_blob
+from vault.gitstore import git_env, git_run, iter_blobs, resolve_commit, show_blob
 from vault.paths import CONFIG_NAME, KINDS, check_stage
 
 if TYPE_CHECKING:
@@ -289,13 +289,61 @@ def _diff_kind(
 # --- the git diff driver ----------------------------------------------------------------------
 
 
+DRIVER_COMMAND = "sst-vault textconv"
+
+
 def driver_command() -> str:
-    """The textconv command for this installation (absolute, so an inactive venv still works)."""
-    here = Path(sys.executable).parent
-    script = shutil.which("sst-vault", path=str(here)) or shutil.which("sst-vault")
-    if script:
-        return f"{shlex.quote(script)} textconv"
-    return f"{shlex.quote(sys.executable)} -m vault textconv"
+    """`sst-vault textconv`, which git finds through PATH each time it runs the driver.
+
+    Not an absolute path, neither of the script nor of the interpreter (`python -m vault`):
+    a virtual environment that is moved or rebuilt, a pipx reinstall or a new Python version
+    would leave git holding a path to nothing, and `git diff`/`git log -p` would stop with
+    "fatal: unable to read files to diff". PATH is where the user's own `sst-vault` is found
+    (pipx, an activated venv, CI's pip), the value is the same in every clone, and `doctor`
+    runs the driver to check it (`check_driver`).
+    """
+    return DRIVER_COMMAND
+
+
+def driver_on_path() -> str | None:
+    """The `sst-vault` that git would run as the driver, or None."""
+    return shutil.which("sst-vault")
+
+
+@dataclass(frozen=True)
+class DriverCheck:
+    works: bool
+    reason: str  # why it does not work ("" when it does)
+
+
+def check_driver(root: Path, command: str) -> DriverCheck:
+    """Run the registered driver the way git does (through the shell, the file appended) on an
+    empty scratch file, with git's environment (no key): it must exit 0 and speak as sst-vault."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sst-vault-driver-") as scratch:
+        probe = Path(scratch) / "probe.vault"
+        probe.write_bytes(b"")
+        try:
+            proc = subprocess.run(
+                f"{command} {shlex.quote(str(probe))}",
+                shell=True,
+                cwd=root,
+                env=git_env(),
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return DriverCheck(False, _one_line(str(exc)) or type(exc).__name__)
+    if proc.returncode != 0:
+        said = proc.stderr.decode(errors="replace").strip().splitlines()
+        return DriverCheck(
+            False, f"exit {proc.returncode}" + (f": {_one_line(said[-1])}" if said else "")
+        )
+    if not proc.stdout.startswith(b"# sst-vault"):
+        return DriverCheck(False, "it does not print what `sst-vault textconv` prints")
+    return DriverCheck(True, "")
 
 
 def register_diff_driver(root: Path) -> str:
@@ -326,6 +374,7 @@ def new_attributes_line(state_dir: str) -> str:
 class SetupReport:
     command: str
     attributes_upgraded: bool
+    on_path: bool = True  # False: git cannot find `sst-vault` (see driver_command)
 
 
 def setup_git(project: Project) -> SetupReport:
@@ -343,7 +392,9 @@ def setup_git(project: Project) -> SetupReport:
             project.root, (".gitattributes",), ("\n".join(lines) + "\n").encode(), 0o644
         )
         upgraded = True
-    return SetupReport(register_diff_driver(project.root), upgraded)
+    return SetupReport(
+        register_diff_driver(project.root), upgraded, on_path=driver_on_path() is not None
+    )
 
 
 def textconv(path: Path, cwd: Path | None = None, sst_home: Path | None = None) -> str:
@@ -646,9 +697,12 @@ def rollback(project: Project, stage: str, rev: str) -> RollbackReport:
             txn.commit()
         restored = [a for a in report.actions if a.action == "restored"]
         summary = ", ".join(f"{a.kind} serial {a.from_serial} as {a.serial}" for a in restored)
-        message = (
-            f"sst-vault: roll back {project.app}/{stage} to {rev} ({commit_id[:12]})\n\n{summary}"
+        # `--to 1a2b3c4d` names the commit already: say it once; a branch, tag or HEAD~2 is
+        # worth keeping next to the commit it meant at the time.
+        target = (
+            commit_id[:12] if commit_id.startswith(rev.lower()) else f"{rev} ({commit_id[:12]})"
         )
+        message = f"sst-vault: roll back {project.app}/{stage} to {target}\n\n{summary}"
         report.commit = store.commit_paths([paths[a.kind] for a in restored], message)
     return report
 

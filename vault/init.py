@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,9 +63,18 @@ def init(
     GitStore(project)  # refuse early outside a git work tree
     if (project / CONFIG_NAME).exists():
         raise ConfigError(f"{project / CONFIG_NAME} already exists", "this project is initialised")
+    configs = [
+        n for n in ("sst.config.ts", "sst.config.mts", "sst.config.js") if (project / n).is_file()
+    ]
+    if not app and not configs:
+        raise ConfigError(
+            f"no sst.config.ts in {project}",
+            "run `sst-vault init` in your SST app's folder, next to sst.config.ts "
+            "(or pass --app NAME)",
+        )
     app = app or app_from_sst_config(project)
     if not app:
-        raise ConfigError("no app name found in sst.config.ts", "pass --app NAME")
+        raise ConfigError(f"no app name found in {configs[0]}", "pass --app NAME")
     check_app(app)
     state_dir = check_state_dir(state_dir)
     warnings = []
@@ -85,12 +95,16 @@ def init(
     named: dict[str, str] = {}
     if backend == "age":
         public = secret.public()
-        owner = check_recipient_name(name or ("ci" if origin.startswith("$") else _user()))
+        # A key from the environment is CI's only when this runs in CI: a developer who
+        # exported SST_VAULT_KEY (the README's shared-key path) is a person, not "ci".
+        in_ci = origin.startswith("$") and running_in_ci()
+        owner = check_recipient_name(name or ("ci" if in_ci else _user()))
         named = {owner: public}
         owners = [owner]
         for extra_name, extra_pub in (recipients or {}).items():
-            keys.parse_recipient(extra_pub, check_recipient_name(extra_name))
-            named[extra_name] = extra_pub.strip()
+            named[extra_name] = keys.canonical_recipient(
+                extra_pub, check_recipient_name(extra_name)
+            )
         data_key = keys.new_data_key()
         key_id = keys.data_file_key(data_key).key_id
         wrapped = keys.wrap_data_key(data_key, named.values())
@@ -141,6 +155,15 @@ def _initial_secret(backend: str | None, use_keyring: bool) -> tuple[keys.Secret
         )
     keys._keyring()  # fail now, naming the backend to install, before any file is written
     return keys.generate(backend or "age"), "the OS keyring", True
+
+
+CI_VARIABLES = ("GITHUB_ACTIONS", "GITLAB_CI", "TF_BUILD", "BUILDKITE", "CIRCLECI", "JENKINS_URL")
+
+
+def running_in_ci() -> bool:
+    """CI=true (set by GitHub Actions, GitLab CI, CircleCI, Buildkite…) or a CI's own variable."""
+    ci = os.environ.get("CI", "").strip().lower()
+    return ci not in ("", "0", "false", "no") or any(os.environ.get(v) for v in CI_VARIABLES)
 
 
 def _user() -> str:

@@ -5,7 +5,9 @@ Key sources, first found wins: `SST_VAULT_KEY` (one key a line, newest first), t
 argument; `SST_VAULT_KEY` and `SST_VAULT_KEY_FILE` leave this process's environment when the CLI
 starts (`vault.keyenv`), so no child (git, the command under `run`) inherits them.
 
-age backend: the secret is an age identity; it unwraps the vault's random 32-byte data key from
+age backend: the secret is an age identity, or an unencrypted OpenSSH ed25519 private key (age
+accepts SSH keys: a developer can use the key already in `~/.ssh`, and `ssh-ed25519 …` public
+keys are recipients); it unwraps the vault's random 32-byte data key from
 `<state_dir>/data-key.age`, a standard age file (armored) that the `age` CLI opens too.
 fernet backend: the secret is a Fernet key that seals files directly; older keys listed after
 the first still open files they sealed.
@@ -49,6 +51,10 @@ AGE_PREFIX = "AGE-SECRET-KEY-1"
 AGE_PQ_PREFIX = "AGE-SECRET-KEY-PQ-1"
 DATA_KEY_SIZE = 32
 MAX_KEYS = 16  # a rotation needs two or three; dozens means a pasted file went wrong
+SSH_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
+SSH_END = "-----END OPENSSH PRIVATE KEY-----"
+SSH_ED25519 = "ssh-ed25519"
+MAX_SSH_KEY_CHARS = 16 * 1024  # an ed25519 key file is about 400 characters
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class Secret:
     text: str = field(repr=False)
 
     def public(self) -> str:
+        if self.backend == "age" and is_ssh_private_key(self.text):
+            return _ssh_private_info(self.text, "key").public
         if self.backend == "age":
             return str(_age_identity(self.text).to_public())
         return "(fernet keys have no public part)"
@@ -89,6 +97,10 @@ def generate(backend: str = "age") -> Secret:
 
 def parse_secret(text: str, origin: str) -> Secret:
     text = text.strip()
+    if is_ssh_private_key(text):
+        _ssh_private_info(text, origin)  # refuses encrypted and non-ed25519 keys, clearly
+        _age_identity(text, origin)
+        return Secret("age", text)
     if text.upper().startswith(AGE_PQ_PREFIX):
         raise KeyFormatError(
             f"{origin}: post-quantum age identities are not supported yet",
@@ -104,37 +116,186 @@ def parse_secret(text: str, origin: str) -> Secret:
     if len(text) == 44 and len(raw) == 32:
         return Secret("fernet", text)
     raise KeyFormatError(
-        f"{origin} does not hold an age identity or a Fernet key",
-        "expected AGE-SECRET-KEY-1… or a 44-character Fernet key, one per line",
+        f"{origin} does not hold an age identity, an OpenSSH ed25519 key or a Fernet key",
+        "expected AGE-SECRET-KEY-1…, a 44-character Fernet key (one per line), or an "
+        "unencrypted OpenSSH ed25519 private key",
     )
 
 
-def _age_identity(text: str, origin: str = "key"):  # -> pyrage.x25519.Identity
-    from pyrage import IdentityError, x25519
+def _age_identity(text: str, origin: str = "key"):  # -> pyrage.x25519.Identity | ssh.Identity
+    from pyrage import IdentityError, ssh, x25519
 
     try:
+        if is_ssh_private_key(text):
+            return ssh.Identity.from_buffer(text.strip().encode() + b"\n")
         return x25519.Identity.from_str(text.strip())
     except IdentityError:
+        what = "OpenSSH key" if is_ssh_private_key(text) else "age identity"
         raise KeyFormatError(
-            f"{origin} holds a malformed age identity", "check that the whole key was copied"
+            f"{origin} holds a malformed {what}", "check that the whole key was copied"
         ) from None
 
 
-def parse_recipient(text: str, name: str = "recipient"):  # -> pyrage.x25519.Recipient
-    from pyrage import RecipientError, x25519
+# --- SSH keys (age's ssh-ed25519 recipient type) ------------------------------------------
 
+
+def is_ssh_private_key(text: str) -> bool:
+    return text.lstrip().startswith(SSH_BEGIN)
+
+
+@dataclass(frozen=True)
+class SshKeyInfo:
+    """What the clear part of an OpenSSH private key file says (no secret is decoded)."""
+
+    key_type: str
+    encrypted: bool
+    public: str  # `ssh-ed25519 AAAA…`, the line of its .pub file without the comment
+
+
+def _ssh_private_info(text: str, origin: str) -> SshKeyInfo:
+    """Read the clear header of an OpenSSH private key (PROTOCOL.key): cipher and public key.
+
+    Only these are needed to refuse an encrypted or non-ed25519 key with a clear message and
+    to name the public key; the private part is left to pyrage. Every length is checked.
+    """
+    bad = KeyFormatError(
+        f"{origin} holds a malformed OpenSSH private key", "check that the whole key was copied"
+    )
+    body = text.strip()
+    if len(body) > MAX_SSH_KEY_CHARS or not body.endswith(SSH_END):
+        raise bad
+    try:
+        blob = base64.b64decode("".join(body[len(SSH_BEGIN) : -len(SSH_END)].split()))
+    except (binascii.Error, ValueError):
+        raise bad from None
+    magic = b"openssh-key-v1\0"
+    if not blob.startswith(magic):
+        raise bad
+
+    def ssh_string(data: bytes, pos: int) -> tuple[bytes, int]:  # u32 length, then the bytes
+        if pos + 4 > len(data):
+            raise bad
+        end = pos + 4 + int.from_bytes(data[pos : pos + 4], "big")
+        if end > len(data):
+            raise bad
+        return data[pos + 4 : end], end
+
+    cipher, pos = ssh_string(blob, len(magic))
+    _kdf, pos = ssh_string(blob, pos)
+    _kdf_options, pos = ssh_string(blob, pos)
+    if blob[pos : pos + 4] != (1).to_bytes(4, "big"):  # number of keys: always 1
+        raise bad
+    public_blob, _ = ssh_string(blob, pos + 4)
+    key_type = ssh_string(public_blob, 0)[0].decode("ascii", errors="replace")
+    if (
+        not key_type.replace("-", "").replace("@", "").replace(".", "").isalnum()
+        or len(key_type) > 64
+    ):
+        raise bad  # every OpenSSH key type is a short name like ssh-ed25519
+    info = SshKeyInfo(
+        key_type,
+        cipher != b"none",
+        f"{key_type} {base64.b64encode(public_blob).decode()}",
+    )
+    if info.encrypted:
+        raise KeyFormatError(
+            f"{origin} holds a passphrase-protected OpenSSH key, which sst-vault cannot unlock",
+            "use an age key instead: `sst-vault key generate > me.key`, have a member run "
+            "`sst-vault recipients add NAME age1…` with the public key it prints, then "
+            "`sst-vault key import --file me.key`",
+        )
+    if key_type != SSH_ED25519:
+        raise KeyFormatError(
+            f"{origin} holds an OpenSSH {key_type} key; only {SSH_ED25519} keys are supported",
+            "use an ed25519 key (`ssh-keygen -t ed25519`) or an age key (`sst-vault key generate`)",
+        )
+    return info
+
+
+def looks_like_secret_key(text: str) -> bool:
+    """True for anything that may be a secret key: an age identity, an SSH private key (armored
+    or its bare base64 body), a Fernet key. Such text is never echoed in a message."""
+    compact = "".join(text.split())
+    if "AGE-SECRET-KEY-" in compact.upper() or "PRIVATEKEY" in compact.upper():
+        return True
+    if "b3BlbnNzaC1rZXktdjE" in compact:  # base64 of "openssh-key-v1": a private key body
+        return True
+    try:
+        raw = base64.urlsafe_b64decode(compact.encode())
+    except (binascii.Error, ValueError):
+        return False
+    return len(compact) == 44 and len(raw) == 32
+
+
+def parse_recipient(text: str, name: str = "recipient"):  # -> x25519 or ssh Recipient
+    """An age recipient: `age1…` (X25519) or an `ssh-ed25519 AAAA… [comment]` public key.
+
+    A secret key given where a public key belongs is refused without showing any of it."""
+    from pyrage import RecipientError, ssh, x25519
+
+    if looks_like_secret_key(text):
+        raise ConfigError(
+            f"{name}: that is a secret key, not a public key (not shown)",
+            "give its public key: age1… from `sst-vault key export-public`, or the "
+            "ssh-ed25519 line of the SSH key's .pub file",
+        )
+    words = text.split()
+    if words and words[0].startswith("ssh-"):
+        if words[0] != SSH_ED25519:
+            raise ConfigError(
+                f"{name}: {words[0]} keys are not supported as recipients",
+                f"use an {SSH_ED25519} key (`ssh-keygen -t ed25519`) or an age1… key",
+            )
+        try:
+            return ssh.Recipient.from_str(" ".join(words[:2]))
+        except RecipientError:
+            raise ConfigError(
+                f"{name}: not a valid {SSH_ED25519} public key",
+                "copy the whole line of the SSH key's .pub file",
+            ) from None
     try:
         return x25519.Recipient.from_str(text.strip())
     except RecipientError:
         raise ConfigError(
-            f"{name}: {text.strip()[:20]}… is not an age X25519 recipient",
-            "expected age1… (from `sst-vault key export-public` or `age-keygen -y`)",
+            f"{name}: {text.strip()[:20]}… is not an age X25519 recipient (nor ssh-ed25519)",
+            "expected age1… (from `sst-vault key export-public` or `age-keygen -y`), or the "
+            "ssh-ed25519 line of an SSH .pub file",
         ) from None
 
 
+def canonical_recipient(text: str, name: str = "recipient") -> str:
+    """The form a recipient is stored and compared in: `age1…`, or `ssh-ed25519 AAAA…` without
+    the .pub file's comment (so it equals `Secret.public()` of the matching private key)."""
+    parse_recipient(text, name)
+    words = text.split()
+    return " ".join(words[:2]) if words[0].startswith("ssh-") else text.strip()
+
+
+def _secret_entries(text: str, origin: str) -> list[str]:
+    """The non-empty, non-comment lines of `text`, except that an OpenSSH private key (its
+    BEGIN line to its END line) is one entry."""
+    entries: list[str] = []
+    block: list[str] | None = None
+    for line in (ln.strip() for ln in text.splitlines()):
+        if block is not None:
+            block.append(line)
+            if line == SSH_END:
+                entries.append("\n".join(block))
+                block = None
+        elif line == SSH_BEGIN:
+            block = [line]
+        elif line and not line.startswith("#"):
+            entries.append(line)
+    if block is not None:
+        raise KeyFormatError(
+            f"{origin} holds an OpenSSH private key without its END line",
+            "check that the whole key was copied",
+        )
+    return entries
+
+
 def parse_secrets(text: str, origin: str) -> tuple[Secret, ...]:
-    lines = [ln.strip() for ln in text.splitlines()]
-    found = tuple(parse_secret(ln, origin) for ln in lines if ln and not ln.startswith("#"))
+    found = tuple(parse_secret(entry, origin) for entry in _secret_entries(text, origin))
     if not found:
         raise NoKeyError(f"{origin} is empty", "put the secret key in it, one per line")
     if len(found) > MAX_KEYS:

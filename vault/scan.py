@@ -1,14 +1,21 @@
 """Find plaintext SST state in a work tree or in git history (works in any repository).
 
 A file is reported when its path is where the plaintext recipe or SST's home keeps state
-(`…/state/{app,passphrase,secret}/….json`), or when its content is what SST writes there:
-a Pulumi checkpoint (`"checkpoint": {"stack": …`) or an export of one, a passphrase (44
-characters of base64 of 32 bytes) in a `passphrase/` folder, an encrypted SST secret file
-(binary `*.json`) in a `secret/` folder. sst-vault's own files (`*.vault`, starting with the
-`SSTVAULT` signature) and the wrapped data key are never reported.
+(`…/state/{app,passphrase,secret}/….json`), or when its content is what SST writes there,
+wherever the file sits and whatever it is called:
+- a Pulumi checkpoint or an export of one, recognised by its keys (`checkpoint` holding `stack`
+  or `latest`; `deployment` holding `manifest` or `resources`; `stack` next to `latest`) in any
+  order, indentation or key sorting (`jq -S`), or by Pulumi resource URNs;
+- a passphrase: the whole file is 44 characters of base64 of 32 bytes;
+- an encrypted SST secret file: binary content (not UTF-8 text) under a `*.json` name.
+The content is read through a UTF-8 or UTF-16 byte order mark and through gzip, bzip2 or xz
+compression (`prod.json.gz`), so re-encoding or compressing state does not hide it. sst-vault's
+own files (`*.vault`, starting with the `SSTVAULT` signature) and the wrapped data key are
+never reported.
 
-Only the first `HEAD_SIZE` bytes of a file are read: every rule decides on them. Paths a user
-excludes (test fixtures of fake state, say) are left out by `excluded`, and counted, never hidden.
+Only the first `HEAD_SIZE` bytes of a file are read (and at most `HEAD_SIZE` bytes
+decompressed from them): every rule decides on them. Paths a user excludes (test fixtures of
+fake state, say) are left out by `excluded`, and counted, never hidden.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-import json
 import os
 import re
 import subprocess
@@ -30,10 +36,21 @@ from vault.paths import KINDS
 
 HEAD_SIZE = 64 * 1024
 SKIP_DIRS = {".git", "node_modules", ".sst"}  # when walking a folder that is not a git repo
-_CHECKPOINT_RE = re.compile(rb'"checkpoint"\s*:\s*\{\s*"stack"\s*:')
-_EXPORT_RE = re.compile(rb'^\s*\{\s*"stack"\s*:\s*"[^"]*"\s*,\s*"latest"\s*:')
-_DEPLOYMENT_RE = re.compile(rb'"deployment"\s*:\s*\{\s*"manifest"\s*:')
+# Key patterns: a key is `"name"` followed by `:` whatever the spacing; values may come in any
+# order (jq -S sorts keys), so each rule asks for two keys anywhere in the head.
+_CHECKPOINT_KEY = re.compile(rb'"checkpoint"\s*:\s*\{')
+_DEPLOYMENT_KEY = re.compile(rb'"deployment"\s*:\s*\{')
+_STACK_KEY = re.compile(rb'"stack"\s*:\s*"')
+_LATEST_KEY = re.compile(rb'"latest"\s*:\s*\{')
+_MANIFEST_KEY = re.compile(rb'"(manifest|resources|secrets_providers)"\s*:')
+_URN = re.compile(rb'"urn:pulumi:[^"]*::')
 _SECRET_MIN = 12 + 16  # nonce and GCM tag: the smallest SST secret file
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_COMPRESSED = {  # signature -> (name, suffix the compressed file usually has)
+    b"\x1f\x8b": ("gzip", ".gz"),
+    b"BZh": ("bzip2", ".bz2"),
+    b"\xfd7zXZ\x00": ("xz", ".xz"),
+}
 
 
 @dataclass
@@ -51,18 +68,32 @@ def classify(path: str, head: bytes) -> str | None:
     """Why `path` with content starting with `head` is plaintext SST state, or None."""
     if head.startswith(MAGIC):
         return None  # an sst-vault file: encrypted
+    for signature, (method, suffix) in _COMPRESSED.items():
+        if head.startswith(signature):
+            inner = _decompress_head(method, head)
+            if inner is None or inner.startswith(MAGIC):
+                return None
+            inner_path = path[: -len(suffix)] if path.endswith(suffix) else path
+            reason = _classify_content(inner_path, _decode_bom(inner), compressed=True)
+            return f"{reason} ({method}-compressed)" if reason else None
+    return _classify_content(path, _decode_bom(head))
+
+
+def _classify_content(path: str, head: bytes, *, compressed: bool = False) -> str | None:
     parts = PurePosixPath(path).parts
     folders, name = parts[:-1], parts[-1] if parts else ""
-    stripped = head.lstrip()
-    if stripped.startswith(b"{"):
-        if _CHECKPOINT_RE.search(head):
-            return "Pulumi checkpoint (SST app state) in plaintext"
-        if _EXPORT_RE.search(head) or _DEPLOYMENT_RE.search(head):
-            return "exported Pulumi state in plaintext"
-    if "passphrase" in folders and _is_passphrase(head):
-        return "SST passphrase in plaintext (it opens the stage's secrets)"
-    if "secret" in folders and name.endswith(".json") and _is_sst_secret(head):
+    if head.lstrip().startswith(b"{"):
+        kind = _pulumi_kind(head)
+        if kind:
+            return kind
+    if _is_passphrase(head):
+        if "passphrase" in folders:
+            return "SST passphrase in plaintext (it opens the stage's secrets)"
+        return "a 32-byte key in base64, what an SST passphrase file holds (it opens the secrets)"
+    if name.endswith(".json") and _is_sst_secret(head):
         return "SST secret file (readable with the stage's passphrase)"
+    if compressed:
+        return None  # the path rule below is about the file itself, not what it compresses
     for i, folder in enumerate(folders[:-1]):
         if folder == "state" and folders[i + 1] in KINDS and name.endswith(".json"):
             return f"plaintext SST {folders[i + 1]} file (by its path)"
@@ -81,6 +112,47 @@ def excluded(path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(prefix, glob) for glob in globs for prefix in prefixes)
 
 
+def _pulumi_kind(head: bytes) -> str | None:
+    """A Pulumi checkpoint or export, by its keys in any order, or by resource URNs."""
+    if _CHECKPOINT_KEY.search(head) and (_STACK_KEY.search(head) or _LATEST_KEY.search(head)):
+        return "Pulumi checkpoint (SST app state) in plaintext"
+    if _DEPLOYMENT_KEY.search(head) and _MANIFEST_KEY.search(head):
+        return "exported Pulumi state in plaintext"
+    if _STACK_KEY.search(head) and _LATEST_KEY.search(head):
+        return "exported Pulumi state in plaintext"
+    if _URN.search(head):
+        return "Pulumi resource state (urn:pulumi:…) in plaintext"
+    return None
+
+
+def _decode_bom(head: bytes) -> bytes:
+    """`head` as UTF-8 without a byte order mark (UTF-16 is re-encoded; a cut pair is dropped)."""
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            body = head[len(bom) :]
+            if encoding == "utf-8":
+                return body
+            return body.decode(encoding, errors="ignore").encode()
+    return head
+
+
+def _decompress_head(method: str, head: bytes) -> bytes | None:
+    """Up to HEAD_SIZE bytes decompressed from the start of a compressed file (a zip bomb
+    yields no more than that), or None when it is not valid compressed data."""
+    import bz2
+    import lzma
+    import zlib
+
+    try:
+        if method == "gzip":
+            return zlib.decompressobj(wbits=31).decompress(head, HEAD_SIZE)
+        if method == "bzip2":
+            return bz2.BZ2Decompressor().decompress(head, max_length=HEAD_SIZE)
+        return lzma.LZMADecompressor().decompress(head, max_length=HEAD_SIZE)
+    except (zlib.error, OSError, lzma.LZMAError, EOFError, ValueError):
+        return None
+
+
 def _is_passphrase(head: bytes) -> bool:
     text = head.strip()
     if len(text) != 44:
@@ -92,12 +164,17 @@ def _is_passphrase(head: bytes) -> bool:
 
 
 def _is_sst_secret(head: bytes) -> bool:
+    """Binary under a `*.json` name: SST's secret files are a nonce and AES-GCM ciphertext.
+
+    Text (any UTF-8, JSON or not, a cut-off JSON document included) is never one: random
+    bytes of this length are valid UTF-8 with negligible probability."""
     if len(head) < _SECRET_MIN:
         return False
     try:
-        json.loads(head)
-    except (ValueError, RecursionError):
-        return True  # binary (or not JSON) under a *.json name in secret/: SST's format
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut by HEAD_SIZE is still text.
+        return not (exc.start >= len(head) - 3 and exc.reason == "unexpected end of data")
     return False
 
 

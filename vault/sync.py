@@ -196,6 +196,26 @@ def _home_changed(home: _HomeFile, record: SyncRecord | None, project: Project) 
     return key is None or home.fingerprint(key) != record.fingerprint
 
 
+def _repo_changed(header: Header, record: SyncRecord | None) -> bool:
+    """True when the repo's vault file is not the version last synced into this home."""
+    return record is None or (header.serial, header.fingerprint) != (
+        record.serial,
+        record.fingerprint,
+    )
+
+
+def _diverged(stage: str, kind: str, repo_serial: int, synced_serial: int) -> RefusedError:
+    """prepare and commit of a diverged stage give the same advice (they used to send the user
+    from one to the other): keep what the repo has, since others deployed from it, and redeploy
+    over it; a backup keeps the home's version for the rare case it was the right one."""
+    return RefusedError(
+        f"{stage} {kind} has diverged: the repo is at serial {repo_serial} and this SST home "
+        f"changed since serial {synced_serial}, the last sync (someone else deployed {stage} too)",
+        f"keep the repo's version: run `sst-vault prepare {stage} --force` (your home file is "
+        "backed up), then deploy again",
+    )
+
+
 # --- status -------------------------------------------------------------------------------
 
 
@@ -224,6 +244,10 @@ def status(
     records = Records(project)
     if not stages:
         stages = sorted(project.repo.stages() | project.home.stages(project.app) | records.stages())
+    if verify:
+        # Unlock first: a key that is not a recipient (or a pin that fails) is that, with the
+        # message prepare gives, not every vault file reported as damaged.
+        project.keys  # noqa: B018
     rows: list[KindStatus] = []
     for stage in stages:
         stage_rows = [
@@ -359,6 +383,8 @@ def prepare(
                         "pull the latest commit, or pass --force to go back to it",
                     )
                 if _home_changed(home, record, project):
+                    if not force and record is not None and _repo_changed(header, record):
+                        raise _diverged(stage, kind, header.serial, record.serial)
                     if not force:
                         raise RefusedError(
                             f"{home.path} has changes that were never committed",
@@ -420,6 +446,7 @@ class CommitReport:
     actions: list[FileAction] = field(default_factory=list)
     commit: str | None = None
     pushed: bool = False
+    pushed_earlier: int = 0  # with nothing to commit: earlier local commits the push carried
 
     @property
     def written(self) -> list[FileAction]:
@@ -490,6 +517,10 @@ def commit(
             paths + own_files(project, store), _message(project, report, message)
         )
         if push:
+            if report.commit is None:  # what the push carries, for "nothing changed" to say
+                report.pushed_earlier = store.unpushed(
+                    project.config.remote, store.current_branch()
+                )
             store.push(project.config.remote)
             report.pushed = True
     return report
@@ -533,6 +564,8 @@ def _seal_one(
             records.set(stage, kind, header, "commit")
             return FileAction(stage, kind, "unchanged", header.serial)
         if header and not force and (record is None or header.serial > record.serial):
+            if record is not None and _home_changed(home, record, project):
+                raise _diverged(stage, kind, header.serial, record.serial)
             since = f"serial {record.serial}" if record else "never prepared here"
             raise RefusedError(
                 f"{project.repo.vault_file(kind, stage)} is at serial {header.serial} but this "

@@ -96,8 +96,7 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
 
     require_age(project, "recipients add")
     config_mod.check_recipient_name(name)
-    public = public.strip()
-    keys.parse_recipient(public, name)
+    public = keys.canonical_recipient(public, name)  # ssh-ed25519 keys lose their comment
     trusted = project.trusted  # verified record, pinned and remembered: never a writer's edit
     current = trusted.record.recipients
     if name in current:
@@ -264,9 +263,10 @@ def upgrade(project: Project, recipients: dict[str, str] | None = None) -> Rotat
             "sst-vault.toml lists no recipients to carry over",
             "pass them: `sst-vault key upgrade --recipient NAME=age1…` (yours included)",
         )
-    for name, public in recipients.items():
-        config_mod.check_recipient_name(name)
-        keys.parse_recipient(public, name)
+    recipients = {
+        name: keys.canonical_recipient(public, config_mod.check_recipient_name(name))
+        for name, public in recipients.items()
+    }
     _refuse_lockout(project, recipients, None)
     new_key = keys.data_file_key(keys.new_data_key())
     record = keyrecord.first_entry(

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from vault import __version__
 from vault.cli.context import Context
 from vault.errors import EXIT_REFUSED, EXIT_USAGE, VaultError
 
@@ -164,7 +165,7 @@ SST_VAULT_KEY_ID its exact data key (`key id`).
 )
 @click.option("-v", "--verbose", count=True, help="Say more.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and requested output.")
-@click.version_option(package_name="sst-vault", prog_name="sst-vault")
+@click.version_option(__version__, prog_name="sst-vault", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(
     ctx: click.Context, project: str | None, sst_home: str | None, verbose: int, quiet: bool
@@ -172,13 +173,19 @@ def cli(
     """Keep SST (home: "local") state encrypted in this git repository.
 
     \b
-    First time, next to sst.config.ts:
-      export SST_VAULT_KEY=$(sst-vault key generate)   # or let init use the keyring
-      sst-vault init
-    After each deploy:      sst-vault commit prod
-    Before the next one:    sst-vault prepare prod
+    Examples:
+      export SST_VAULT_KEY=$(sst-vault key generate)   # first time, next to sst.config.ts
+      sst-vault init                                   # (or let init use the keyring)
+      sst-vault commit prod                            # after each deploy
+      sst-vault prepare prod                           # before the next one
     """
     ctx.obj = Context.from_options(project, sst_home, verbose=verbose, quiet=quiet)
+
+
+def _secret_in_arguments(argv: list[str]) -> bool:
+    from vault.keys import looks_like_secret_key
+
+    return any(looks_like_secret_key(arg) for arg in argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,6 +203,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_REFUSED)
     except click.ClickException as exc:
+        if _secret_in_arguments(sys.argv[1:] if argv is None else argv):
+            # click quotes the offending argument ("No such option '-----BEGIN OPENSSH…'"):
+            # a pasted secret key must not be printed, not even in part.
+            click.echo(
+                "Error: an argument looks like a secret key (not shown), and secrets are never "
+                "taken from arguments: give a public key (age1… or ssh-ed25519 …), or pass the "
+                "secret on stdin or in SST_VAULT_KEY_FILE",
+                err=True,
+            )
+            sys.exit(EXIT_USAGE)
         exc.show()
         sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
     except click.exceptions.Exit as exc:

@@ -41,4 +41,8 @@ def commit_cmd(
     if report.commit:
         ctx.info(f"Committed {report.commit[:12]}" + (" and pushed" if report.pushed else ""))
     else:
-        ctx.info("Nothing changed; no commit made" + (" (pushed)" if report.pushed else ""))
+        ctx.info("Nothing changed; no commit made.")
+        if report.pushed and report.pushed_earlier:
+            ctx.info(f"Pushed {report.pushed_earlier} earlier commit(s) the remote did not have.")
+        elif report.pushed:
+            ctx.info("Nothing to push: the remote already has every commit.")

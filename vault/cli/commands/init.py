@@ -41,7 +41,7 @@ from vault.paths import DEFAULT_STATE_DIR
 @click.option(
     "--name",
     help="Recipient name for this key (default: ci for a key from the "
-    "environment, your user name for a keyring key).",
+    "environment in CI, else your user name).",
 )
 @pass_context
 def init_cmd(
@@ -87,7 +87,12 @@ def init_cmd(
     )
     ctx.info(f"Key: {report.key_origin}")
     if report.public:
-        ctx.info(f"Recipients: {', '.join(report.recipients)}")
+        named = (
+            f" (this key is {report.owners[0]!r}; pick the name with --name)"
+            if report.owners
+            else ""
+        )
+        ctx.info(f"Recipients: {', '.join(report.recipients)}{named}")
     ctx.info("")
     ctx.info("Set these CI variables (mark SST_VAULT_KEY secret):")
     others = [n for n in report.recipients if n not in report.owners]

@@ -14,7 +14,14 @@ from vault.errors import ConfigError, UsageError
 
 @click.group("key")
 def key_group() -> None:
-    """Generate, import and forget keys; print the pins; trust a re-created vault."""
+    """Generate, import and forget keys; print the pins; trust a re-created vault.
+
+    \b
+    Examples:
+      sst-vault key generate > ci.key     # a new age key (its public key on stderr)
+      sst-vault key export-public         # your age1… line, for `recipients add`
+      sst-vault key pin                   # svid1-…: SST_VAULT_PIN for CI
+    """
 
 
 @key_group.command("generate")

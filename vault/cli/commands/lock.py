@@ -26,6 +26,11 @@ def lock_group() -> None:
 
     `sst-vault run` takes and releases it for you; use these to inspect it, to hold it over
     several CI steps, or to remove one left behind by a killed job.
+
+    \b
+    Examples:
+      sst-vault lock status --stage prod    # who holds it, since when, running what
+      sst-vault lock break --stage prod     # after the holder's job was killed
     """
 
 
@@ -129,7 +134,13 @@ def acquire_cmd(ctx: Context, stage: str, lock_timeout: float, lock_ttl: int | N
 @stage_option
 @pass_context
 def release_cmd(ctx: Context, stage: str) -> None:
-    """Release the deploy lock of STAGE that this clone holds (anyone else's is refused)."""
+    """Release the deploy lock of STAGE that this clone holds (anyone else's is refused).
+
+    \b
+    Example:
+      sst-vault lock acquire --stage prod && sst deploy --stage prod
+      sst-vault lock release --stage prod
+    """
     lock = _open(ctx, stage)
     if lock.release():
         ctx.info(f"Released the deploy lock of {lock.name}")
@@ -142,7 +153,13 @@ def release_cmd(ctx: Context, stage: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def status_cmd(ctx: Context, stage: str, as_json: bool) -> None:
-    """Show who holds the deploy lock of STAGE, since when, running what."""
+    """Show who holds the deploy lock of STAGE, since when, running what.
+
+    \b
+    Examples:
+      sst-vault lock status --stage prod
+      sst-vault lock status --stage prod --json | jq .held
+    """
     lock = _open(ctx, stage)
     holder = lock.status()
     if as_json:
@@ -171,6 +188,11 @@ def break_cmd(ctx: Context, stage: str) -> None:
     """Remove the deploy lock of STAGE whoever holds it (for a job that was killed).
 
     Make sure its holder is gone first: two deploys at once can corrupt the state.
+
+    \b
+    Example:
+      sst-vault lock status --stage prod    # check the holder's CI run is really gone
+      sst-vault lock break --stage prod
     """
     lock = _open(ctx, stage)
     holder = lock.break_()

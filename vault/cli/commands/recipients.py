@@ -15,7 +15,13 @@ from vault.cli.context import Context, pass_context
 
 @click.group("recipients")
 def recipients_group() -> None:
-    """List, add and remove the age public keys that can open the vault."""
+    """List, add and remove the age public keys that can open the vault.
+
+    \b
+    Examples:
+      sst-vault recipients add ci age1…     # then commit and push
+      sst-vault recipients remove bob --push
+    """
 
 
 @recipients_group.command("list")
@@ -48,6 +54,11 @@ def add_cmd(ctx: Context, name: str, public_key: str) -> None:
     \b
     Example:
       sst-vault recipients add bob age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+      sst-vault recipients add carol "$(cat ~/.ssh/id_ed25519.pub)"   # an SSH key works too
+
+    PUBKEY is an age public key (age1…) or an ssh-ed25519 public key (the line of its .pub
+    file); NAME then opens the vault with that SSH key's private key (unencrypted) in
+    SST_VAULT_KEY, SST_VAULT_KEY_FILE or the keyring.
     """
     from vault import team
 

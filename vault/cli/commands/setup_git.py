@@ -14,7 +14,8 @@ def setup_git_cmd(ctx: Context) -> None:
 
     `init` does this in the clone it runs in; every other clone runs `setup-git` once
     (the driver lives in .git/config, which git never shares). Without a key the driver
-    shows only the clear header (stage, kind, serial, writer). Also upgrades the
+    shows only the clear header (stage, kind, serial, writer). The driver is
+    `sst-vault textconv`, found through PATH, so it survives a reinstall. Also upgrades the
     `.gitattributes` line of a vault made before the driver existed.
 
     \b
@@ -26,5 +27,10 @@ def setup_git_cmd(ctx: Context) -> None:
     project = ctx.project()
     report = history.setup_git(project)
     ctx.info(f"Registered diff.sst-vault.textconv = {report.command}")
+    if not report.on_path:
+        ctx.info(
+            "Warning: `sst-vault` is not on PATH, so git cannot run the driver: put it on PATH "
+            "(`pipx install …`, or activate its virtualenv), then check with `sst-vault doctor`"
+        )
     if report.attributes_upgraded:
         ctx.info("Updated .gitattributes to use the driver; commit it.")

@@ -17,6 +17,10 @@ def textconv_cmd(ctx: Context, file: Path) -> None:
     """Print FILE decrypted for `git diff` (the header alone without a key); always exits 0.
 
     Registered by `init` and `setup-git` as `diff.sst-vault.textconv`.
+
+    \b
+    Example:
+      sst-vault textconv infra/state/app/prod.json.vault | jq .checkpoint.latest
     """
     from vault import history
 
