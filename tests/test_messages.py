@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tomllib
+import json
 from pathlib import Path
 
 from conftest import VaultProject, base_env, git, new_app_repo, new_key, run_cli
@@ -74,13 +74,18 @@ def test_init_names_an_environment_key_after_the_developer_outside_ci(tmp_path: 
     result = run_cli("init", "--no-keyring", cwd=dev, env=env)
     assert result.code == 0, result.output
     assert "Recipients: alice (this key is 'alice'; pick the name with --name)" in result.err
-    recipients = tomllib.loads((dev / "sst-vault.toml").read_text())["recipients"]
-    assert list(recipients) == ["alice"]
+    assert list(record_recipients(dev)) == ["alice"]
     # In CI the same key source is CI's key.
     ci = new_app_repo(tmp_path / "ci", env)
     result = run_cli("init", "--no-keyring", cwd=ci, env={**env, "CI": "true"})
     assert result.code == 0, result.output
-    assert list(tomllib.loads((ci / "sst-vault.toml").read_text())["recipients"]) == ["ci"]
+    assert list(record_recipients(ci)) == ["ci"]
+
+
+def record_recipients(root: Path) -> dict[str, str]:
+    """The recipients of the signed key record's newest entry."""
+    lines = (root / "infra/state/key-record.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["entry"]["recipients"]
 
 
 def test_rollback_subject_names_the_commit_once(vault_project: VaultProject) -> None:

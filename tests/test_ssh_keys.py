@@ -4,9 +4,9 @@ the real `age` CLI on the other side, the CLI as a subprocess."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -42,8 +42,9 @@ def key_material(path: Path) -> list[str]:
 
 
 def recipients(project: VaultProject) -> dict[str, str]:
-    with (project.root / "sst-vault.toml").open("rb") as handle:
-        return tomllib.load(handle).get("recipients", {})
+    """The recipients of the signed key record's newest entry."""
+    lines = (project.root / "infra/state/key-record.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["entry"]["recipients"]
 
 
 @pytest.fixture

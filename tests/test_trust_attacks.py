@@ -984,12 +984,6 @@ def test_plain_commit_hooks_get_no_key_variable(team: Team):
     assert "SST_VAULT_KEY" not in own and ci.key not in own, own
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: keys.parse_recipient puts `text.strip()[:20]` in its error, which for a secret"
-    " key pasted into `recipients add` (or `init --recipient`, `key upgrade --recipient`) is"
-    " AGE-SECRET-KEY-1 plus the first 4 characters of the secret (20 bits of it)",
-)
 def test_secret_key_given_as_a_recipient_is_never_echoed(team: Team):
     """A secret key pasted where a public key belongs is refused, and no part of it (beyond
     the AGE-SECRET-KEY-1 prefix everybody knows) reaches the terminal or a CI log."""

@@ -46,7 +46,9 @@ def import_key(project: Project, text: str, origin: str, *, replace: bool = Fals
         trusted = project.verify_record(source, accept_identity=True, remember=False)
         report = ImportReport(trusted.sealing.key_id, source.secrets[0].public())
         memory = trust.recall(project.home, project.app)
-        if memory is not None and memory.identity != trusted.record.identity:
+        if memory is None or memory.identity == trusted.record.identity:
+            trust.remember(project.home, project.app, trusted.record, create=True)
+        else:
             report.warnings.append(
                 f"this machine trusts the vault {memory.identity}, not {trusted.record.identity}"
                 ": review the change with `sst-vault key trust` before using the vault"
