@@ -79,6 +79,14 @@ def porcelain_reason(out: str) -> str:
     return "rejected"
 
 
+def _verb(args: tuple[str, ...]) -> str:
+    """The git subcommand among `args` ("commit" in `-c x=y commit …`), for messages."""
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-c", "-C") else rest[1:]
+    return rest[0] if rest else (args[0] if args else "")
+
+
 class GitStore:
     """The git repository that holds a project's vault files."""
 
@@ -111,10 +119,15 @@ class GitStore:
         try:
             return self.repo.git.execute(["git", *args], env=self._env(), **kwargs)  # type: ignore[call-overload]
         except git.GitCommandError as exc:
+            from vault.worktree import lock_error_in
+
+            locked = lock_error_in(f"{exc.stderr}\n{exc.stdout}")
+            if locked is not None:
+                raise locked from None
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             last = detail[-1].strip() if detail else str(exc.status)
             raise GitError(
-                f"git {args[0]} failed: {last.removeprefix('stderr: ').strip(chr(39))}"
+                f"git {_verb(args)} failed: {last.removeprefix('stderr: ').strip(chr(39))}"
             ) from None
 
     def _env(self) -> dict[str, str]:
@@ -240,7 +253,11 @@ class GitStore:
         )
         result = GitResult(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            raise GitError(f"git {args[0]} failed: {result.reason}")
+            from vault.worktree import lock_error_in
+
+            raise lock_error_in(proc.stderr) or GitError(
+                f"git {_verb(args)} failed: {result.reason}"
+            )
         return result
 
     def has_remote(self, name: str) -> bool:

@@ -199,4 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except OSError as exc:
+        # Disk full, permission, read-only file system: one line naming the file, never a
+        # traceback. Callers that know a better path raise FileSystemError themselves.
+        from vault.errors import from_os_error
+
+        error = from_os_error(exc)
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
