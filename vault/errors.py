@@ -132,7 +132,7 @@ class FileSystemError(VaultError):
 
 
 # errno -> what to do. Names, not numbers: the numbers differ between platforms.
-_OS_HINTS = {
+OS_HINTS = {
     "ENOSPC": "the disk is full: free space on that file system, then retry "
     "(nothing was replaced; a partly written temporary file was removed)",
     "EDQUOT": "your disk quota is used up: free space, then retry (nothing was replaced)",
@@ -168,6 +168,6 @@ def from_os_error(exc: OSError, path: Path | str | None = None) -> FileSystemErr
     reason = exc.strerror or (
         os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
     )
-    hint = _OS_HINTS.get(name, "check that file and its folder, then retry")
+    hint = OS_HINTS.get(name, "check that file and its folder, then retry")
     message = f"{where}: {reason}" if where is not None else reason
     return FileSystemError(message, hint)

@@ -119,9 +119,9 @@ class GitStore:
         try:
             return self.repo.git.execute(["git", *args], env=self._env(), **kwargs)  # type: ignore[call-overload]
         except git.GitCommandError as exc:
-            from vault.worktree import lock_error_in
+            from vault.worktree import known_git_failure
 
-            locked = lock_error_in(f"{exc.stderr}\n{exc.stdout}")
+            locked = known_git_failure(f"{exc.stderr}\n{exc.stdout}", self.git_dir)
             if locked is not None:
                 raise locked from None
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
@@ -253,9 +253,9 @@ class GitStore:
         )
         result = GitResult(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            from vault.worktree import lock_error_in
+            from vault.worktree import known_git_failure
 
-            raise lock_error_in(proc.stderr) or GitError(
+            raise known_git_failure(proc.stderr, self.git_dir) or GitError(
                 f"git {_verb(args)} failed: {result.reason}"
             )
         return result

@@ -88,8 +88,12 @@ def open_dir(
             except FileNotFoundError:
                 if not create:
                     raise
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise named(exc, here) from None
                 nxt = _open_dir_entry(part, fd, here)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -427,6 +431,7 @@ class Transaction:
     def __init__(self, journal: Journal | None = None) -> None:
         self.journal = journal
         self.pending: list[PendingFile] = []
+        self._kept: list[tuple[Path, _Entry]] = []
 
     def add(self, pending: PendingFile) -> None:
         if self.journal is not None and pending.root != self.journal.files_root:
@@ -436,7 +441,10 @@ class Transaction:
     def __enter__(self) -> Transaction:
         return self
 
-    def commit(self) -> None:
+    def commit(self, *, keep: bool = False) -> None:
+        """Put every pending file in place. With `keep`, the old contents stay available
+        until `release()`; leaving the `with` block with an exception (or `undo()`) puts them
+        back: for a change that is not done until something else (a git commit) succeeded."""
         pause_point("txn-start")
         if not self.pending:
             return
@@ -476,16 +484,38 @@ class Transaction:
                     journal.remove(name)
             self.pending.clear()
             raise
+        self.pending.clear()
+        if keep:
+            if journal is not None:  # rolling forward would be wrong once undo is possible
+                journal.remove(name)
+            self._kept = list(zip(roots, entries, strict=True))
+            return
         for root, entry in zip(roots, entries, strict=True):
             _finish(root, entry, forward=True)  # drops the backup links
-        self.pending.clear()
         if journal is not None:
             journal.remove(name)
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
+        """Drop the old contents kept by `commit(keep=True)`: the change is final."""
+        kept, self._kept = self._kept, []
+        for root, entry in kept:
+            _finish(root, entry, forward=True)
+
+    def undo(self) -> None:
+        """Put back the old contents kept by `commit(keep=True)`."""
+        kept, self._kept = self._kept, []
+        for root, entry in reversed(kept):
+            with contextlib.suppress(OSError):
+                _finish(root, entry, forward=False)
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         for pending in self.pending:
             pending.discard()
         self.pending.clear()
+        if exc_type is None:
+            self.release()
+        else:
+            self.undo()
 
 
 def _keep(item: PendingFile) -> str | None:

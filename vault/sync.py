@@ -311,12 +311,14 @@ def status(
         stage_rows = []
         for kind in KINDS:
             git_state = tree.files.get((stage, kind))
-            row = _kind_status(project, records, stage, kind, verify, git_state == TREE_CONFLICT)
+            row = _kind_status(project, records, stage, kind, verify, git_state)
             if row is None:
                 continue
             if git_state == TREE_CONFLICT:
                 row.state = CONFLICT
             elif git_state is not None and row.state == IN_SYNC:
+                # Sealed from this very home, but git does not have it: a commit that failed
+                # or was killed after sealing. Never "in sync": the next clone would not see it.
                 row.state = UNCOMMITTED
             stage_rows.append(row)
         rows += stage_rows or [KindStatus(stage, "-", MISSING)]
@@ -324,8 +326,18 @@ def status(
 
 
 def _kind_status(
-    project: Project, records: Records, stage: str, kind: str, verify: bool, conflict: bool
+    project: Project,
+    records: Records,
+    stage: str,
+    kind: str,
+    verify: bool,
+    git_state: str | None,
 ) -> KindStatus | None:
+    """One row; `git_state` is what git's index says of the vault file (worktree.tree_state)."""
+    from vault.worktree import CONFLICT as TREE_CONFLICT
+    from vault.worktree import UNCOMMITTED as TREE_UNCOMMITTED
+
+    conflict = git_state == TREE_CONFLICT
     home = _HomeFile(project, stage, kind)
     record = records.get(stage, kind)
     row = KindStatus(stage, kind, MISSING, home_present=home.exists)
@@ -360,7 +372,10 @@ def _kind_status(
     elif home.fingerprint(project.keys.for_id(header.key_id)) == header.fingerprint:
         # Same content; the serial must agree with the last sync too, or the header says
         # something this home never saw (a newer re-seal, an older checkout, an edit).
-        if record is None or record.serial == header.serial:
+        # A commit killed between sealing and saving its records leaves this home's own
+        # header, uncommitted: the caller reports that as UNCOMMITTED.
+        sealed_here = git_state == TREE_UNCOMMITTED and header.writer == writer_name()
+        if record is None or record.serial == header.serial or sealed_here:
             row.state = IN_SYNC
         elif header.serial > record.serial:
             row.state = REPO_AHEAD
@@ -598,14 +613,28 @@ def commit(
                     f"no SST state for {names} in {project.home.root / 'state'}",
                     "deploy or `sst secret set` first, or check --sst-home and the stage name",
                 )
-            txn.commit()
+            # The new vault files stay revocable until git has them: a failed git commit (disk
+            # full, a lock file) puts the old ones back, so the work tree never holds state
+            # that is neither committed nor refused.
+            txn.commit(keep=True)
+            safefs.pause_point("commit-git")
+            paths = [
+                project.repo.vault_file(a.kind, a.stage)
+                for a in report.actions
+                if a.action != "absent"
+            ]
+            try:
+                report.commit = store.commit_paths(
+                    paths + own_files(project, store), _message(project, report, message)
+                )
+            except BaseException:
+                written = [
+                    store.relative(project.repo.vault_file(a.kind, a.stage)) for a in report.written
+                ]
+                if written:  # what `git add` staged goes too (best effort: the index may be locked)
+                    store.git("reset", "-q", "--", *written, check=False)
+                raise
         records.save()
-        paths = [
-            project.repo.vault_file(a.kind, a.stage) for a in report.actions if a.action != "absent"
-        ]
-        report.commit = store.commit_paths(
-            paths + own_files(project, store), _message(project, report, message)
-        )
         if push:
             store.push(project.config.remote)
             report.pushed = True

@@ -152,10 +152,22 @@ def lock_file_error(path: Path | str) -> GitError:
     )
 
 
-def lock_error_in(text: str) -> GitError | None:
-    """A `lock_file_error` when git's stderr says a lock file was in its way."""
+def known_git_failure(text: str, where: Path | str = "the repository") -> GitError | None:
+    """A one-line GitError for the failures a user fixes outside git: a lock file in the way
+    (named, with the command that removes it), a full disk or a read-only file system."""
     match = _LOCK_RE.search(text)
-    return lock_file_error(match.group(1)) if match else None
+    if match:
+        return lock_file_error(match.group(1))
+    from vault.errors import OS_HINTS
+
+    for needle, name in (
+        ("No space left on device", "ENOSPC"),
+        ("Disk quota exceeded", "EDQUOT"),
+        ("Read-only file system", "EROFS"),
+    ):
+        if needle in text:
+            return GitError(f"git cannot write to {where}: {needle}", OS_HINTS[name])
+    return None
 
 
 def check_can_commit(project: Project, stages: list[str], command: str) -> None:

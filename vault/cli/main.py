@@ -34,7 +34,13 @@ COMMANDS: dict[str, tuple[str, str, str, bool]] = {
     "status": (
         "status",
         "status_cmd",
-        "Show, per stage and kind: in sync, home ahead, repo ahead, diverged or missing.",
+        "Show, per stage and kind: in sync, home ahead, repo ahead, conflict, … or missing.",
+        False,
+    ),
+    "resolve": (
+        "resolve",
+        "resolve_cmd",
+        "Keep one side of a merge conflict on STAGE's vault files, re-sealed at a newer serial.",
         False,
     ),
     "run": (
