@@ -429,7 +429,7 @@ def prepare(
     from vault.worktree import refuse_conflicts
 
     report = PrepareReport()
-    refuse_conflicts(project, stages, "prepare")
+    refuse_conflicts(project, stages, "prepare", quick=True)
     # One journaled transaction for every file of every stage and the records that describe
     # them: a kill at any point leaves the home as it was or, once journaled, rolled forward.
     with home_lock(project), safefs.Transaction(home_journal(project)) as txn:

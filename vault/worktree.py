@@ -111,8 +111,55 @@ def resolve_hint(stage: str) -> str:
     )
 
 
-def refuse_conflicts(project: Project, stages: list[str], command: str) -> TreeState:
-    """ConflictError when a vault file of `stages` is unmerged; else the state read."""
+# What git keeps in its directory while an operation is stopped on conflicts.
+_IN_PROGRESS = (
+    "MERGE_HEAD",
+    "REBASE_HEAD",
+    "CHERRY_PICK_HEAD",
+    "REVERT_HEAD",
+    "rebase-merge",
+    "rebase-apply",
+)
+
+
+def _git_dir_nearby(root: Path) -> Path | None:
+    """The git directory above `root`, found without running git (None: ask git)."""
+    for folder in (root, *root.parents):
+        dot = folder / ".git"
+        if dot.is_dir():
+            return dot
+        if dot.is_file():  # a linked worktree or submodule: "gitdir: <path>"
+            try:
+                text = dot.read_text().strip()
+            except OSError:
+                return None
+            if text.startswith("gitdir: "):
+                return (folder / text[len("gitdir: ") :]).resolve()
+            return None
+    return None
+
+
+def operation_in_progress(project: Project) -> bool:
+    """Whether git stopped a merge, rebase, cherry-pick or revert here (cheap: a few stats).
+
+    Unmerged index entries exist only then, so `prepare` (whose start-up time is a goal) asks
+    git's index only in that case; conflict markers in a file are caught when it is read.
+    """
+    git_dir = _git_dir_nearby(project.root)
+    if git_dir is None:
+        return True  # unknown layout: ask git
+    return any((git_dir / name).exists() for name in _IN_PROGRESS)
+
+
+def refuse_conflicts(
+    project: Project, stages: list[str], command: str, *, quick: bool = False
+) -> TreeState:
+    """ConflictError when a vault file of `stages` is unmerged; else the state read.
+
+    `quick`: skip git when no merge, rebase or cherry-pick is in progress (nothing to find).
+    """
+    if quick and not operation_in_progress(project):
+        return TreeState()
     state = tree_state(project)
     for stage in stages:
         kinds = [k for k in KINDS if state.files.get((stage, k)) == CONFLICT]
