@@ -203,6 +203,8 @@ def test_stale_index_lock_is_named_and_run_does_not_deploy(vault_project: VaultP
     assert_refused(result, 1, str(lock), "rm ")
     assert not marker.exists(), "run deployed although it could not commit afterwards"
 
+    doctor = p.cli("doctor")
+    assert doctor.code == 1 and f"fail  interrupted: git lock file {lock}" in doctor.out
     lock.unlink()
     assert p.cli("commit", "prod").code == 0
 

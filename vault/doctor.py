@@ -409,6 +409,17 @@ def _interrupted_check(project: Project) -> Check:
     found = safefs.find_temp(home.root, home.temp_folders) if home.root.is_dir() else []
     found += safefs.find_temp(project.root, project.repo.temp_folders)
     journals = home_journal(project).pending() if home.root.is_dir() else []
+    from vault.worktree import stale_locks, tree_state
+
+    locks = stale_locks(tree_state(project))
+    if locks:
+        return Check(
+            FAIL,
+            "interrupted",
+            f"git lock file {locks[0]} exists (a killed git, or one still running): "
+            "commits will fail",
+            f"if no git process is running here, `rm {locks[0]}`",
+        )
     if not found and not journals:
         return Check(OK, "interrupted", "no temporary files or unfinished changes left behind")
     parts = []
