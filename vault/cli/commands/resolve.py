@@ -29,7 +29,7 @@ def resolve_cmd(ctx: Context, stage: str, side: str | None) -> None:
     \b
     Example (after `git pull` stopped on infra/state/app/prod.json.vault):
       sst-vault resolve prod --theirs && git commit --no-edit
-      sst-vault prepare prod --force    # if this home deployed the side you dropped
+      sst-vault prepare prod            # the kept state into this SST home
     """
     from vault import resolve
 
@@ -42,5 +42,5 @@ def resolve_cmd(ctx: Context, stage: str, side: str | None) -> None:
         ctx.info(f"{stage} {item.kind}: {item.action} from {report.rev}{serial}")
     ctx.info(
         f"Kept {side} for {stage}; finish with `git commit` (or `git rebase --continue`), then "
-        f"`sst-vault prepare {stage}` (--force if this home holds the other side's deploy)"
+        f"`sst-vault prepare {stage}`; redeploy if the dropped side created resources"
     )
