@@ -243,8 +243,10 @@ def test_status_verify_finds_what_headers_hide(tmp_path, backend):
     header = p.vault_file("passphrase", "staging")
     originals = {path: path.read_bytes() for path in (body, header)}
 
-    # A flipped byte in the body, behind an intact header: plain status cannot see it.
+    # A flipped byte in the body, behind an intact header: plain status cannot see it. (It
+    # arrives committed, as a writer's would: an uncommitted edit shows as `uncommitted`.)
     body.write_bytes(_flip_last(originals[body]))
+    p.git("commit", "-q", "-am", "a writer damages a body")
     plain = p.cli("status", "prod")
     assert plain.code == 0 and "Error" not in plain.err
     assert all("in sync" in line for line in plain.out.splitlines()), plain.out

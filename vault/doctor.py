@@ -67,6 +67,7 @@ def run(project_dir: Path | None, sst_home: Path | None) -> list[Check]:
         _guard(checks, "remote", lambda: _remote_check(project, store))
         _guard(checks, "lock", lambda: _lock_checks(project, store))
     _guard(checks, "plaintext", lambda: _plaintext_check(project))
+    _guard(checks, "interrupted", lambda: _interrupted_check(project))
     return checks
 
 
@@ -130,7 +131,26 @@ def _keyring_check(checks: list[Check], vault_id: str, needed: bool) -> None:
     except ImportError:
         checks.append(Check(FAIL if needed else WARN, "keyring", "the keyring package is missing"))
         return
-    backend = keyring.get_keyring()
+    try:
+        backend = keyring.get_keyring()
+    except Exception as exc:  # a misspelled PYTHON_KEYRING_BACKEND raises ModuleNotFoundError
+        configured = os.environ.get("PYTHON_KEYRING_BACKEND")
+        what = (
+            f"PYTHON_KEYRING_BACKEND={configured!r} cannot be loaded"
+            if configured
+            else "the configured keyring backend (keyringrc.cfg) cannot be loaded"
+        )
+        checks.append(
+            Check(
+                FAIL if needed else WARN,
+                "keyring",
+                f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                "fix the name (e.g. keyring.backends.SecretService.Keyring) or unset it"
+                if configured
+                else "fix keyringrc.cfg (`keyring diagnose` shows where it is)",
+            )
+        )
+        return
     name = f"{type(backend).__module__}.{type(backend).__name__}"
     if isinstance(backend, fail.Keyring):
         checks.append(
@@ -406,6 +426,43 @@ def _plaintext_check(project: Project) -> Check:
         "plaintext",
         f"{len(findings)} plaintext file(s): {names}",
         "run `sst-vault migrate`, or `sst-vault scan` for details",
+    )
+
+
+def _interrupted_check(project: Project) -> Check:
+    """Temporary files and journals a killed sst-vault left (doctor only reports them)."""
+    from vault import safefs
+    from vault.sync import home_journal
+
+    home = project.home
+    found = safefs.find_temp(home.root, home.temp_folders) if home.root.is_dir() else []
+    found += safefs.find_temp(project.root, project.repo.temp_folders)
+    journals = home_journal(project).pending() if home.root.is_dir() else []
+    from vault.worktree import stale_locks, tree_state
+
+    locks = stale_locks(tree_state(project))
+    if locks:
+        return Check(
+            FAIL,
+            "interrupted",
+            f"git lock file {locks[0]} exists (a killed git, or one still running): "
+            "commits will fail",
+            f"if no git process is running here, `rm {locks[0]}`",
+        )
+    if not found and not journals:
+        return Check(OK, "interrupted", "no temporary files or unfinished changes left behind")
+    parts = []
+    if found:
+        names = ", ".join(str(f) for f in found[:3]) + (" …" if len(found) > 3 else "")
+        parts.append(f"{len(found)} temporary file(s) of a killed sst-vault: {names}")
+    if journals:
+        parts.append(f"an unfinished change of the SST home ({home_journal(project).folder})")
+    return Check(
+        WARN,
+        "interrupted",
+        "; ".join(parts),
+        "the next `sst-vault status`, `prepare` or `commit` finishes the change and removes "
+        "them (files in the SST home may hold plaintext state: do not copy them)",
     )
 
 

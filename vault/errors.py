@@ -136,3 +136,53 @@ class LockHeldError(VaultError):
 
 class LockError(VaultError):
     """The deploy lock could not be read, taken or released."""
+
+
+class ConflictError(RefusedError):
+    """A vault file is unmerged (a conflicted merge, rebase or cherry-pick): pick a side first."""
+
+
+class FileSystemError(VaultError):
+    """The operating system refused a file operation: disk full, no permission, read-only."""
+
+
+# errno -> what to do. Names, not numbers: the numbers differ between platforms.
+OS_HINTS = {
+    "ENOSPC": "the disk is full: free space on that file system, then retry "
+    "(nothing was replaced; a partly written temporary file was removed)",
+    "EDQUOT": "your disk quota is used up: free space, then retry (nothing was replaced)",
+    "EACCES": "permission denied: check the owner and mode of that file and its folder, "
+    "then retry as the user who owns them",
+    "EPERM": "operation not permitted: check the owner and mode of that file and its folder",
+    "EROFS": "that file system is read-only: remount it read-write, or point sst-vault "
+    "elsewhere (--sst-home DIR / --project DIR)",
+    "ENOTDIR": "a file stands where a folder is expected: move it away, then retry",
+    "EISDIR": "a folder stands where a file is expected: move it away, then retry",
+    "EMFILE": "too many open files: raise the limit (ulimit -n), then retry",
+    "EIO": "the disk reported an I/O error: check the disk, then retry",
+}
+
+
+def from_os_error(exc: OSError, path: Path | str | None = None) -> FileSystemError:
+    """One `FileSystemError` for any OSError: the file, what went wrong, what to do.
+
+    The one place an OSError becomes a user-facing line (`vault.cli.main` calls it for any
+    OSError that no caller turned into a VaultError with a better path).
+    """
+    import errno as errno_mod
+    import os
+
+    # A name from an *at() call (dir_fd) is bare, e.g. the temporary file's: the caller's
+    # path (the file being written) says more then.
+    where: object = exc.filename
+    if path is not None and not (isinstance(where, str) and os.path.isabs(where)):
+        where = path
+    elif where is not None and exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    name = errno_mod.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or (
+        os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+    )
+    hint = OS_HINTS.get(name, "check that file and its folder, then retry")
+    message = f"{where}: {reason}" if where is not None else reason
+    return FileSystemError(message, hint)

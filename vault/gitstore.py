@@ -167,6 +167,14 @@ def porcelain_reason(out: str) -> str:
     return "rejected"
 
 
+def _verb(args: tuple[str, ...]) -> str:
+    """The git subcommand among `args` ("commit" in `-c x=y commit …`), for messages."""
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-c", "-C") else rest[1:]
+    return rest[0] if rest else (args[0] if args else "")
+
+
 class GitStore:
     """The git repository that holds a project's vault files."""
 
@@ -201,10 +209,15 @@ class GitStore:
                 ["git", *args], env={**git_env(), **self._env()}, **kwargs
             )  # type: ignore[call-overload]
         except git.GitCommandError as exc:
+            from vault.worktree import known_git_failure
+
+            locked = known_git_failure(f"{exc.stderr}\n{exc.stdout}", self.git_dir)
+            if locked is not None:
+                raise locked from None
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             last = detail[-1].strip() if detail else str(exc.status)
             raise GitError(
-                f"git {args[0]} failed: {last.removeprefix('stderr: ').strip(chr(39))}"
+                f"git {_verb(args)} failed: {last.removeprefix('stderr: ').strip(chr(39))}"
             ) from None
 
     def _env(self) -> dict[str, str]:
@@ -330,7 +343,11 @@ class GitStore:
         )
         result = GitResult(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            raise GitError(f"git {args[0]} failed: {result.reason}")
+            from vault.worktree import known_git_failure
+
+            raise known_git_failure(proc.stderr, self.git_dir) or GitError(
+                f"git {_verb(args)} failed: {result.reason}"
+            )
         return result
 
     def has_remote(self, name: str) -> bool:

@@ -32,8 +32,12 @@ FALLBACK_STAGE = "_fallback"
 _STAGE_RE = re.compile(r"^[A-Za-z0-9-]{1,250}$")
 _APP_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 
-# Our own bookkeeping inside the SST home: sync records, backups, the local file lock.
+# Our own bookkeeping inside the SST home: sync records, backups, the local file lock, the
+# journal of an unfinished multi-file change (see safefs.Transaction).
 HOME_BOOKKEEPING = ".sst-vault"
+HOME_JOURNAL_PARTS = (HOME_BOOKKEEPING, "journal")
+# The same journal for vault files, inside the git directory (never in the work tree).
+REPO_JOURNAL_NAME = "sst-vault-journal"
 
 
 def check_stage(stage: str) -> str:
@@ -122,6 +126,12 @@ class HomeLayout:
     def bookkeeping(self) -> Path:
         return self.root / HOME_BOOKKEEPING
 
+    @property
+    def temp_folders(self) -> list[tuple[tuple[str, ...], int]]:
+        """Where sst-vault's temporary files can be (parts, levels below): state/<kind>/<app>/
+        for every app, and the bookkeeping folder (records, backups, journal)."""
+        return [(("state", kind), 1) for kind in KINDS] + [((HOME_BOOKKEEPING,), 4)]
+
 
 @dataclass(frozen=True)
 class RepoLayout:
@@ -157,6 +167,12 @@ class RepoLayout:
     @property
     def record_file(self) -> Path:
         return self.project.joinpath(*self.record_parts)
+
+    @property
+    def temp_folders(self) -> list[tuple[tuple[str, ...], int]]:
+        """Where sst-vault's temporary files can be: the state folder (vault files, data key)
+        and the project folder itself (sst-vault.toml, .gitattributes, .gitignore)."""
+        return [(self.state_parts, 1), ((), 0)]
 
     def vault_parts(self, kind: str, stage: str) -> tuple[str, ...]:
         return (*self.state_parts, kind, f"{stage}{VAULT_SUFFIX}")

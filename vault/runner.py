@@ -178,6 +178,12 @@ def run(
         raise UsageError("no command given", "put it after `--`, e.g. -- npx sst deploy")
     project.keys  # noqa: B018 - read (and drop from the environment) before spawning anything
     store = GitStore(project.root)
+    # Never deploy what could not be committed afterwards: an unmerged vault file of this
+    # stage or a stale git lock file is refused before the lock is even taken.
+    from vault.worktree import check_can_commit
+
+    with sync.repo_lock(project, store.git_dir):
+        check_can_commit(project, [stage], "run")
     remote: str | None = project.config.remote
     if not store.has_remote(remote):
         info(f"sst-vault: warning: no remote {remote!r}; the state is committed but not pushed")

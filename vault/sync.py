@@ -23,19 +23,22 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from vault import envelope, safefs
 from vault.envelope import FileKey, Header
 from vault.errors import (
+    ConflictError,
     FileFormatError,
     InvalidStateError,
     RefusedError,
     UsageError,
     WrongKeyError,
+    from_os_error,
 )
-from vault.paths import FALLBACK_STAGE, KINDS, check_stage
+from vault.paths import FALLBACK_STAGE, HOME_JOURNAL_PARTS, KINDS, check_stage
 from vault.project import Project
 
 if TYPE_CHECKING:
     from vault.gitstore import GitStore
 
 RECORDS_VERSION = 1
+CONFLICT_MARKER = b"<<<<<<< "
 
 IN_SYNC = "in sync"
 HOME_AHEAD = "home ahead"
@@ -43,6 +46,9 @@ REPO_AHEAD = "repo ahead"
 DIVERGED = "diverged"
 MISSING = "missing"
 DAMAGED = "damaged"  # only `status --verify` opens bodies, so only it can say this
+REPO_BEHIND = "repo behind"  # same content, but a lower serial than last synced here
+CONFLICT = "conflict"  # the vault file is unmerged in git (or holds conflict markers)
+UNCOMMITTED = "uncommitted"  # sealed in the work tree, in sync with the home, not in git yet
 
 
 # --- sync records -------------------------------------------------------------------------
@@ -87,9 +93,17 @@ class Records:
     def stages(self) -> set[str]:
         return set(self.data)
 
+    def _body(self) -> bytes:
+        return json.dumps({"version": RECORDS_VERSION, "stages": self.data}, indent=1).encode()
+
     def save(self) -> None:
-        body = json.dumps({"version": RECORDS_VERSION, "stages": self.data}, indent=1)
-        safefs.write_atomic(self.root, self.parts, body.encode())
+        safefs.write_atomic(self.root, self.parts, self._body())
+
+    def pending(self) -> safefs.PendingFile:
+        """The records, written and waiting to be replaced with the files they describe."""
+        with safefs.AtomicWriter(self.root, self.parts) as out:
+            out.write(self._body())
+            return out.finish()
 
 
 def _now() -> str:
@@ -110,13 +124,58 @@ def writer_name() -> str:
 # --- shared helpers -----------------------------------------------------------------------
 
 
+def home_journal(project: Project) -> safefs.Journal:
+    """The journal of the SST home's multi-file changes (see safefs.Transaction)."""
+    root = project.home.root
+    return safefs.Journal(root, HOME_JOURNAL_PARTS, root)
+
+
 @contextlib.contextmanager
 def home_lock(project: Project) -> Iterator[None]:
-    project.home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Hold the SST home's file lock, after finishing whatever a killed process left there.
+
+    A journal left by a kill is rolled forward first (so no stage is left mixed from two
+    versions), then temporary files are removed (plaintext state, kept only by a kill).
+    """
+    try:
+        project.home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise from_os_error(exc, project.home.root) from None
     with safefs.exclusive(
         project.home.bookkeeping / "lock", f"the SST home {project.home.root}", project.home.root
     ):
+        home_journal(project).recover()
+        safefs.sweep_temp(project.home.root, project.home.temp_folders)
         yield
+
+
+@contextlib.contextmanager
+def repo_lock(project: Project, git_dir: Path) -> Iterator[None]:
+    """Hold the repository's file lock, after removing temporary files a kill left there.
+
+    Vault files need no journal: each is replaced whole, git holds the previous versions, and
+    a commit killed half-way is completed by the next `commit` (status shows `uncommitted`).
+    """
+    with safefs.exclusive(git_dir / "sst-vault.lock", "the repository"):
+        safefs.sweep_temp(project.root, project.repo.temp_folders)
+        yield
+
+
+def recover(project: Project, git_dir: Path | None = None) -> None:
+    """Finish a killed prepare or commit now, if one left a journal or temporary files.
+
+    For read-only commands (`status`): the locks are taken only when there is work, so a
+    clean home is never written to.
+    """
+    home = project.home
+    if home.root.is_dir() and (
+        home_journal(project).pending() or safefs.find_temp(home.root, home.temp_folders)
+    ):
+        with home_lock(project):
+            pass
+    if git_dir is not None and safefs.find_temp(project.root, project.repo.temp_folders):
+        with repo_lock(project, git_dir):
+            pass
 
 
 def resolve_stages(
@@ -142,6 +201,15 @@ def _read_repo_header(project: Project, stage: str, kind: str) -> tuple[Header, 
     if handle is None:
         return None
     path = project.repo.vault_file(kind, stage)
+    if handle.read(len(CONFLICT_MARKER)) == CONFLICT_MARKER:
+        handle.close()
+        from vault.worktree import resolve_hint
+
+        raise ConflictError(
+            f"{path} holds git conflict markers (a text merge of an encrypted file)",
+            resolve_hint(stage),
+        )
+    handle.seek(0)
     try:
         header, _ = envelope.read_header(handle, path)
         envelope.check_header(header, path, app=project.app, stage=stage, kind=kind)
@@ -235,33 +303,65 @@ class KindStatus:
 def status(
     project: Project, stages: Iterable[str] = (), *, verify: bool = False
 ) -> list[KindStatus]:
-    """The three-way state of each stage and kind, from clear headers and fingerprints.
+    """The three-way state of each stage and kind, from clear headers, fingerprints and git.
 
-    Headers are authenticated only together with the body, so a body damaged behind an intact
-    header still looks in sync; `verify` decrypts every vault file to rule that out.
+    Without `verify` this reads, per kind: the vault file's clear header (serial, fingerprint,
+    key id: not authenticated until the body is), the SST home file (its keyed fingerprint),
+    the sync record (serial and fingerprint last synced here) and git's index (unmerged or
+    uncommitted vault files). A header whose serial disagrees with the record is never
+    `in sync`; a body damaged behind an intact header is found only by `verify`, which
+    decrypts every vault file.
     """
+    from vault.worktree import CONFLICT as TREE_CONFLICT
+    from vault.worktree import tree_state
+
     stages = [check_stage(s) for s in stages]
+    tree = tree_state(project)
+    recover(project, tree.git_dir)
     records = Records(project)
     if not stages:
-        stages = sorted(project.repo.stages() | project.home.stages(project.app) | records.stages())
+        stages = sorted(
+            project.repo.stages()
+            | project.home.stages(project.app)
+            | records.stages()
+            | {stage for stage, _kind in tree.files}
+        )
     if verify:
         # Unlock first: a key that is not a recipient (or a pin that fails) is that, with the
         # message prepare gives, not every vault file reported as damaged.
         project.keys  # noqa: B018
     rows: list[KindStatus] = []
     for stage in stages:
-        stage_rows = [
-            row
-            for kind in KINDS
-            if (row := _kind_status(project, records, stage, kind, verify)) is not None
-        ]
+        stage_rows = []
+        for kind in KINDS:
+            git_state = tree.files.get((stage, kind))
+            row = _kind_status(project, records, stage, kind, verify, git_state)
+            if row is None:
+                continue
+            if git_state == TREE_CONFLICT:
+                row.state = CONFLICT
+            elif git_state is not None and row.state == IN_SYNC:
+                # Sealed from this very home, but git does not have it: a commit that failed
+                # or was killed after sealing. Never "in sync": the next clone would not see it.
+                row.state = UNCOMMITTED
+            stage_rows.append(row)
         rows += stage_rows or [KindStatus(stage, "-", MISSING)]
     return rows
 
 
 def _kind_status(
-    project: Project, records: Records, stage: str, kind: str, verify: bool
+    project: Project,
+    records: Records,
+    stage: str,
+    kind: str,
+    verify: bool,
+    git_state: str | None,
 ) -> KindStatus | None:
+    """One row; `git_state` is what git's index says of the vault file (worktree.tree_state)."""
+    from vault.worktree import CONFLICT as TREE_CONFLICT
+    from vault.worktree import UNCOMMITTED as TREE_UNCOMMITTED
+
+    conflict = git_state == TREE_CONFLICT
     home = _HomeFile(project, stage, kind)
     record = records.get(stage, kind)
     row = KindStatus(stage, kind, MISSING, home_present=home.exists)
@@ -277,19 +377,34 @@ def _kind_status(
             if verify:
                 key = project.keys.for_id(header.key_id) or project.keys.sealing
                 _verify_repo_file(project, key, stage, kind)
+    except ConflictError as exc:
+        row.state, row.problem = CONFLICT, exc.message
+        return row
     except FileFormatError as exc:
+        if conflict:
+            return row  # git's side of the merge left in the file: the caller says conflict
         if not verify:
             raise
         row.state, row.problem = DAMAGED, f"{exc.reason}: {exc.detail}"
         return row
     if header is None and not home.exists:
-        return None
+        return row if conflict else None
     if header is None:
         row.state = HOME_AHEAD
     elif not home.exists:
         row.state = REPO_AHEAD
     elif home.fingerprint(project.keys.for_id(header.key_id)) == header.fingerprint:
-        row.state = IN_SYNC
+        # Same content; the serial must agree with the last sync too, or the header says
+        # something this home never saw (a newer re-seal, an older checkout, an edit).
+        # A commit killed between sealing and saving its records leaves this home's own
+        # header, uncommitted: the caller reports that as UNCOMMITTED.
+        sealed_here = git_state == TREE_UNCOMMITTED and header.writer == writer_name()
+        if record is None or record.serial == header.serial or sealed_here:
+            row.state = IN_SYNC
+        elif header.serial > record.serial:
+            row.state = REPO_AHEAD
+        else:
+            row.state = REPO_BEHIND
     else:
         home_changed = _home_changed(home, record, project)
         repo_changed = record is None or (header.serial, header.fingerprint) != (
@@ -300,6 +415,8 @@ def _kind_status(
             row.state = DIVERGED
         elif home_changed:
             row.state = HOME_AHEAD
+        elif record is not None and header.serial < record.serial:
+            row.state = REPO_BEHIND
         else:
             row.state = REPO_AHEAD
     return row
@@ -333,8 +450,13 @@ def prepare(
 
     `missing_ok` (used by `run`) lets a stage with no vault files pass: a first deploy.
     """
+    from vault.worktree import refuse_conflicts
+
     report = PrepareReport()
-    with home_lock(project), safefs.Transaction() as txn:
+    refuse_conflicts(project, stages, "prepare", quick=True)
+    # One journaled transaction for every file of every stage and the records that describe
+    # them: a kill at any point leaves the home as it was or, once journaled, rolled forward.
+    with home_lock(project), safefs.Transaction(home_journal(project)) as txn:
         records = Records(project)
         plan: list[tuple[str, str, Header, BinaryIO, FileKey]] = []
         backups: list[tuple[_HomeFile, str]] = []
@@ -396,12 +518,15 @@ def prepare(
             for stage, kind, header, handle, key in todo:
                 path = project.repo.vault_file(kind, stage)
                 parts = project.home.state_parts(kind, project.app, stage)
-                with safefs.AtomicWriter(project.home.root, parts, 0o600) as out:
-                    assert out.file is not None
-                    envelope.open_(
-                        handle, out.file, key, path, app=project.app, stage=stage, kind=kind
-                    )
-                    txn.add(out.finish())
+                try:
+                    with safefs.AtomicWriter(project.home.root, parts, 0o600) as out:
+                        assert out.file is not None
+                        envelope.open_(
+                            handle, out.file, key, path, app=project.app, stage=stage, kind=kind
+                        )
+                        txn.add(out.finish())
+                except OSError as exc:  # disk full, read-only: name the file being written
+                    raise from_os_error(exc, project.home.root.joinpath(*parts)) from None
                 records.set(stage, kind, header, "prepare")
                 report.actions.append(FileAction(stage, kind, "written", header.serial))
             for home, stage in backups:
@@ -409,8 +534,8 @@ def prepare(
                 for action in report.actions:
                     if action.stage == stage and home.parts[1] == action.kind:
                         action.backup = backup
+            txn.add(records.pending())
             txn.commit()
-            records.save()
         finally:
             for *_, handle, _key in plan:
                 handle.close()
@@ -490,17 +615,24 @@ def commit(
 ) -> CommitReport:
     """Encrypt the stages' SST files into the repo and commit exactly those files."""
     from vault.gitstore import GitStore
+    from vault.worktree import check_can_commit
 
     store = GitStore(project.root)
     report = CommitReport()
     key = project.keys.sealing
     writer = writer_name()
-    with home_lock(project), safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
+    with home_lock(project), repo_lock(project, store.git_dir):
+        # Before anything is sealed: an unmerged vault file or a stale git lock would make
+        # this commit drop a side or fail half-way.
+        check_can_commit(project, stages, "commit")
         records = Records(project)
         with safefs.Transaction() as txn:
             for stage in stages:
                 for kind in KINDS:
-                    action = _seal_one(project, records, txn, key, stage, kind, writer, force)
+                    try:
+                        action = _seal_one(project, records, txn, key, stage, kind, writer, force)
+                    except OSError as exc:  # disk full, read-only: name the vault file
+                        raise from_os_error(exc, project.repo.vault_file(kind, stage)) from None
                     report.actions.append(action)
             if not any(a.action != "absent" for a in report.actions):
                 names = ", ".join(stages)
@@ -508,14 +640,28 @@ def commit(
                     f"no SST state for {names} in {project.home.root / 'state'}",
                     "deploy or `sst secret set` first, or check --sst-home and the stage name",
                 )
-            txn.commit()
+            # The new vault files stay revocable until git has them: a failed git commit (disk
+            # full, a lock file) puts the old ones back, so the work tree never holds state
+            # that is neither committed nor refused.
+            txn.commit(keep=True)
+            safefs.pause_point("commit-git")
+            paths = [
+                project.repo.vault_file(a.kind, a.stage)
+                for a in report.actions
+                if a.action != "absent"
+            ]
+            try:
+                report.commit = store.commit_paths(
+                    paths + own_files(project, store), _message(project, report, message)
+                )
+            except BaseException:
+                written = [
+                    store.relative(project.repo.vault_file(a.kind, a.stage)) for a in report.written
+                ]
+                if written:  # what `git add` staged goes too (best effort: the index may be locked)
+                    store.git("reset", "-q", "--", *written, check=False)
+                raise
         records.save()
-        paths = [
-            project.repo.vault_file(a.kind, a.stage) for a in report.actions if a.action != "absent"
-        ]
-        report.commit = store.commit_paths(
-            paths + own_files(project, store), _message(project, report, message)
-        )
         if push:
             if report.commit is None:  # what the push carries, for "nothing changed" to say
                 report.pushed_earlier = store.unpushed(
@@ -808,12 +954,15 @@ def _message(project: Project, report: CommitReport, message: str | None) -> str
 
 
 __all__ = [
+    "CONFLICT",
     "DIVERGED",
     "FALLBACK_STAGE",
     "HOME_AHEAD",
     "IN_SYNC",
     "MISSING",
     "REPO_AHEAD",
+    "REPO_BEHIND",
+    "UNCOMMITTED",
     "CommitReport",
     "FileAction",
     "KindStatus",

@@ -11,16 +11,13 @@ fernet backend: the Fernet key is the secret itself. `rotate` re-seals every fil
 newest key (the first in SST_VAULT_KEY); the older keys listed after it still open old revisions.
 
 Every change here is all or nothing: new files are written beside the old ones, swapped in
-together (a failure part-way puts the old ones back), then committed as one commit of exactly
-those files. Nothing is pushed.
+together by `safefs.Transaction` (a failure part-way puts the old ones back), then committed
+as one commit of exactly those files. Nothing is pushed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +111,7 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
     )
     store = GitStore(project.root)
     with safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
-        swap = _Swap()
-        try:
+        with safefs.Transaction() as swap:  # repo files: git restores them, no journal
             swap.add(
                 _pending(
                     project.root,
@@ -125,8 +121,6 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
             )
             swap.add(_pending(project.root, project.repo.record_parts, record.dumps()))
             swap.commit()
-        finally:
-            swap.close()
         trust.remember(project.home, project.app, record)
         commit = _commit(
             project, store, own_files(project, store), f"sst-vault: add recipient {name}"
@@ -208,8 +202,7 @@ def _reseal_all(
     writer = _writer()
     resealed: list[tuple[Resealed, Header, Header]] = []
     with home_lock(project), safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
-        swap = _Swap()
-        try:
+        with safefs.Transaction() as swap:  # repo files: git restores them, no journal
             for stage in sorted(project.repo.stages()):
                 for kind in KINDS:
                     done = _reseal(project, current, new_key, stage, kind, writer, swap)
@@ -221,8 +214,6 @@ def _reseal_all(
             if not swap.pending:
                 return  # fernet, every file already under the newest key
             swap.commit()
-        finally:
-            swap.close()
         report.files = [r for r, _, _ in resealed]
         paths = [project.repo.vault_file(r.kind, r.stage) for r in report.files]
         report.commit = _commit(
@@ -335,7 +326,7 @@ def _reseal(
     stage: str,
     kind: str,
     writer: str,
-    swap: _Swap,
+    swap: safefs.Transaction,
 ) -> tuple[Header, Header] | None:
     parts = project.repo.vault_parts(kind, stage)
     path = project.repo.vault_file(kind, stage)
@@ -375,71 +366,6 @@ def _pending(root: Path, parts: tuple[str, ...], data: bytes) -> safefs.PendingF
     with safefs.AtomicWriter(root, parts, 0o644) as out:
         out.write(data)
         return out.finish()
-
-
-class _Swap:
-    """Replace several files as one: if any replace fails, every replaced file is put back.
-
-    Before a target is replaced, a hard link keeps its old contents under a temporary name in
-    the same folder; the links are dropped once every replace succeeded.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[safefs.PendingFile] = []
-        self._done: list[tuple[safefs.PendingFile, str | None]] = []
-
-    def add(self, pending: safefs.PendingFile) -> None:
-        self.pending.append(pending)
-
-    def commit(self) -> None:
-        try:
-            while self.pending:
-                item = self.pending[0]
-                backup = self._keep(item)
-                try:
-                    item.replace()
-                except BaseException:
-                    if backup:
-                        self._unlink(item, backup)
-                    raise
-                self._done.append((item, backup))
-                self.pending.pop(0)
-        except BaseException:
-            self._rollback()
-            raise
-        for item, backup in self._done:
-            if backup:
-                self._unlink(item, backup)
-        self._done.clear()
-
-    def close(self) -> None:
-        """Discard what was never swapped in (after an error, or when nothing was to do)."""
-        for item in self.pending:
-            item.discard()
-        self.pending.clear()
-
-    def _keep(self, item: safefs.PendingFile) -> str | None:
-        name = f"{safefs.TEMP_PREFIX}{secrets.token_hex(8)}"
-        with safefs.open_dir(item.root, item.parts[:-1]) as dfd:
-            try:
-                os.link(item.parts[-1], name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                return None
-        return name
-
-    def _rollback(self) -> None:
-        for item, backup in reversed(self._done):
-            with contextlib.suppress(OSError), safefs.open_dir(item.root, item.parts[:-1]) as dfd:
-                if backup:
-                    os.rename(backup, item.parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
-                else:
-                    os.unlink(item.parts[-1], dir_fd=dfd)
-        self._done.clear()
-
-    @staticmethod
-    def _unlink(item: safefs.PendingFile, name: str) -> None:
-        with contextlib.suppress(OSError), safefs.open_dir(item.root, item.parts[:-1]) as dfd:
-            os.unlink(name, dir_fd=dfd)
 
 
 def _commit(project: Project, store, paths: list[Path], message: str) -> str | None:

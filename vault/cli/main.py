@@ -35,7 +35,13 @@ COMMANDS: dict[str, tuple[str, str, str, bool]] = {
     "status": (
         "status",
         "status_cmd",
-        "Show, per stage and kind: in sync, home ahead, repo ahead, diverged or missing.",
+        "Show, per stage and kind: in sync, home ahead, repo ahead, conflict, … or missing.",
+        False,
+    ),
+    "resolve": (
+        "resolve",
+        "resolve_cmd",
+        "Keep one side of a merge conflict on STAGE's vault files, re-sealed at a newer serial.",
         False,
     ),
     "run": (
@@ -220,4 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except OSError as exc:
+        # Disk full, permission, read-only file system: one line naming the file, never a
+        # traceback. Callers that know a better path raise FileSystemError themselves.
+        from vault.errors import from_os_error
+
+        error = from_os_error(exc)
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

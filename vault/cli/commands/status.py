@@ -21,16 +21,25 @@ from vault.paths import home_from_sst_binary, same_folder
 )
 @pass_context
 def status_cmd(ctx: Context, stages: tuple[str, ...], as_json: bool, verify: bool) -> None:
-    """Show, per stage and kind: in sync, home ahead, repo ahead, diverged or missing.
+    """Show, per stage and kind: in sync, home ahead, repo ahead, conflict, … or missing.
 
     \b
+    in sync      home, vault file and last sync agree, and git has the file committed
     home ahead   deployed or `sst secret set` here, not committed: run `commit`
-    repo ahead   someone committed a newer state: run `prepare`
+    repo ahead   someone committed a newer state (or re-sealed it): run `prepare`
+    repo behind  the vault file has a lower serial than last synced here: `git pull`
     diverged     both changed since the last sync: see README, "Diverged state"
+    uncommitted  sealed in the work tree, not committed to git: run `commit` again
+    conflict     git stopped a merge or rebase on it: `sst-vault resolve STAGE --ours|--theirs`
+    missing      neither the repo nor this SST home has the stage
     damaged      (--verify only) the vault file does not open: restore it from git
 
-    Without --verify only the clear headers are read, which is fast; a body damaged
-    behind an intact header then shows as in sync until prepare or commit meets it.
+    Without --verify, status reads each vault file's clear header (serial, content
+    fingerprint, key id), fingerprints the SST home's file, compares both with the sync
+    record of this home, and asks git's index about conflicts and uncommitted files. The
+    header is authenticated only together with the body, so a body damaged behind an intact
+    header shows as in sync until --verify (which decrypts every file), prepare or commit
+    meets it. A header whose serial disagrees with the sync record is never in sync.
 
     \b
     Examples:
