@@ -460,6 +460,7 @@ def commit(
     message: str | None = None,
     push: bool = False,
     force: bool = False,
+    push_timeout: float | None = None,
 ) -> CommitReport:
     """Encrypt the stages' SST files into the repo and commit exactly those files."""
     from vault.gitstore import GitStore
@@ -490,7 +491,7 @@ def commit(
             paths + own_files(project, store), _message(project, report, message)
         )
         if push:
-            store.push(project.config.remote)
+            store.push(project.config.remote, timeout=push_timeout)
             report.pushed = True
     return report
 
