@@ -144,8 +144,15 @@ def land(
     if store.contains(item.sha):
         result.already = True
     else:
+        before = store.head()
         _apply(store, item, files, remote, branch)
-        store.push(remote, files, timeout=push_timeout)
+        try:
+            store.push(remote, files, timeout=push_timeout)
+        except BaseException:
+            # The rescue ref still holds the state: leave this clone as the pull left it, so
+            # the next `land` does not meet its own copy as a competing deploy.
+            store.git("reset", "--quiet", "--keep", before, check=False)
+            raise
         info(f"Landed {item.ref} on {branch} ({store.head()[:12]})")
     result.head = store.head()
     _delete_ref(store, remote, item)
