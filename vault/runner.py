@@ -452,7 +452,7 @@ class _Run:
             return
         protect = [store.relative(self.project.repo.vault_file(k, stage)) for k in KINDS]
         try:
-            store.push(remote, protect, timeout=self.push_timeout)
+            pushed = store.push(remote, protect, timeout=self.push_timeout)
         except (DivergedError, PushRefusedError, PushTimeoutError) as exc:
             # A CI runner's clone is thrown away after the job: keep the commit on the remote,
             # and the stage locked, so nobody deploys from the state the branch still has.
@@ -480,6 +480,11 @@ class _Run:
                 f"after pushing, `sst-vault lock release --stage {stage}` from this clone"
             )
             raise
+        if pushed.attempts > 1:
+            self.info(
+                f"sst-vault: pushed after {pushed.attempts} attempts "
+                f"({pushed.rebased} rebased onto others' pushes)"
+            )
         self.result.pushed = True
 
     def _rescue(self) -> str | None:
