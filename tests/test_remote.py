@@ -126,11 +126,11 @@ def test_a_push_lost_to_a_racing_server_ref_lock_is_retried(
         team,
         "pre-receive",
         f'if [ ! -e "{marker}" ]; then touch "{marker}"; touch refs/heads/main.lock; '
-        "(sleep 1; rm -f refs/heads/main.lock) & fi\nexit 0\n",
+        "(sleep 1; rm -f refs/heads/main.lock) >/dev/null 2>&1 & fi\nexit 0\n",
     )
     result = a.cli("run", "--stage", STAGE, *bump_cmd(a, scripts["bump"]))
     assert result.code == 0, result.output
-    assert marker.exists()
+    assert marker.exists() and "sst-vault: pushed after" in result.err
     assert remote_counter(team) == 1 and team.lock_refs() == []
 
 
@@ -205,6 +205,22 @@ def test_when_the_rescue_ref_is_refused_too_the_lock_stays_and_break_says_so(
     assert REF in team.lock_refs()
     broken = b.cli("lock", "break", "--stage", STAGE)
     assert broken.code == 0 and "may be unsaved" in broken.err
+
+
+def test_a_hook_that_declines_lock_refs_is_named_as_such(tmp_path: Path) -> None:
+    team = make_team(tmp_path)
+    a = team.clone("a")
+    install_hook(
+        team,
+        "pre-receive",
+        'while read old new ref; do case "$ref" in refs/sst-vault/*)\n'
+        "  echo 'refs outside refs/heads are not allowed here'; exit 1;; esac; done\nexit 0\n",
+    )
+    result = a.cli("lock", "acquire", "--stage", STAGE)
+    assert result.code == 1
+    line = one_error_line(result.err)
+    assert "a server-side hook declined it" in line and "not allowed here" in line
+    assert "host may restrict" not in line
 
 
 # --- `run` owns nothing after the command --------------------------------------------------------

@@ -457,28 +457,35 @@ class _Run:
             # A CI runner's clone is thrown away after the job: keep the commit on the remote,
             # and the stage locked, so nobody deploys from the state the branch still has.
             saved = self._rescue()
-            head = store.head()
+            locked = self.held is not None
             if saved:
                 self.keep_lock = f"its state is on {saved}"
                 exc.hint = (
-                    f"{exc.hint}; the state is saved on {remote} as {saved} and the deploy "
-                    f"lock of {stage} stays held: land it with "
-                    f"`sst-vault rescue land --stage {stage} {saved.rsplit('/', 1)[1]}`"
+                    f"{exc.hint}; the state is saved on {remote} as {saved}"
+                    + (f" and the deploy lock of {stage} stays held" if locked else "")
+                    + f": land it with `sst-vault rescue land --stage {stage} "
+                    f"{saved.rsplit('/', 1)[1]}`"
                 )
             else:
                 self.keep_lock = "its state is only in this clone"
                 exc.hint = (
                     f"{exc.hint}; {remote} refused the rescue ref too, so the state is only in "
-                    f"{store.top} (commit {head[:12]}) and the deploy lock of {stage} stays "
-                    f"held: push it from here, then `sst-vault lock release --stage {stage}`"
+                    f"{store.top} (commit {store.head()[:12]})"
+                    + (
+                        f" and the deploy lock of {stage} stays held: push it from here, then "
+                        f"`sst-vault lock release --stage {stage}`"
+                        if locked
+                        else ": push it from here"
+                    )
                 )
             raise
         except GitError as exc:  # unreachable, or broken off: no rescue ref can get there either
             self.keep_lock = "its state is only in this clone"
-            exc.hint = (
-                f"{exc.hint or 'retry'}; the deploy lock of {stage} stays held until then: "
-                f"after pushing, `sst-vault lock release --stage {stage}` from this clone"
-            )
+            if self.held is not None:
+                exc.hint = (
+                    f"{exc.hint or 'retry'}; the deploy lock of {stage} stays held until then: "
+                    f"after pushing, `sst-vault lock release --stage {stage}` from this clone"
+                )
             raise
         if pushed.attempts > 1:
             self.info(
