@@ -207,6 +207,27 @@ def test_when_the_rescue_ref_is_refused_too_the_lock_stays_and_break_says_so(
     assert broken.code == 0 and "may be unsaved" in broken.err
 
 
+def test_a_branch_kept_locked_on_the_server_ends_at_the_push_deadline_on_a_rescue_ref(
+    tmp_path: Path, scripts: dict[str, Path]
+) -> None:
+    team = make_team(tmp_path, seeded=True)
+    a, b = team.clone("a"), team.clone("b")
+    stuck = team.bare / "refs" / "heads" / "main.lock"  # a crashed server process left it
+    install_hook(team, "pre-receive", f'touch "{stuck}"\nexit 0\n')
+    result = a.cli("run", "--stage", STAGE, "--push-timeout", "2", *bump_cmd(a, scripts["bump"]))
+    assert result.code == 1
+    line = one_error_line(result.err)
+    assert "was still rejected after 2s" in line and "--push-timeout" in line
+    head = a.git("rev-parse", "HEAD").strip()
+    assert f"sst-vault rescue land --stage prod {head[:12]}" in line
+    assert REF in team.lock_refs()
+    (team.bare / "hooks" / "pre-receive").unlink()
+    stuck.unlink()
+    landed = b.cli("rescue", "land", "--stage", STAGE)
+    assert landed.code == 0, landed.output
+    assert team.lock_refs() == [] and remote_counter(team) == 1
+
+
 def test_a_hook_that_declines_lock_refs_is_named_as_such(tmp_path: Path) -> None:
     team = make_team(tmp_path)
     a = team.clone("a")

@@ -47,9 +47,16 @@ DEFAULT_PUSH_TIMEOUT = 600.0
 ENV_PUSH_TIMEOUT = "SST_VAULT_PUSH_TIMEOUT"
 # Backoff between push attempts: jittered, so runners that lost one race do not meet again.
 PUSH_FIRST_DELAY, PUSH_MAX_DELAY, PUSH_BACKOFF = 0.1, 3.0, 1.5
-# Words of a server-side ref lock held for a moment by a concurrent push: worth a retry even
-# when the branch did not move (the other push may have failed).
-TRANSIENT = ("failed to lock", "cannot lock ref", "failed to update ref", "incorrect old value")
+# Words of a lost race: worth a retry even when the fetch that followed found the branch
+# unmoved (a concurrent push held the server's ref lock and then failed, or moved it again).
+TRANSIENT = (
+    "failed to lock",
+    "cannot lock ref",
+    "failed to update ref",
+    "incorrect old value",
+    "fetch first",  # the remote moved, then our fetch raced it: ask again
+    "non-fast-forward",
+)
 REACH_HINT = "check the network and your git credentials for that remote, then retry"
 
 
