@@ -236,10 +236,9 @@ def part3(team: Team, tmp: Path, many: int, one: int, rounds: int) -> None:
             f"{arrived:>4}/{sum(expected.values()):<4} {'yes' if not merges else 'NO':>6} "
             f"{retries:>12}"
         )
-        for err in errors:
-            if "RUN-FAILED" in err:
-                print("    a failed run said: " + err.strip().splitlines()[-2][:300])
-                break
+        said = [ln for err in errors for ln in err.splitlines() if ln.startswith("Error:")]
+        if said:
+            print(f"    a failed run said: {said[0][:300]}")
 
 
 def main() -> None:
