@@ -207,6 +207,30 @@ def test_when_the_rescue_ref_is_refused_too_the_lock_stays_and_break_says_so(
     assert broken.code == 0 and "may be unsaved" in broken.err
 
 
+def test_after_a_break_a_waiting_rescued_state_still_stops_the_next_deploy(
+    tmp_path: Path, scripts: dict[str, Path]
+) -> None:
+    team = make_team(tmp_path, seeded=True)
+    a, b = team.clone("a"), team.clone("b")
+    hook = install_hook(
+        team,
+        "pre-receive",
+        'while read old new ref; do case "$ref" in refs/heads/*) exit 1;; esac; done\nexit 0\n',
+    )
+    assert a.cli("run", "--stage", STAGE, *bump_cmd(a, scripts["bump"])).code == 1
+    hook.unlink()
+    broken = b.cli("lock", "break", "--stage", STAGE)
+    assert broken.code == 0 and "rescued state waiting" in broken.err
+    assert "may be unsaved" not in broken.err
+    refused = b.cli("run", "--stage", STAGE, *bump_cmd(b, scripts["bump"]))
+    assert refused.code == 1 and "land it first" in one_error_line(refused.err)
+    assert REF not in team.lock_refs()  # its lock was released; the rescue ref stays
+    assert any("/rescue/" in ref for ref in team.lock_refs())
+    assert b.cli("rescue", "land", "--stage", STAGE).code == 0
+    assert b.cli("run", "--stage", STAGE, *bump_cmd(b, scripts["bump"])).code == 0
+    assert remote_counter(team) == 2
+
+
 def test_a_branch_kept_locked_on_the_server_ends_at_the_push_deadline_on_a_rescue_ref(
     tmp_path: Path, scripts: dict[str, Path]
 ) -> None:

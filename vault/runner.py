@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from vault import sync
-from vault.errors import ConfigError, GitError, UsageError, VaultError
+from vault.errors import ConfigError, GitError, RefusedError, UsageError, VaultError
 from vault.gitstore import (
     DivergedError,
     GitStore,
@@ -51,6 +51,7 @@ from vault.lock import (
     rescue_root,
 )
 from vault.paths import KINDS, check_stage
+from vault.printable import printable
 from vault.project import Project
 
 ENV_TIMINGS = "SST_VAULT_TIMINGS"  # "1": print how long each phase took, on stderr
@@ -403,6 +404,8 @@ class _Run:
                     f"sst-vault: took over the expired deploy lock of {h.describe()}"
                 ),
             )
+        if self.remote:
+            self._refuse_if_rescued()
         timings.mark("lock")
         if self.remote:
             self.store.pull(self.remote)
@@ -417,6 +420,19 @@ class _Run:
         if self.remote and self.push:
             self._push()
         timings.mark("push")
+
+    def _refuse_if_rescued(self) -> None:
+        """A rescued state of this stage is newer than the branch's: deploying would fork it."""
+        lock = self.lock or DeployLock(self.project, self.stage, self.store)
+        waiting = lock.rescues()
+        if waiting:
+            ref = waiting[0][0]
+            raise RefusedError(
+                f"a rescued state of {lock.name} is waiting on {printable(ref)}: deploying from "
+                "the branch now would start from an older state",
+                f"land it first: `sst-vault rescue land --stage {self.stage} "
+                f"{printable(ref.rsplit('/', 1)[1], 40)}` (or drop it: `sst-vault rescue drop`)",
+            )
 
     def _commit(self) -> None:
         """Commit whatever state the command left, also after a failure."""
