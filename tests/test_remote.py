@@ -116,8 +116,8 @@ def test_a_push_lost_to_a_racing_server_ref_lock_is_retried(
 ) -> None:
     """`[remote rejected] (failed to update ref)` with the branch unmoved: retried, not refused.
 
-    A pre-receive hook holds the branch's ref lock file the first time (as a concurrent push
-    does on the server), so git reports a lost race although nobody else pushed.
+    A pre-receive hook holds the branch's ref lock file during the first push (as a concurrent
+    push does on the server), so git reports a lost race although nobody else pushed.
     """
     team = make_team(tmp_path, seeded=True)
     a = team.clone("a")
@@ -125,8 +125,11 @@ def test_a_push_lost_to_a_racing_server_ref_lock_is_retried(
     install_hook(
         team,
         "pre-receive",
-        f'if [ ! -e "{marker}" ]; then touch "{marker}"; touch refs/heads/main.lock; '
-        "(sleep 1; rm -f refs/heads/main.lock) >/dev/null 2>&1 & fi\nexit 0\n",
+        # First push: hold the ref lock as a concurrent receive-pack would; the next one (the
+        # retry) finds it released.
+        'while read old new ref; do [ "$ref" = refs/heads/main ] || continue\n'
+        f'if [ ! -e "{marker}" ]; then touch "{marker}" refs/heads/main.lock; '
+        "else rm -f refs/heads/main.lock; fi; done\nexit 0\n",
     )
     result = a.cli("run", "--stage", STAGE, *bump_cmd(a, scripts["bump"]))
     assert result.code == 0, result.output

@@ -518,7 +518,10 @@ class _Run:
         if porcelain_status(result.out, ref) not in ("*", "="):
             return None
         if self.lock is not None and self.held is not None and not self.lock.local_only:
-            noted = self.lock.note_rescue(self.held, ref)
+            try:
+                noted = self.lock.note_rescue(self.held, ref)
+            except VaultError:
+                noted = None  # the lock still holds the stage; `lock status` lists the ref
             if noted is not None:
                 self.held = noted
         return ref
