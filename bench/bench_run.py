@@ -1,7 +1,8 @@
 """`sst-vault run` against a loopback git remote: where one run's time goes, and contention.
 
-    python bench/bench_run.py                 # 5 single runs, 4 runners x 3 runs
+    python bench/bench_run.py                 # 5 single runs, 4 runners x 3 runs, contention
     python bench/bench_run.py --runners 6 --rounds 2 --repeat 9
+    python bench/bench_run.py --only-contention --many 16 --one 8 --rounds 2
 
 Part 1 runs `sst-vault run --stage prod -- python -c pass` (a no-op deploy that leaves the
 state unchanged) and `... -- python bump.py` (a deploy that changes it, so commit and push do
@@ -10,13 +11,19 @@ of each phase: setup (key, repo), lock, pull, prepare, command, commit, push, un
 Part 2 starts N clones ("runners") at once, each doing R runs of the bumping command under
 `--lock-timeout`, and reports wall time, runs per second and the lock's overhead against the
 same number of runs done one after another; the counter in the state must equal N x R.
+Part 3 (contention, issue 9) starts N runners on N different stages at once (preview stages,
+all pushing to one branch), then N' runners on one stage (waiting for each other's lock), each
+doing R runs, and reports runs per second, the success rate (runs that exited 0), whether every
+update arrived (each stage's counter) and whether history stayed linear.
 Not part of the test suite: timings are never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -28,7 +35,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, make_team  # noqa: E402
+from lockutil import (  # noqa: E402
+    BUMP,
+    DEPLOY,
+    STAGE,
+    Daemon,
+    Team,
+    bump_cmd,
+    counter_of,
+    deploy_cmd,
+    make_team,
+)
 
 PY = sys.executable
 PHASES = ("setup", "lock", "pull", "prepare", "command", "commit", "push", "unlock")
@@ -148,11 +165,80 @@ def part2(team: Team, script: Path, runners: int, rounds: int) -> None:
     )
 
 
-def _remote_counter(team: Team, name: str) -> int:
+def _remote_counter(team: Team, name: str, stage: str = STAGE) -> int:
     fresh = team.clone(f"check-{name}")
-    if vault(fresh, "prepare", STAGE).returncode != 0:
-        raise SystemExit("prepare failed")
-    return counter_of(fresh)
+    if vault(fresh, "prepare", stage).returncode != 0:
+        return 0  # never deployed
+    return counter_of(fresh, stage)
+
+
+def part3(team: Team, tmp: Path, many: int, one: int, rounds: int) -> None:
+    """N runners on N stages, then N' runners on one stage: rate, success, nothing lost."""
+    deploy = tmp / "deploy.py"
+    deploy.write_text(DEPLOY)
+    print(
+        f"\ncontention over git daemon on loopback, {rounds} run(s) per runner, all at once "
+        f"(push deadline {os.environ.get('SST_VAULT_PUSH_TIMEOUT', '600')} s)"
+    )
+    print(
+        f"  {'case':<22} {'runs':>5} {'ok':>5} {'success':>8} {'wall s':>7} {'runs/s':>7} "
+        f"{'updates':>9} {'linear':>6} {'push retries':>12}"
+    )
+    clones = [team.clone(f"c{i}") for i in range(max(many, one))]
+    cases = [
+        (f"{many} runners/{many} stages", [(c, f"pv-{i}") for i, c in enumerate(clones[:many])]),
+        (f"{one} runners/1 stage", [(c, "shared") for c in clones[:one]]),
+    ]
+    for label, pairs in cases:
+        stages = sorted({stage for _, stage in pairs})
+        before = {s: _remote_counter(team, f"b-{label[:2]}-{s}", s) for s in stages}
+        procs = []
+        start = time.perf_counter()
+        for clone, stage in pairs:
+            one_run = [
+                PY,
+                "-m",
+                "vault",
+                "--sst-home",
+                str(clone.home),
+                "run",
+                "--stage",
+                stage,
+                "--lock-timeout",
+                "900",
+                *deploy_cmd(clone, deploy, stage),
+            ]
+            line = "; ".join([shlex.join(one_run) + " || echo RUN-FAILED >&2"] * rounds)
+            procs.append(
+                subprocess.Popen(
+                    ["sh", "-c", line],
+                    cwd=clone.root,
+                    env=clone.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        errors = [proc.communicate()[1] for proc in procs]
+        wall = time.perf_counter() - start
+        total = len(pairs) * rounds
+        failed = sum(err.count("RUN-FAILED") for err in errors)
+        ok = total - failed
+        after = {s: _remote_counter(team, f"a-{label[:2]}-{s}", s) for s in stages}
+        expected = {s: rounds * sum(1 for _, st in pairs if st == s) for s in stages}
+        arrived = sum(after[s] - before[s] for s in stages)
+        merges = team.remote_git("rev-list", "--merges", "main").strip()
+        retries = sum(
+            int(n) - 1 for err in errors for n in re.findall(r"pushed after (\d+) attempts", err)
+        )
+        print(
+            f"  {label:<22} {total:>5} {ok:>5} {ok / total:8.0%} {wall:7.1f} {total / wall:7.2f} "
+            f"{arrived:>4}/{sum(expected.values()):<4} {'yes' if not merges else 'NO':>6} "
+            f"{retries:>12}"
+        )
+        said = [ln for err in errors for ln in err.splitlines() if ln.startswith("Error:")]
+        if said:
+            print(f"    a failed run said: {said[0][:300]}")
 
 
 def main() -> None:
@@ -160,6 +246,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--runners", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--many", type=int, default=16, help="runners on as many stages")
+    parser.add_argument("--one", type=int, default=8, help="runners on one stage")
+    parser.add_argument("--only-contention", action="store_true", help="part 3 alone")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
     from conftest import base_env
@@ -174,8 +263,10 @@ def main() -> None:
             f"git {subprocess.run(['git', '--version'], capture_output=True, text=True).stdout}"
             f"python {sys.version.split()[0]}, remote git://127.0.0.1:{daemon.port}"
         )
-        part1(team, script, args.repeat)
-        part2(team, script, args.runners, args.rounds)
+        if not args.only_contention:
+            part1(team, script, args.repeat)
+            part2(team, script, args.runners, args.rounds)
+        part3(team, tmp, args.many, args.one, args.rounds)
     finally:
         daemon.stop()
         shutil.rmtree(tmp, ignore_errors=True)

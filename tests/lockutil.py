@@ -50,6 +50,22 @@ bump("run")
 sys.exit(code)
 """
 
+# A stand-in for `sst deploy` of any stage: argv = tests dir, SST home, app, stage. The first
+# deploy writes a fresh state (as SST would), later ones bump its counter.
+DEPLOY = """\
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import sstfake
+home, app, stage = Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+path = sstfake.state_path(home, "app", app, stage)
+if not path.exists():
+    sstfake.write_state(home, app, stage)
+data = json.loads(path.read_text())
+data["counter"] = data.get("counter", 0) + 1
+path.write_text(json.dumps(data, indent=4))
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -186,6 +202,40 @@ def deploy_state(project: VaultProject, stage: str = STAGE, counter: int | None 
 
 def counter_of(project: VaultProject, stage: str = STAGE) -> int:
     return json.loads(project.state_file("app", stage).read_text()).get("counter", 0)
+
+
+def deploy_cmd(project: VaultProject, script: Path, stage: str) -> list[str]:
+    tests = str(Path(__file__).resolve().parent)
+    return [sys.executable, str(script), tests, str(project.home), project.app, stage]
+
+
+def run_all(commands: list[tuple[VaultProject, list[list[str]]]], timeout: float = 600) -> None:
+    """Start every runner at once, each doing its runs in a row; every run must succeed."""
+    procs = []
+    for project, runs in commands:
+        script = " && ".join(" ".join(map(shlex_quote, cmd)) for cmd in runs)
+        procs.append(
+            subprocess.Popen(
+                ["sh", "-c", script],
+                cwd=project.root,
+                env=project.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    failed = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            failed.append(out)
+    assert not failed, "\n----\n".join(failed)
+
+
+def shlex_quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
 
 
 def bump_cmd(project: VaultProject, script: Path, code: int = 0, *extra: str) -> list[str]:

@@ -403,12 +403,15 @@ def _lock_checks(project: Project, store: GitStore) -> list[Check]:
             result.append(Check(OK, "lock", f"{stage}: free{where}"))
         else:
             stale = info.expired() if hasattr(info, "expired") else False
+            hint = f"`sst-vault lock break --stage {stage}` if that job is gone" if stale else ""
+            if getattr(info, "rescue", None):  # its state waits on a rescue ref, not the branch
+                stale, hint = True, f"land it: `sst-vault rescue land --stage {stage}`"
             result.append(
                 Check(
                     WARN if stale else OK,
                     "lock",
                     f"{stage}: held by {info.describe()}{where}",
-                    f"`sst-vault lock break --stage {stage}` if that job is gone" if stale else "",
+                    hint,
                 )
             )
     return result

@@ -9,19 +9,31 @@ and every git child gets `git_env()`, which drops any `SST_VAULT_KEY*` variable 
 Pushing never forces and never resets: when the remote branch moved, its commits are fetched
 and ours rebased onto them, unless the remote changed a file ours change too (two deploys of
 one stage diverged): then the local commit is kept as it is and the push is refused.
+
+Under contention (many runners pushing different stages to one branch) git words a lost race
+in several ways: "fetch first", "non-fast-forward", "[remote rejected] (failed to update ref)",
+"cannot lock ref ...: is at X but expected Y", "failed to lock", "incorrect old value
+provided". The wording is not what decides: after any rejection the remote branch is fetched,
+and if it is no longer contained in HEAD the remote moved (rebase and retry); if it is, the
+refusal was either a lock held for a moment on the server (retry) or for good (a protected
+branch, a hook: `PushRefusedError`). Retries back off with jitter until a deadline (minutes,
+`SST_VAULT_PUSH_TIMEOUT`), never a fixed small count: sixteen runners must all get through.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vault.errors import ConfigError, GitError, RefusedError, UsageError
+from vault.printable import printable, remote_lines
 
 if TYPE_CHECKING:
     import git
@@ -29,8 +41,21 @@ if TYPE_CHECKING:
 # Commits made by sst-vault when the user has no git identity (a bare CI runner).
 FALLBACK_NAME = "sst-vault"
 FALLBACK_EMAIL = "sst-vault@localhost"
-# Rebase-and-retry rounds when the remote branch keeps moving during a push.
-PUSH_RETRIES = 5
+# How long a push keeps rebasing and retrying while others push to the same branch.
+DEFAULT_PUSH_TIMEOUT = 600.0
+ENV_PUSH_TIMEOUT = "SST_VAULT_PUSH_TIMEOUT"
+# Backoff between push attempts: jittered, so runners that lost one race do not meet again.
+PUSH_FIRST_DELAY, PUSH_MAX_DELAY, PUSH_BACKOFF = 0.1, 3.0, 1.5
+# Words of a lost race: worth a retry even when the fetch that followed found the branch
+# unmoved (a concurrent push held the server's ref lock and then failed, or moved it again).
+TRANSIENT = (
+    "failed to lock",
+    "cannot lock ref",
+    "failed to update ref",
+    "incorrect old value",
+    "fetch first",  # the remote moved, then our fetch raced it: ask again
+    "non-fast-forward",
+)
 REACH_HINT = "check the network and your git credentials for that remote, then retry"
 
 
@@ -127,6 +152,35 @@ class DivergedError(RefusedError):
     """The remote changed the same state this clone committed: never rebased, never forced."""
 
 
+class PushRefusedError(GitError):
+    """The remote refuses the branch update for good (a protection rule, a hook), unmoved."""
+
+
+class UnreachableError(GitError):
+    """The remote cannot be reached (network, credentials, repository gone)."""
+
+
+class PushTimeoutError(GitError):
+    """The remote kept moving (or kept its ref locked) until the push deadline."""
+
+
+def push_timeout(env: dict[str, str] | None = None) -> float:
+    """The push deadline in seconds: SST_VAULT_PUSH_TIMEOUT, else the default (10 minutes)."""
+    raw = (os.environ if env is None else env).get(ENV_PUSH_TIMEOUT, "")
+    if not raw.strip():
+        return DEFAULT_PUSH_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(
+            f"{ENV_PUSH_TIMEOUT}={printable(raw, 40)} is not a number of seconds",
+            f"unset it or set e.g. {ENV_PUSH_TIMEOUT}=600",
+        )
+    return value
+
+
 @dataclass
 class GitResult:
     code: int
@@ -135,12 +189,21 @@ class GitResult:
 
     @property
     def reason(self) -> str:
-        """The line of git's stderr that says why (fatal:/error: first), for one-line errors."""
+        """Why git failed, on one escaped line, for one-line errors.
+
+        The fatal:/error: line first, with the lines that continue it: git says "unable to
+        connect to host:" and puts "errno=Connection refused" on the next line.
+        """
         lines = [ln.strip() for ln in self.err.splitlines() if ln.strip()]
-        for line in lines:
+        for i, line in enumerate(lines):
             if line.startswith(("fatal:", "error:")):
-                return line.split(":", 1)[1].strip()
-        return lines[-1] if lines else f"exit status {self.code}"
+                parts = [line.split(":", 1)[1].strip()]
+                for more in lines[i + 1 :]:
+                    if more.startswith(("fatal:", "error:", "hint:", "remote:", "To ")):
+                        break
+                    parts.append(more)
+                return printable(" ".join(parts))
+        return printable(lines[-1]) if lines else f"exit status {self.code}"
 
 
 @dataclass
@@ -149,6 +212,20 @@ class PushResult:
     remote: str
     head: str = ""
     rebased: int = 0
+    attempts: int = 0
+
+
+@dataclass
+class Rejection:
+    """One push that did not land: git's flag for the ref (None: no ref line) and why."""
+
+    flag: str | None
+    reason: str
+    said: str = ""  # what the remote itself printed (a hook's message), escaped
+
+    @property
+    def transient(self) -> bool:
+        return any(word in self.reason for word in TRANSIENT)
 
 
 def porcelain_status(out: str, ref: str) -> str | None:
@@ -290,37 +367,86 @@ class GitStore:
             ) from None
 
     def push(
-        self, remote: str = "origin", protect: Iterable[str] = (), retries: int = PUSH_RETRIES
+        self, remote: str = "origin", protect: Iterable[str] = (), timeout: float | None = None
     ) -> PushResult:
         """Push the current branch; when the remote moved, rebase and retry, never force.
 
         `protect` lists repo-relative paths (a stage's vault files) whose change on the remote
         means two writers diverged: then nothing is rebased and `DivergedError` keeps the local
-        commit. Files the local commits change are always protected as well.
+        commit. Files the local commits change are always protected as well. Retries go on
+        until `timeout` seconds (default `push_timeout()`), then `PushTimeoutError`; a refusal
+        for good is `PushRefusedError`, an unreachable remote `UnreachableError`.
         """
         branch = self.current_branch()
         self.require_remote(remote)
+        limit = push_timeout() if timeout is None else timeout
+        deadline = time.monotonic() + limit
         result = PushResult(branch=branch, remote=remote)
-        for attempt in range(retries + 1):
-            outcome = self._push_branch(remote, branch)
-            if outcome == "ok":
+        delay = PUSH_FIRST_DELAY
+        hung_up = 0
+        while True:
+            result.attempts += 1
+            rejected = self._push_branch(remote, branch)
+            if rejected is None:
                 result.head = self.head()
                 return result
-            if attempt == retries:
-                break
-            # The remote moved under us: bring its commits in, then try again.
-            remote_sha = self.fetch_branch(remote, branch)
-            if remote_sha is None:
-                continue
-            action = self.integrate(remote_sha, protect, remote=remote, branch=branch)
-            if action == "rebased":
-                result.rebased += 1
-        raise GitError(
-            f"git push to {remote} kept being rejected after {retries} rebases "
-            f"(others keep pushing to {branch})",
-            f"the state is committed locally as {self.head()[:12]}: retry "
-            f"`git pull --rebase && git push {remote} {branch}`",
+            # Whatever git's wording, ask the remote whether its branch moved.
+            try:
+                remote_sha = self.fetch_branch(remote, branch)
+            except UnreachableError:
+                raise UnreachableError(
+                    f"git push to {remote} failed: {rejected.reason}",
+                    f"the state is committed locally as {self.head()[:12]} on {branch} in "
+                    f"{self.top}; push it with `git push {remote} {branch}` once {remote} is "
+                    "reachable",
+                ) from None
+            if remote_sha is not None and not self.contains(remote_sha):
+                action = self.integrate(remote_sha, protect, remote=remote, branch=branch)
+                if action == "rebased":
+                    result.rebased += 1
+            elif rejected.flag == "!" and not rejected.transient:
+                raise self._refused(remote, branch, rejected)
+            elif rejected.flag is None and not rejected.transient:
+                hung_up += 1  # reachable for fetch, yet the push itself broke off
+                if hung_up > 2:
+                    raise GitError(
+                        f"git push to {remote} failed: {rejected.reason}",
+                        f"the state is committed locally as {self.head()[:12]} on {branch} in "
+                        f"{self.top}; push it with `git push {remote} {branch}`",
+                    )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PushTimeoutError(
+                    f"git push to {remote} was still rejected after {limit:g}s and "
+                    f"{result.attempts} attempts (others keep pushing to {branch}; "
+                    f"last: {rejected.reason})",
+                    f"the state is committed locally as {self.head()[:12]}: retry "
+                    f"`git pull --rebase {remote} {branch} && git push {remote} {branch}`, "
+                    f"or allow more time with --push-timeout / {ENV_PUSH_TIMEOUT}",
+                )
+            time.sleep(min(left, random.uniform(0, delay)))
+            delay = min(PUSH_MAX_DELAY, delay * PUSH_BACKOFF)
+
+    def _refused(self, remote: str, branch: str, rejected: Rejection) -> PushRefusedError:
+        where = f"the state is committed locally as {self.head()[:12]} on {branch}"
+        if "hook declined" in rejected.reason:
+            said = f": {rejected.said}" if rejected.said else ""
+            return PushRefusedError(
+                f"{remote} declined the push to {branch}: a server-side hook refused it "
+                f"({rejected.reason}){said}",
+                f"{where}; ask the repository's admins about that hook (or branch protection), "
+                f"then `git push {remote} {branch}`",
+            )
+        return PushRefusedError(
+            f"{remote} refused the push to {branch}: {rejected.reason}"
+            + (f" ({rejected.said})" if rejected.said else ""),
+            f"{where}; check the branch's protection rules and your rights on {remote}, "
+            f"then `git push {remote} {branch}`",
         )
+
+    def contains(self, sha: str) -> bool:
+        """True when commit `sha` is HEAD or one of its ancestors."""
+        return self.git("merge-base", "--is-ancestor", sha, "HEAD", check=False).code == 0
 
     # --- remote plumbing for push, pull and the deploy lock ---------------------------------
 
@@ -339,7 +465,13 @@ class GitStore:
         # A CI job must fail, not hang, when a remote asks for credentials.
         env.setdefault("GIT_TERMINAL_PROMPT", "0")
         proc = subprocess.run(
-            ["git", *args], cwd=self.top, env=env, input=input, capture_output=True, text=True
+            ["git", *args],
+            cwd=self.top,
+            env=env,
+            input=input,
+            capture_output=True,
+            text=True,
+            errors="replace",  # a foreign ref or message need not be UTF-8
         )
         result = GitResult(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
@@ -374,7 +506,7 @@ class GitStore:
         """The remote's current value of `ref`, or None when it does not exist there."""
         result = self.git("ls-remote", "--refs", remote, ref, check=False)
         if result.code != 0:
-            raise GitError(f"cannot reach remote {remote!r}: {result.reason}", REACH_HINT)
+            raise UnreachableError(f"cannot reach remote {remote!r}: {result.reason}", REACH_HINT)
         for line in result.out.splitlines():
             sha, _, name = line.partition("\t")
             if name == ref:
@@ -389,7 +521,7 @@ class GitStore:
         if result.code != 0:
             if "couldn't find remote ref" in result.err:
                 return None
-            raise GitError(f"git fetch from {remote} failed: {result.reason}", REACH_HINT)
+            raise UnreachableError(f"git fetch from {remote} failed: {result.reason}", REACH_HINT)
         return self.git("rev-parse", "--verify", "-q", tracking).out.strip()
 
     def pull(self, remote: str, protect: Iterable[str] = ()) -> str:
@@ -448,25 +580,28 @@ class GitStore:
         out = self.git("diff", "--name-only", "-z", "--no-renames", old, new).out
         return [p for p in out.split("\0") if p]
 
-    def _push_branch(self, remote: str, branch: str) -> str:
-        """Return "ok", or "moved" when the remote branch moved on; else raise GitError."""
-        result = self.git("push", "--porcelain", remote, f"HEAD:refs/heads/{branch}", check=False)
-        status = porcelain_status(result.out, f"refs/heads/{branch}")
+    def _push_branch(self, remote: str, branch: str) -> Rejection | None:
+        """Push HEAD to the branch: None when it landed, else what stopped it."""
+        ref = f"refs/heads/{branch}"
+        result = self.git("push", "--porcelain", remote, f"HEAD:{ref}", check=False)
+        status = porcelain_status(result.out, ref)
         if result.code == 0 and status in (" ", "*", "=", "+"):
-            return "ok"
-        if status == "!" and ("fetch first" in result.out or "non-fast-forward" in result.out):
-            return "moved"
+            return None
         if status == "!":
-            raise GitError(
-                f"{remote} refused the push to {branch}: {porcelain_reason(result.out)}",
-                f"the state is committed locally as {self.head()[:12]}; check the branch's "
-                "protection rules or hooks, then `git push`",
+            reason = printable(porcelain_reason(result.out))
+            return Rejection("!", reason, remote_lines(result.err))
+        said = remote_lines(result.err)
+        reason = result.reason
+        if any(word in result.err for word in TRANSIENT):
+            reason = next(
+                (
+                    printable(ln.strip())
+                    for ln in result.err.splitlines()
+                    if any(w in ln for w in TRANSIENT)
+                ),
+                reason,
             )
-        raise GitError(
-            f"git push to {remote} failed: {result.reason}",
-            f"the state is committed locally as {self.head()[:12]} on {branch} in {self.top}; "
-            f"push it with `git push {remote} {branch}` once {remote} is reachable",
-        )
+        return Rejection(status, reason, said)
 
     def show(self, rev: str, path: Path) -> bytes | None:
         """The bytes of `path` at `rev`, or None when it did not exist there."""

@@ -12,6 +12,16 @@ The holder's commit id is also kept in `.git/sst-vault/locks/<app>/<stage>.json`
 process in the same clone (`sst-vault lock release`) knows it holds the lock. Without a remote
 the lock is a ref in the local repository (`git update-ref` with an empty old value is an
 atomic create) and only guards this clone.
+
+Everything read back from the remote is untrusted: a ref under the prefix may point at a blob,
+a huge object, or a commit whose message is not ours or has fields of the wrong types. It is
+still a lock (of an unknown holder), it never crashes `status`, `run` or `break`, and its text
+is printed escaped (`vault.printable`). `--lock-timeout` is a deadline on every path: waiting
+for a holder, failing to take over an expired lock the host refuses to replace, racing others.
+
+A run whose state could not reach the branch keeps the lock and pushes the state to a rescue
+ref, `<prefix parent>/rescue/<app>/<stage>/<sha12>` (default `refs/sst-vault/rescue/...`),
+recording that ref in a new lock commit so `status` and `break` can say a state is waiting.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from datetime import UTC, datetime
 from vault.errors import GitError, LockError, LockHeldError, VaultError
 from vault.gitstore import GitStore, porcelain_reason, porcelain_status
 from vault.paths import check_stage
+from vault.printable import printable, remote_lines
 from vault.project import Project
 
 LOCK_VERSION = 1
@@ -47,6 +58,8 @@ LOCK_IDENTITY = {
 }
 # Waiting: first retry soon (deploy locks change hands quickly in CI), then back off.
 FIRST_DELAY, MAX_DELAY, BACKOFF = 0.2, 5.0, 1.6
+MAX_LOCK_OBJECT = 64 * 1024  # a lock commit is a few hundred bytes; anything larger is foreign
+MAX_FIELD = 1000  # characters kept of any text field read from a lock commit
 
 
 @dataclass
@@ -64,6 +77,7 @@ class LockInfo:
     app: str = ""
     stage: str = ""
     version: int = LOCK_VERSION
+    rescue: str | None = None  # the rescue ref holding this holder's state, if it was rescued
     sha: str = ""  # the lock commit; not part of the message
 
     def age(self, now: float | None = None) -> float:
@@ -77,15 +91,22 @@ class LockInfo:
         return self.ttl > 0 and self.age(now) > self.ttl
 
     def describe(self) -> str:
-        """One line: who, where, what, since when (used by refusals, waiting and status)."""
-        text = f"{self.user}@{self.host} (pid {self.pid}) since {self.created}"
+        """One line: who, where, what, since when (used by refusals, waiting and status).
+
+        Every field came from the remote: each is escaped, so a crafted lock cannot write
+        terminal escapes or fake lines into our output.
+        """
+        text = f"{printable(self.user, 80)}@{printable(self.host, 120)} (pid {self.pid})"
+        text += f" since {printable(self.created, 40) or 'an unknown time'}"
         text += f" ({format_age(self.age())} ago)"
         if self.command:
-            text += f", running `{self.command}`"
+            text += f", running `{printable(self.command)}`"
         if self.ci_run:
-            text += f", CI run {self.ci_run}"
+            text += f", CI run {printable(self.ci_run)}"
         if self.expired():
             text += ", expired"
+        if self.rescue:
+            text += f", its state rescued to {printable(self.rescue)}"
         return text
 
     def message(self) -> str:
@@ -94,15 +115,49 @@ class LockInfo:
         return f"{summary}\n\n{json.dumps(body, indent=1, sort_keys=True)}\n"
 
     @classmethod
+    def unknown(cls, sha: str) -> LockInfo:
+        """A ref under our prefix that we did not write: still a lock, of an unknown holder."""
+        return cls("unknown", "unknown", 0, "", None, "", 0, "", sha=sha)
+
+    @classmethod
     def parse(cls, message: str, sha: str) -> LockInfo:
+        """The holder recorded in a lock commit's message; every field type-checked.
+
+        A field of the wrong type (or out of range) falls back to "unknown"/0/None alone, so a
+        partly foreign lock still shows what it can and never raises.
+        """
         _, _, body = message.partition("\n\n")
         try:
             data = json.loads(body)
-            fields = set(cls.__dataclass_fields__) - {"sha"}
-            return cls(**{k: v for k, v in data.items() if k in fields}, sha=sha)
-        except (ValueError, TypeError):
-            # A ref under our prefix that we did not write: still a lock, of unknown holder.
-            return cls("unknown", "unknown", 0, "", None, "", 0, "", sha=sha)
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            return cls.unknown(sha)
+
+        def text(name: str, default: str = "") -> str:
+            value = data.get(name)
+            return value[:MAX_FIELD] if isinstance(value, str) else default
+
+        def number(name: str, default: int = 0) -> int:
+            value = data.get(name)
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+            return value if ok else default
+
+        return cls(
+            user=text("user", "unknown") or "unknown",
+            host=text("host", "unknown") or "unknown",
+            pid=number("pid"),
+            command=text("command"),
+            ci_run=text("ci_run") or None,
+            created=text("created"),
+            ttl=number("ttl"),
+            nonce=text("nonce"),
+            app=text("app"),
+            stage=text("stage"),
+            version=number("version"),
+            rescue=text("rescue") or None,
+            sha=sha,
+        )
 
 
 class LockBrokenError(LockError):
@@ -152,6 +207,7 @@ class DeployLock:
         if not self.store.has_remote(self.remote):
             self.remote = None
         self._rejected = "the ref exists"
+        self._said = ""
         # The lock commit being pushed: if we are interrupted before we know whether it won,
         # deleting the ref with a lease on this (unique) commit is still safe.
         self.attempted: str | None = None
@@ -195,9 +251,14 @@ class DeployLock:
         raise LockError(f"the deploy lock of {self.name} keeps changing; retry")
 
     def _read(self, sha: str) -> LockInfo | None:
-        """The lock commit `sha`, fetched first when it is only on the remote."""
-        got = self.store.git("cat-file", "commit", sha, check=False)
-        if got.code != 0 and self.remote is not None:
+        """The lock commit `sha`, fetched first when it is only on the remote.
+
+        None only when the ref moved on meanwhile; an object that is not a readable lock
+        commit (a blob, a huge object, one that cannot be fetched) is a lock of unknown holder,
+        so it can still be shown and broken.
+        """
+        kind, size = self._object(sha)
+        if kind is None and self.remote is not None:
             self.store.git(
                 "fetch",
                 "--quiet",
@@ -207,11 +268,24 @@ class DeployLock:
                 self.ref,
                 check=False,
             )
-            got = self.store.git("cat-file", "commit", sha, check=False)
+            kind, size = self._object(sha)
+        if kind is None:
+            return None if self.current_sha() != sha else LockInfo.unknown(sha)
+        if kind != "commit" or size > MAX_LOCK_OBJECT:
+            return LockInfo.unknown(sha)
+        got = self.store.git("cat-file", "commit", sha, check=False)
         if got.code != 0:
-            return None  # the ref moved on between ls-remote and fetch
+            return LockInfo.unknown(sha)
         _, _, message = got.out.partition("\n\n")
         return LockInfo.parse(message, sha)
+
+    def _object(self, sha: str) -> tuple[str | None, int]:
+        """(type, size) of a local object, or (None, 0) when this clone does not have it."""
+        got = self.store.git("cat-file", "--batch-check", input=sha + "\n", check=False)
+        parts = got.out.split()
+        if got.code != 0 or len(parts) != 3 or not parts[2].isdigit():
+            return None, 0
+        return parts[1], int(parts[2])
 
     def held_here(self) -> str | None:
         """The lock commit this clone took (from the holder file), if any."""
@@ -219,7 +293,11 @@ class DeployLock:
             data = json.loads(self.holder_file.read_text())
         except (OSError, ValueError):
             return None
-        if data.get("ref") != self.ref or data.get("remote") != self.remote:
+        if (
+            not isinstance(data, dict)
+            or data.get("ref") != self.ref
+            or data.get("remote") != self.remote
+        ):
             return None
         sha = data.get("sha")
         return sha if isinstance(sha, str) else None
@@ -235,7 +313,11 @@ class DeployLock:
         on_wait: Callable[[LockInfo], None] | None = None,
         on_takeover: Callable[[LockInfo], None] | None = None,
     ) -> LockInfo:
-        """Take the lock, waiting up to `timeout` seconds with backoff; LockHeldError if not."""
+        """Take the lock, waiting up to `timeout` seconds with backoff; LockHeldError if not.
+
+        The timeout is a deadline on every path: a holder that stays, an expired lock the
+        host refuses to replace, a ref the host refuses to create.
+        """
         mine = self._new_lock(ttl, command)
         self.attempted = mine.sha
         deadline = time.monotonic() + max(0.0, timeout)
@@ -249,23 +331,28 @@ class DeployLock:
             holder = self.status()
             if holder is None:
                 vanished += 1  # released between our push and our look: try again at once
-                if vanished > 10:
-                    raise LockError(
-                        f"could not create {self.ref} on {self.remote}: {self._rejected}",
-                        "the host may restrict ref names: set lock_prefix in sst-vault.toml",
-                    )
+                if vanished > 10 or (vanished > 2 and time.monotonic() > deadline):
+                    raise self._create_refused()
                 time.sleep(0.05 * vanished)
                 continue
+            refused_takeover = ""
             if holder.expired():
                 if self._replace(holder.sha, mine.sha):
                     self._remember(mine.sha)
                     if on_takeover:
                         on_takeover(holder)
                     return mine
-                continue
+                refused_takeover = self._rejected
             left = deadline - time.monotonic()
             if left <= 0:
                 here = self.held_here() == holder.sha
+                if refused_takeover and self.current_sha() == holder.sha:
+                    raise LockHeldError(
+                        f"the deploy lock of {self.name} is held by {holder.describe()}, and "
+                        f"{self.remote or 'the repository'} refused to replace it "
+                        f"({refused_takeover})",
+                        f"if that job is gone, `sst-vault lock break --stage {self.stage}`",
+                    )
                 raise LockHeldError(
                     f"the deploy lock of {self.name} is held by {holder.describe()}"
                     + (" (taken from this clone)" if here else ""),
@@ -280,6 +367,21 @@ class DeployLock:
                 announced = holder.sha
             time.sleep(min(left, delay * random.uniform(0.5, 1.0)))
             delay = min(MAX_DELAY, delay * BACKOFF)
+
+    def _create_refused(self) -> LockError:
+        """The remote keeps refusing to create the lock ref although nobody holds it."""
+        where = f"could not create {self.ref} on {self.remote}"
+        if "hook declined" in self._rejected:
+            said = f": {self._said}" if self._said else ""
+            return LockError(
+                f"{where}: a server-side hook declined it ({self._rejected}){said}",
+                "ask the repository's admins to let pushes create refs under "
+                f"{self.ref.rsplit('/', 2)[0]}/, or set lock_prefix in sst-vault.toml",
+            )
+        return LockError(
+            f"{where}: {self._rejected}" + (f" ({self._said})" if self._said else ""),
+            "the host may restrict ref names: set lock_prefix in sst-vault.toml",
+        )
 
     def _new_lock(self, ttl: int, command: str, now: datetime | None = None) -> LockInfo:
         if len(command) > MAX_COMMAND:
@@ -317,14 +419,22 @@ class DeployLock:
         if flag == "!" and "remote rejected" in result.out:
             # Two pushes racing on the server: the loser's ref update fails. A host that
             # forbids the ref name fails the same way every time (see `acquire`).
-            self._rejected = porcelain_reason(result.out)
+            self._note_rejection(result.out, result.err)
         return flag == "*" and self.current_sha() == sha
 
+    def _note_rejection(self, out: str, err: str) -> None:
+        self._rejected = printable(porcelain_reason(out))
+        self._said = remote_lines(err)
+
     def _replace(self, old: str, new: str) -> bool:
-        """Take over an expired lock: only if it still is the one we saw."""
+        """Take over an expired lock: only if it still is the one we saw.
+
+        A forced update with a lease first; a host that refuses forced updates of the ref
+        (denyNonFastForwards, a hook) may still allow a delete with a lease and a create.
+        """
         if self.remote is None:
             return self.store.git("update-ref", self.ref, new, old, check=False).code == 0
-        self.store.git(
+        result = self.store.git(
             "push",
             "--porcelain",
             f"--force-with-lease={self.ref}:{old}",
@@ -332,7 +442,15 @@ class DeployLock:
             f"{new}:{self.ref}",
             check=False,
         )
-        return self.current_sha() == new
+        now = self.current_sha()
+        if now == new:
+            return True
+        if now != old:
+            return False  # someone else took it over first
+        self._note_rejection(result.out, result.err)
+        if not self._delete(old):
+            return False
+        return self._create(new)
 
     def _remember(self, sha: str) -> None:
         self.holder_file.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +462,49 @@ class DeployLock:
     def _forget(self, sha: str | None = None) -> None:
         if sha is None or self.held_here() == sha:
             self.holder_file.unlink(missing_ok=True)
+
+    # --- rescued states ---------------------------------------------------------------------
+
+    @property
+    def rescue_prefix(self) -> str:
+        return f"{rescue_root(self.project.config.lock_prefix)}/{self.project.app}/{self.stage}/"
+
+    def rescues(self) -> list[tuple[str, str]]:
+        """(ref, sha) of every rescued state of this stage waiting on the remote."""
+        pattern = self.rescue_prefix + "*"
+        if self.remote is None:
+            out = self.store.git("for-each-ref", "--format=%(refname) %(objectname)", pattern)
+            pairs = [line.split(" ", 1)[::-1] for line in out.out.splitlines() if " " in line]
+        else:
+            result = self.store.git("ls-remote", "--refs", self.remote, pattern, check=False)
+            if result.code != 0:
+                raise LockError(f"cannot list rescued states on {self.remote}: {result.reason}")
+            pairs = [line.split("\t", 1) for line in result.out.splitlines() if "\t" in line]
+        return sorted((ref, sha) for sha, ref in pairs if ref.startswith(self.rescue_prefix))
+
+    def note_rescue(self, held: LockInfo, ref: str) -> LockInfo | None:
+        """Replace our lock commit by one that records `ref`; None if the remote refused."""
+        fields = {**asdict(held), "sha": "", "rescue": ref, "nonce": secrets.token_hex(16)}
+        info = LockInfo(**fields)
+        tree = self.store.git("mktree", input="").out.strip()
+        commit = self.store.git("commit-tree", tree, "-m", info.message(), env=LOCK_IDENTITY)
+        info.sha = commit.out.strip()
+        if self.remote is None:
+            ok = self.store.git("update-ref", self.ref, info.sha, held.sha, check=False).code == 0
+        else:
+            self.store.git(
+                "push",
+                "--porcelain",
+                f"--force-with-lease={self.ref}:{held.sha}",
+                self.remote,
+                f"{info.sha}:{self.ref}",
+                check=False,
+            )
+            ok = self.current_sha() == info.sha
+        if not ok:
+            return None
+        self._remember(info.sha)
+        return info
 
     # --- giving back -------------------------------------------------------------------------
 
@@ -419,6 +580,14 @@ class DeployLock:
         return flag == "-"
 
 
+def rescue_root(lock_prefix: str) -> str:
+    """Where rescued states live: `rescue` next to the lock prefix (refs/sst-vault/rescue)."""
+    parent = lock_prefix.rsplit("/", 1)[0]
+    if parent == "refs":
+        parent = lock_prefix
+    return f"{parent}/rescue"
+
+
 @contextlib.contextmanager
 def holding(
     project: Project,
@@ -483,4 +652,5 @@ __all__ = [
     "ci_run_url",
     "format_age",
     "holding",
+    "rescue_root",
 ]

@@ -5,12 +5,22 @@ step never runs. Here the commit runs on every path on which the command ran (al
 failed or was interrupted), and the deploy lock is released on every path. Signals reach the
 command first; this process only finishes its own work (commit, push, release) afterwards.
 
+Nothing deploys unobserved: if this process dies (even by SIGKILL), the command is stopped
+too. On Linux the kernel sends it SIGTERM (PR_SET_PDEATHSIG); everywhere a small watchdog
+process, in a session of its own, holds the read end of a pipe only we write to: when it reads
+end-of-file instead of our "done" byte, it terminates the command's whole process group.
+
+A state that cannot reach the branch (the remote changed this stage's files, a protection rule
+or hook refuses it, the push deadline passed) is pushed to a rescue ref and the deploy lock is
+kept, so nobody deploys from stale state until `sst-vault rescue land` puts it on the branch.
+
 The secret key is read before anything is spawned (`Project.keys` removes SST_VAULT_KEY from
 this process's environment) and the command's environment is built without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -23,13 +33,59 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from vault import sync
-from vault.errors import UsageError, VaultError
-from vault.gitstore import DivergedError, GitStore, porcelain_status
-from vault.lock import DEFAULT_TTL, DeployLock, LockBrokenError, LockInfo, holding
+from vault.errors import ConfigError, GitError, RefusedError, UsageError, VaultError
+from vault.gitstore import (
+    DivergedError,
+    GitStore,
+    PushRefusedError,
+    PushTimeoutError,
+    porcelain_status,
+)
+from vault.lock import (
+    DEFAULT_TTL,
+    DeployLock,
+    LockBrokenError,
+    LockInfo,
+    holding,
+    rescue_root,
+)
 from vault.paths import KINDS, check_stage
+from vault.printable import printable
 from vault.project import Project
 
 ENV_TIMINGS = "SST_VAULT_TIMINGS"  # "1": print how long each phase took, on stderr
+# Seconds the command gets after SIGTERM, once sst-vault has died, before SIGKILL.
+ORPHAN_GRACE = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+# The watchdog (run with `python -I -S -c`): argv = read fd, pid, "1" for a process group.
+WATCHDOG = """\
+import os, signal, sys, time
+fd, pid, group, grace = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+try:
+    done = os.read(fd, 1)
+except OSError:
+    done = b""
+if done:
+    sys.exit(0)
+send = (lambda s: os.killpg(pid, s)) if group else (lambda s: os.kill(pid, s))
+try:
+    send(signal.SIGTERM)
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        time.sleep(0.1)
+        send(0)
+    send(signal.SIGKILL)
+except (ProcessLookupError, PermissionError):
+    pass
+"""
+
+
+def in_ci(env: dict[str, str] | None = None) -> bool:
+    """`CI` set to anything but empty/0/false: a CI runner, whose clone is thrown away."""
+    value = (os.environ if env is None else env).get("CI", "")
+    return value.strip().lower() not in ("", "0", "false", "no")
 
 
 class _Interrupted(BaseException):
@@ -118,18 +174,26 @@ class _Signals:
         self.spawning = True
         try:
             self.child = subprocess.Popen(
-                list(command), env=env, process_group=0 if self.own_group else None
+                list(command),
+                env=env,
+                process_group=0 if self.own_group else None,
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             raise UsageError(
                 f"cannot run {command[0]!r}: {exc.strerror or exc}",
-                "check the command after `--` (it runs without a shell)",
+                "check the command (it runs without a shell; everything after the options, "
+                "or after `--`, is the command)",
             ) from None
         finally:
             self.spawning = False
-        for signum in self.pending:
-            self._forward(self.child, signum)
-        code = self.child.wait()
+        watchdog = _Watchdog.start(self.child.pid, self.own_group)
+        try:
+            for signum in self.pending:
+                self._forward(self.child, signum)
+            code = self.child.wait()
+        finally:
+            watchdog.stand_down()
         self.after = True
         return 128 - code if code < 0 else code
 
@@ -143,6 +207,76 @@ def command_environment() -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("SST_VAULT_KEY", "SST_VAULT_PIN", "SST_VAULT_REEXECED"))
     }
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the command when this process dies; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded before the fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # we died before the request took effect
+            os._exit(128 + signal.SIGTERM)
+
+    return preexec
+
+
+class _Watchdog:
+    """Stops the command's process group when this process dies without saying "done"."""
+
+    def __init__(self, proc: subprocess.Popen[bytes] | None, fd: int | None) -> None:
+        self.proc, self.fd = proc, fd
+
+    @classmethod
+    def start(cls, pid: int, group: bool) -> _Watchdog:
+        if not hasattr(os, "killpg"):
+            return cls(None, None)  # not POSIX: nothing to do it with
+        read, write = os.pipe()  # both ends non-inheritable: only the watchdog gets `read`
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    WATCHDOG,
+                    str(read),
+                    str(pid),
+                    "1" if group else "0",
+                    str(ORPHAN_GRACE),
+                ],
+                pass_fds=(read,),
+                start_new_session=True,  # survives a kill of our own process group
+                stdin=subprocess.DEVNULL,
+                env={k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH")},
+            )
+        except OSError:
+            os.close(write)
+            return cls(None, None)  # the parent-death signal still covers the command itself
+        finally:
+            os.close(read)
+        return cls(proc, write)
+
+    def stand_down(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.fd, b"x")
+        os.close(self.fd)
+        self.fd = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def _stdin_is_tty() -> bool:
@@ -169,13 +303,18 @@ def run(
     lock_ttl: int = DEFAULT_TTL,
     push: bool = True,
     use_lock: bool = True,
+    push_timeout: float | None = None,
     info: Callable[[str], None] = lambda _msg: None,
 ) -> RunResult:
-    """Run `command` for `stage` under the deploy lock; the result carries its exit code."""
+    """Run `command` for `stage` under the deploy lock; the result carries its exit code.
+
+    In CI a missing remote is an error unless `push` and `use_lock` are both off: a runner
+    must never deploy unguarded or leave the state in a clone about to be thrown away.
+    """
     timings = Timings(enabled=os.environ.get(ENV_TIMINGS) == "1")
     stage = check_stage(stage)
     if not command:
-        raise UsageError("no command given", "put it after `--`, e.g. -- npx sst deploy")
+        raise UsageError("no command given", "e.g. sst-vault run --stage dev npx sst deploy")
     project.keys  # noqa: B018 - read (and drop from the environment) before spawning anything
     store = GitStore(project.root)
     # Never deploy what could not be committed afterwards: an unmerged vault file of this
@@ -186,12 +325,22 @@ def run(
         check_can_commit(project, [stage], "run")
     remote: str | None = project.config.remote
     if not store.has_remote(remote):
-        info(f"sst-vault: warning: no remote {remote!r}; the state is committed but not pushed")
+        if in_ci() and (push or use_lock):
+            missing = [w for w, on in (("lock", use_lock), ("push", push)) if on]
+            raise ConfigError(
+                f"no git remote named {remote!r} in this repository (CI is set): `run` would "
+                f"deploy {stage} without a deploy lock and without pushing its state",
+                f"add the remote or fix `remote` in sst-vault.toml; to run without it on "
+                f"purpose pass {' '.join('--no-' + w for w in missing)}",
+            )
+        if push:
+            info(f"sst-vault: warning: no remote {remote!r}; the state is committed but not pushed")
         remote = None
     elif push:
         store.current_branch()  # a detached HEAD cannot be pushed: say so before deploying
     timings.mark("setup")
     job = _Run(project, stage, list(command), store, remote, push, info, timings)
+    job.push_timeout = push_timeout
     job.signals.install()
     try:
         job.execute(use_lock, lock_timeout, lock_ttl)
@@ -224,6 +373,9 @@ class _Run:
         self.signals = _Signals(info)
         self.lock: DeployLock | None = None
         self.held: LockInfo | None = None
+        self.push_timeout: float | None = None
+        # Set when the state did not reach the branch: the lock then stays held.
+        self.keep_lock: str | None = None
 
     def execute(self, use_lock: bool, lock_timeout: float, lock_ttl: int) -> None:
         try:
@@ -268,6 +420,8 @@ class _Run:
                     f"sst-vault: took over the expired deploy lock of {h.describe()}"
                 ),
             )
+        if self.remote:
+            self._refuse_if_rescued()
         timings.mark("lock")
         if self.remote:
             self.store.pull(self.remote)
@@ -282,6 +436,19 @@ class _Run:
         if self.remote and self.push:
             self._push()
         timings.mark("push")
+
+    def _refuse_if_rescued(self) -> None:
+        """A rescued state of this stage is newer than the branch's: deploying would fork it."""
+        lock = self.lock or DeployLock(self.project, self.stage, self.store)
+        waiting = lock.rescues()
+        if waiting:
+            ref = waiting[0][0]
+            raise RefusedError(
+                f"a rescued state of {lock.name} is waiting on {printable(ref)}: deploying from "
+                "the branch now would start from an older state",
+                f"land it first: `sst-vault rescue land --stage {self.stage} "
+                f"{printable(ref.rsplit('/', 1)[1], 40)}` (or drop it: `sst-vault rescue drop`)",
+            )
 
     def _commit(self) -> None:
         """Commit whatever state the command left, also after a failure."""
@@ -311,26 +478,69 @@ class _Run:
         self.result.commit = report.commit
 
     def _push(self) -> None:
-        store, remote = self.store, self.remote
+        store, remote, stage = self.store, self.remote, self.stage
         assert remote is not None
         if not (self.result.commit or store.unpushed(remote, store.current_branch())):
             return
-        protect = [store.relative(self.project.repo.vault_file(k, self.stage)) for k in KINDS]
+        protect = [store.relative(self.project.repo.vault_file(k, stage)) for k in KINDS]
         try:
-            store.push(remote, protect)
-        except DivergedError as exc:
-            # A CI runner's clone is thrown away after the job: keep the commit on the remote.
+            pushed = store.push(remote, protect, timeout=self.push_timeout)
+        except (DivergedError, PushRefusedError, PushTimeoutError) as exc:
+            # A CI runner's clone is thrown away after the job: keep the commit on the remote,
+            # and the stage locked, so nobody deploys from the state the branch still has.
             saved = self._rescue()
+            locked = self.held is not None
             if saved:
-                exc.hint = f"{exc.hint}; it is also saved on {remote} as {saved}"
+                self.keep_lock = f"its state is on {saved}"
+                exc.hint = (
+                    f"{exc.hint}; the state is saved on {remote} as {saved}"
+                    + (f" and the deploy lock of {stage} stays held" if locked else "")
+                    + f": land it with `sst-vault rescue land --stage {stage} "
+                    f"{saved.rsplit('/', 1)[1]}`"
+                )
+            else:
+                self.keep_lock = "its state is only in this clone"
+                exc.hint = (
+                    f"{exc.hint}; {remote} refused the rescue ref too, so the state is only in "
+                    f"{store.top} (commit {store.head()[:12]})"
+                    + (
+                        f" and the deploy lock of {stage} stays held: push it from here, then "
+                        f"`sst-vault lock release --stage {stage}`"
+                        if locked
+                        else ": push it from here"
+                    )
+                )
             raise
+        except GitError as exc:  # unreachable, or broken off: no rescue ref can get there either
+            self.keep_lock = "its state is only in this clone"
+            if self.held is not None:
+                exc.hint = (
+                    f"{exc.hint or 'retry'}; the deploy lock of {stage} stays held until then: "
+                    f"after pushing, `sst-vault lock release --stage {stage}` from this clone"
+                )
+            raise
+        if pushed.attempts > 1:
+            self.info(
+                f"sst-vault: pushed after {pushed.attempts} attempts "
+                f"({pushed.rebased} rebased onto others' pushes)"
+            )
         self.result.pushed = True
 
     def _rescue(self) -> str | None:
+        """Push HEAD to a rescue ref and note it in our lock; the ref, or None if refused."""
         assert self.remote is not None
         ref = rescue_ref(self.project, self.stage, self.store.head())
         result = self.store.git("push", "--porcelain", self.remote, f"HEAD:{ref}", check=False)
-        return ref if porcelain_status(result.out, ref) in ("*", "=") else None
+        if porcelain_status(result.out, ref) not in ("*", "="):
+            return None
+        if self.lock is not None and self.held is not None and not self.lock.local_only:
+            try:
+                noted = self.lock.note_rescue(self.held, ref)
+            except VaultError:
+                noted = None  # the lock still holds the stage; `lock status` lists the ref
+            if noted is not None:
+                self.held = noted
+        return ref
 
     def _release(self, *, quiet: bool) -> None:
         """Give the lock back. With `quiet`, another error is on its way: only report."""
@@ -339,6 +549,12 @@ class _Run:
             return
         if self.held is None:
             lock.abandon()  # interrupted or refused while taking it
+            return
+        if self.keep_lock:
+            self.info(
+                f"sst-vault: the deploy lock of {lock.name} stays held ({self.keep_lock}), "
+                "so nobody deploys from the older state on the branch"
+            )
             return
         broken = "sst-vault: warning: the deploy lock was broken while this run held it"
         try:
@@ -396,7 +612,4 @@ def locked_change(
 
 def rescue_ref(project: Project, stage: str, sha: str) -> str:
     """Where a state commit that could not be pushed is kept on the remote (next to the locks)."""
-    parent = project.config.lock_prefix.rsplit("/", 1)[0]
-    if parent == "refs":
-        parent = project.config.lock_prefix
-    return f"{parent}/rescue/{project.app}/{stage}/{sha[:12]}"
+    return f"{rescue_root(project.config.lock_prefix)}/{project.app}/{stage}/{sha[:12]}"

@@ -612,6 +612,7 @@ def commit(
     message: str | None = None,
     push: bool = False,
     force: bool = False,
+    push_timeout: float | None = None,
 ) -> CommitReport:
     """Encrypt the stages' SST files into the repo and commit exactly those files."""
     from vault.gitstore import GitStore
@@ -667,7 +668,7 @@ def commit(
                 report.pushed_earlier = store.unpushed(
                     project.config.remote, store.current_branch()
                 )
-            store.push(project.config.remote)
+            store.push(project.config.remote, timeout=push_timeout)
             report.pushed = True
     return report
 

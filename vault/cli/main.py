@@ -56,6 +56,12 @@ COMMANDS: dict[str, tuple[str, str, str, bool]] = {
         "The deploy lock: a ref on the git remote that one runner at a time holds.",
         False,
     ),
+    "rescue": (
+        "rescue",
+        "rescue_group",
+        "List and land deploy states that `run` could not push to the branch.",
+        False,
+    ),
     "key": (
         "key",
         "key_group",

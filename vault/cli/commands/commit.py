@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from vault import sync
+from vault.cli.commands.lock import push_timeout_option
 from vault.cli.context import Context, pass_context
 
 
@@ -13,6 +14,7 @@ from vault.cli.context import Context, pass_context
 @click.option("--all", "all_", is_flag=True, help="Every stage found in the SST home.")
 @click.option("-m", "--message", help="Commit message (a summary line is added below it).")
 @click.option("--push", is_flag=True, help="Push the commit to the configured remote.")
+@push_timeout_option
 @click.option(
     "--force",
     is_flag=True,
@@ -20,7 +22,13 @@ from vault.cli.context import Context, pass_context
 )
 @pass_context
 def commit_cmd(
-    ctx: Context, stages: tuple[str, ...], all_: bool, message: str | None, push: bool, force: bool
+    ctx: Context,
+    stages: tuple[str, ...],
+    all_: bool,
+    message: str | None,
+    push: bool,
+    push_timeout: float | None,
+    force: bool,
 ) -> None:
     """Encrypt STAGE's SST files into the repo and commit exactly those files.
 
@@ -34,7 +42,9 @@ def commit_cmd(
     """
     project = ctx.project()
     names = sync.resolve_stages(project, stages, all_, source="home")
-    report = sync.commit(project, names, message=message, push=push, force=force)
+    report = sync.commit(
+        project, names, message=message, push=push, force=force, push_timeout=push_timeout
+    )
     for action in report.actions:
         if action.action != "absent":
             ctx.info(f"{action.stage} {action.kind}: {action.action} (serial {action.serial})")

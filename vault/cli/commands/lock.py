@@ -61,6 +61,17 @@ lock_ttl_option = click.option(
     "(default 6 hours; 0: never).",
 )
 
+# Shared by `run` and `commit --push`: how long a push keeps rebasing while others push.
+push_timeout_option = click.option(
+    "--push-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    envvar="SST_VAULT_PUSH_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a push keeps fetching, rebasing and retrying while others push to the "
+    "branch (default 600).",
+)
+
 
 # For the commands that re-seal stages outside `run` (rollback, rotate, recipients remove).
 push_option = click.option(
@@ -155,6 +166,8 @@ def release_cmd(ctx: Context, stage: str) -> None:
 def status_cmd(ctx: Context, stage: str, as_json: bool) -> None:
     """Show who holds the deploy lock of STAGE, since when, running what.
 
+    Also lists rescued states of STAGE waiting on the remote (see `sst-vault rescue`).
+
     \b
     Examples:
       sst-vault lock status --stage prod
@@ -162,6 +175,7 @@ def status_cmd(ctx: Context, stage: str, as_json: bool) -> None:
     """
     lock = _open(ctx, stage)
     holder = lock.status()
+    rescues = lock.rescues()
     if as_json:
         data: dict[str, object] = {"stage": stage, "ref": lock.ref, "held": holder is not None}
         if holder:
@@ -171,14 +185,27 @@ def status_cmd(ctx: Context, stage: str, as_json: bool) -> None:
                 expired=holder.expired(),
                 held_here=lock.held_here() == holder.sha,
             )
+        data["rescues"] = [{"ref": ref, "commit": sha} for ref, sha in rescues]
         json.dump(data, sys.stdout, indent=1)
         click.echo()
         return
     if holder is None:
         click.echo(f"{lock.name}: not locked")
-        return
-    here = " (this clone)" if lock.held_here() == holder.sha else ""
-    click.echo(f"{lock.name}: locked by {holder.describe()}{here}")
+    else:
+        here = " (this clone)" if lock.held_here() == holder.sha else ""
+        click.echo(f"{lock.name}: locked by {holder.describe()}{here}")
+    for line in _rescue_lines(lock, rescues):
+        click.echo(line)
+
+
+def _rescue_lines(lock, rescues: list[tuple[str, str]]) -> list[str]:
+    from vault.printable import printable
+
+    return [
+        f"{lock.name}: rescued state waiting on {printable(ref)}: land it with "
+        f"`sst-vault rescue land --stage {lock.stage} {printable(ref.rsplit('/', 1)[1], 40)}`"
+        for ref, _sha in rescues
+    ]
 
 
 @lock_group.command("break")
@@ -187,7 +214,8 @@ def status_cmd(ctx: Context, stage: str, as_json: bool) -> None:
 def break_cmd(ctx: Context, stage: str) -> None:
     """Remove the deploy lock of STAGE whoever holds it (for a job that was killed).
 
-    Make sure its holder is gone first: two deploys at once can corrupt the state.
+    Make sure its holder is gone first: two deploys at once can corrupt the state. Says
+    whether the holder's state may be unsaved, and names a rescued state still waiting.
 
     \b
     Example:
@@ -196,7 +224,16 @@ def break_cmd(ctx: Context, stage: str) -> None:
     """
     lock = _open(ctx, stage)
     holder = lock.break_()
+    rescues = lock.rescues()
     if holder is None:
         ctx.info(f"{lock.name} was not locked")
     else:
         ctx.info(f"Broke the deploy lock of {lock.name}, held by {holder.describe()}")
+        if not holder.rescue:
+            ctx.info(
+                "Warning: the holder's state may be unsaved: if its job was killed while "
+                "deploying, what it deployed was never committed (check its CI run, then "
+                "`sst refresh` before the next deploy)"
+            )
+    for line in _rescue_lines(lock, rescues):
+        ctx.info(line + " (before the next deploy, or it deploys from an older state)")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import click
 
-from vault.cli.commands.lock import lock_timeout_option, lock_ttl_option
+from vault.cli.commands.lock import lock_timeout_option, lock_ttl_option, push_timeout_option
 from vault.cli.context import Context, pass_context
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True})
-@click.option("--stage", required=True, help="The SST stage the command deploys.")
+# Options end at the command: `run --stage dev npx sst deploy --stage prod` deploys dev's state
+# and hands `--stage prod` to sst (no interspersed options, so nothing after COMMAND is ours).
+@click.command("run", context_settings={"allow_interspersed_args": False})
+@click.option("--stage", required=True, help="The SST stage whose state is locked and synced.")
 @lock_timeout_option
 @lock_ttl_option
+@push_timeout_option
 @click.option("--no-push", is_flag=True, help="Commit the state but do not push it.")
 @click.option("--no-lock", is_flag=True, help="Do not take the deploy lock (you guard it).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -23,6 +26,7 @@ def run_cmd(
     stage: str,
     lock_timeout: float,
     lock_ttl: int | None,
+    push_timeout: float | None,
     no_push: bool,
     no_lock: bool,
     command: tuple[str, ...],
@@ -33,11 +37,17 @@ def run_cmd(
     COMMAND (its environment holds no SST_VAULT_KEY, SST_VAULT_KEY_FILE or pin), commit
     whatever state it left (also when it failed), push (rebasing over unrelated commits),
     release the lock. SIGINT and SIGTERM go to COMMAND first; the commit and release still
-    run. Exits with COMMAND's code.
+    run. If sst-vault itself is killed, COMMAND is stopped too. Exits with COMMAND's code.
+
+    Everything from COMMAND on belongs to COMMAND, with or without `--`: sst-vault's options
+    go before it. In CI (`CI` set) a missing remote is an error unless --no-lock --no-push.
+    A state that cannot reach the branch is pushed to a rescue ref and the lock stays held
+    (see `sst-vault rescue --help`).
 
     \b
-    Example (one CI step):
+    Examples (one CI step):
       sst-vault run --stage prod --lock-timeout 600 -- npx sst deploy --stage prod
+      sst-vault run --stage pr-42 npx sst deploy --stage pr-42
     """
     import sys
 
@@ -56,6 +66,7 @@ def run_cmd(
         lock_ttl=DEFAULT_TTL if lock_ttl is None else lock_ttl,
         push=not no_push,
         use_lock=not no_lock,
+        push_timeout=push_timeout,
         info=ctx.info,
     )
     if result.commit:
