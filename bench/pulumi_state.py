@@ -286,7 +286,11 @@ def deploy(state: bytes, n: int, resources: int = 5) -> bytes:
 _ETAG = re.compile(rb'"etag": "')
 _BEFORE_ETAG = (b'"codeSha256": "', b'"lastModified": "', b'"sourceCodeHash": "')
 _AFTER = (b'"etag": "', b'"checksum": "', b'"revisionId": "', b'"lastUpdated": "', b'"modified": "')
-_DIGITS, _LOWER, _UPPER = b"0123456789", b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_DIGITS, _LOWER, _UPPER = (
+    b"0123456789",
+    b"abcdefghijklmnopqrstuvwxyz",
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+)
 
 
 def _redraw(rng: random.Random, c: int) -> int:

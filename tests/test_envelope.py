@@ -263,7 +263,13 @@ def test_source_changing_between_passes_is_refused():
 
     with pytest.raises(envelope.ChangedWhileReading) as info:
         envelope.seal(
-            Growing(b'{"a": 1}'), io.BytesIO(), stream_key(), serial=1, writer="w", **META, version=1
+            Growing(b'{"a": 1}'),
+            io.BytesIO(),
+            stream_key(),
+            serial=1,
+            writer="w",
+            **META,
+            version=1,
         )
     assert isinstance(info.value, VaultError)
 

@@ -36,6 +36,7 @@ ALLOWED = {
 }
 # Runs the script with `import vault` failing, so a stray import cannot hide behind the
 # editable install of this project.
+FERNET_VECTOR_KEY = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
 BLOCKED = (
     "import runpy, sys; sys.modules['vault'] = None; sys.argv = sys.argv[1:]; "
     "runpy.run_path(sys.argv[0], run_name='__main__')"
@@ -82,7 +83,10 @@ def test_recovers_the_test_vectors():
         ("vector-v2-chunks.vault", ("--data-key-hex", key)),
         ("vector-v2-fixed.vault", ("--data-key-hex", key)),
         ("vector-v2-empty.vault", ("--data-key-hex", key)),
-        ("vector-v2-fernet.vault", ("--fernet-key", "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=")),
+        (
+            "vector-v2-fernet.vault",
+            ("--fernet-key", "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="),
+        ),
     ):
         result = recover(*args, str(TESTDATA / name))
         assert result.returncode == 0, (name, result.stderr)
