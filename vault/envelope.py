@@ -1,41 +1,65 @@
-"""The encrypted file format, version 1: one SST file in one vault file.
+"""The encrypted file format: one SST file in one vault file. Writes version 2, reads 1 and 2.
 
 This docstring is the specification (SECURITY.md repeats it); `examples/recover.py` decrypts a
 vault file from it with `cryptography` and `zlib` alone. Use `seal`/`open_` (or the `_bytes`
 variants); callers pass a `FileKey` and this module knows nothing of where keys come from.
 Parsing untrusted bytes (`read_header`) is separate from verifying and decrypting (`open_`).
+Every size read from a file is checked against a named limit (MAX_HEADER_SIZE, MAX_SEALED,
+MAX_CHUNK, MAX_SIZE) before it is used; output never exceeds the authenticated size.
 
-    file   = "SSTVAULT" version:u8 (=1) header_len:u32be header body
-    header = header_len bytes of JSON (written with sorted keys, no spaces), an object with
-             v (=1), app, stage, kind, serial, key_id, writer, time, cipher ("chacha20-poly1305"
-             or "fernet"), compression ("zlib"), salt (64 hex digits, fresh for every write),
-             fingerprint, size (plaintext length). The header is in clear but authenticated:
-             H = SHA-256 of the header bytes exactly as stored is bound into the body.
-    body   = the SST file compressed as one zlib stream (RFC 1950), then sealed by `cipher`.
+    file   = "SSTVAULT" version:u8 header_len:u32be header body      (integers big-endian)
+    header = header_len (<= 16 KiB) bytes of JSON (sorted keys, no spaces), an object with
+             exactly the fields of its version, each type- and range-checked before use:
+             v, app, stage, kind, serial, key_id, writer, time, cipher, compression, salt,
+             fingerprint (hex HMAC-SHA-256 of the plaintext), size; v2 adds chunking.
 
 Keys, from IKM = the vault's 32-byte data key (age backend, unwrapped from data-key.age) or
 the 32 bytes that the Fernet key base64url-decodes to (fernet backend), all with HKDF-SHA-256
-(RFC 5869), length 32:
+(RFC 5869), length 32 unless said; "none" is RFC 5869's default salt (HashLen zero bytes):
     key_id      = "svk1-" + hex(HKDF(IKM, salt=none, info="sst-vault/1 key id")[:16])
     fingerprint = hex(HMAC-SHA-256(HKDF(IKM, salt=none, info="sst-vault/1 fingerprint"), plain))
-    file key    = HKDF(IKM, salt=bytes.fromhex(header.salt), info="sst-vault/1 payload" || H)
-("salt=none" is RFC 5869's default, HashLen zero bytes.)
 
-Cipher "chacha20-poly1305" (age backend): age's STREAM payload construction under the file key.
-The compressed bytes are cut into chunks of 64 KiB (the last one shorter, and empty only when
-it is the only chunk); chunk i is ChaCha20-Poly1305 with no associated data and nonce = i as
-an 11-byte big-endian counter || 0x01 for the last chunk, 0x00 otherwise; the body is the
-concatenated ciphertexts (each 16 bytes longer than its chunk). Because H is in the file key,
-editing any header byte makes the first chunk fail; a dropped, reordered or appended chunk
-fails on the counter or the last-chunk flag.
+Version 2 (what `seal` writes): content-defined chunks, each sealed deterministically, so the
+parts of a state that a deploy did not change keep their bytes and git stores them once.
+    header: v=2, cipher "aes-256-siv", compression "zlib+dict1", chunking "cdc" (salt "") or
+            "fixed" (salt = 64 hex digits, fresh per write), size = the plaintext length
+            rounded up to a multiple of SIZE_GRANULE (4096); the exact size is in the manifest.
+    body   = manifest record*
+    manifest = AES-SIV(manifest_key, AD=[header bytes as stored],
+                       size:u64 || count:u32 || SHA-256(siv_1 || ... || siv_count))  (60 bytes)
+    record_i = len:u32 sealed_i, sealed_i = AES-SIV(chunk_key, no AD, zlib_i), whose first
+               16 bytes are siv_i; 16 < len <= MAX_SEALED
+    zlib_i = chunk i of the plaintext as one zlib stream (RFC 1950) with preset dictionary
+             ZDICT_V2 (1342 bytes; SHA-256 in SECURITY.md), written by Python's zlib, level 6
+    context      = JSON [app, stage, kind] (no spaces, ASCII)
+    chunk_key    = HKDF(IKM, bytes.fromhex(salt) or none, "sst-vault/2 chunk key " || context, 64)
+    manifest_key = HKDF(IKM, none, "sst-vault/2 manifest key " || context, 64)
+AES-SIV is RFC 5297 with a 64-byte key (cryptography's AESSIV). Chunks ("cdc"): FastCDC 2020
+as pyfastcdc 0.3 implements it, average 4096, min 1024, max 16384 bytes, normalization 1, gear
+table XORed with seed = (HKDF(IKM, none, "sst-vault/2 cut seed " || context, 8) as u64 >> 1)
+or 1, so where a chunk ends depends on the key; ("fixed"): pieces of FIXED_CHUNK (1 MiB). The
+empty file has no records. Readers do not need the cutter.
+A reader checks the manifest first (any header edit fails there), that its size is in range and
+rounds to the header's, then each of `count` records (length, AES-SIV, one complete zlib stream
+of 1 to min(remaining, MAX_CHUNK) bytes), that the file ends there, that the sizes add up and
+that the SIVs hash to the manifest's (a reordered, dropped, duplicated or spliced chunk fails).
 
-Cipher "fernet" (fernet backend): the body is one Fernet token under the Fernet key itself,
-whose plaintext is H (32 bytes) || the compressed bytes.
+Version 1 (read only): cipher "chacha20-poly1305" or "fernet", compression "zlib", salt 64 hex
+digits fresh per write, size exact; body = the SST file compressed as one zlib stream, then:
+    file key = HKDF(IKM, salt=bytes.fromhex(header.salt), info="sst-vault/1 payload" || H)
+with H = SHA-256 of the header bytes as stored. "chacha20-poly1305" (age backend): age's
+STREAM payload construction under the file key: the compressed bytes cut into chunks of 64 KiB
+(the last one shorter, and empty only when it is the only chunk); chunk i is ChaCha20-Poly1305
+with no associated data and nonce = i as an 11-byte big-endian counter || 0x01 for the last
+chunk, 0x00 otherwise. Because H is in the file key, editing any header byte makes the first
+chunk fail; a dropped, reordered or appended chunk fails on the counter or the last-chunk flag.
+"fernet" (fernet backend): one Fernet token under the Fernet key itself, whose plaintext is
+H (32 bytes) || the compressed bytes.
 
-A reader checks, before trusting anything: the signature and version, that app, stage and kind
-match where the file was found (a file moved to another app, stage or kind must not open
-there), that key_id is the key it holds, the authentication of every chunk (or the token), H,
-and finally that size and fingerprint match the decompressed plaintext.
+A reader of either version checks, before trusting anything: the signature and version, that
+app, stage and kind match where the file was found (a file moved to another app, stage or kind
+must not open there), that key_id is the key it holds, the authentication of every part, and
+finally that size and fingerprint match the decompressed plaintext.
 """
 
 from __future__ import annotations
