@@ -645,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
         "--deploy-sizes", default="1,8", help="state sizes in MB for growth per deploy"
     )
     parser.add_argument(
+        "--skip-growth", action="store_true", help="leave out the repository figures"
+    )
+    parser.add_argument(
         "--only-growth",
         action="store_true",
         help="only the repository figures (first commit, growth per deploy, git push)",
@@ -679,8 +682,9 @@ def main(argv: list[str] | None = None) -> int:
             python = bench_startup(b)
             for size in sizes:
                 bench_size(b, size, python, want_peak=size == sizes[-1])
-        bench_growth(b)
-        bench_deploys(b, deploy_sizes, args.deploys)
+        if not args.skip_growth:
+            bench_growth(b)
+            bench_deploys(b, deploy_sizes, args.deploys)
         if not args.only_growth:
             bench_status(b)
     except BenchError as exc:
