@@ -264,8 +264,8 @@ def test_output_never_exceeds_the_authenticated_size():
     with pytest.raises(TamperedError, match="corrupt compressed chunk"):
         envelope.open_(io.BytesIO(blob), out, key(), WHERE, **META)
     assert len(out.getvalue()) <= 1500
-    # A chunk above MAX_CHUNK is refused while inflating, not after.
-    big = forged([bytes(envelope.MAX_CHUNK + 1)], size=envelope.MAX_CHUNK + 1)
+    # A chunk above the limit of its chunking is refused while inflating, not after.
+    big = forged([bytes(envelope.MAX_CDC_CHUNK + 1)], size=envelope.MAX_CDC_CHUNK + 1)
     assert "corrupt compressed chunk" in reason(big)
 
 

@@ -30,19 +30,22 @@ parts of a state that a deploy did not change keep their bytes and git stores th
     record_i = len:u32 sealed_i, sealed_i = AES-SIV(chunk_key, no AD, zlib_i), whose first
                16 bytes are siv_i; 16 < len <= MAX_SEALED
     zlib_i = chunk i of the plaintext as one zlib stream (RFC 1950) with preset dictionary
-             ZDICT_V2 (1342 bytes; SHA-256 in SECURITY.md), written by Python's zlib, level 6
+             ZDICT_V2 (1342 bytes; SHA-256 in SECURITY.md), written by ISA-L's zlib at level 2
+             where installed, else Python's at level 6 (deterministic either way)
     context      = JSON [app, stage, kind] (no spaces, ASCII)
     chunk_key    = HKDF(IKM, bytes.fromhex(salt) or none, "sst-vault/2 chunk key " || context, 64)
     manifest_key = HKDF(IKM, none, "sst-vault/2 manifest key " || context, 64)
 AES-SIV is RFC 5297 with a 64-byte key (cryptography's AESSIV). Chunks ("cdc"): FastCDC 2020
-as pyfastcdc 0.3 implements it, average 4096, min 1024, max 16384 bytes, normalization 1, gear
+as pyfastcdc 0.3 implements it, average 4096, min 1024, max 16384 bytes (files above 16 MiB:
+16384, 4096, 65536), normalization 1, gear
 table XORed with seed = (HKDF(IKM, none, "sst-vault/2 cut seed " || context, 8) as u64 >> 1)
 or 1, so where a chunk ends depends on the key; ("fixed"): pieces of FIXED_CHUNK (1 MiB). The
 empty file has no records. Readers do not need the cutter.
 A reader checks the manifest first (any header edit fails there), that its size is in range and
 rounds to the header's, then each of `count` records (length, AES-SIV, one complete zlib stream
-of 1 to min(remaining, MAX_CHUNK) bytes), that the file ends there, that the sizes add up and
-that the SIVs hash to the manifest's (a reordered, dropped, duplicated or spliced chunk fails).
+of 1 to min(remaining, 65536 for "cdc" or MAX_CHUNK for "fixed") bytes), that the file ends
+there, that the sizes add up and that the SIVs hash to the manifest's (a reordered, dropped,
+duplicated or spliced chunk fails).
 
 Version 1 (read only): cipher "chacha20-poly1305" or "fernet", compression "zlib", salt 64 hex
 digits fresh per write, size exact; body = the SST file compressed as one zlib stream, then:
@@ -125,6 +128,7 @@ CDC_LARGE = 16 * 1024 * 1024
 CDC_LARGE_AVG, CDC_LARGE_MIN, CDC_LARGE_MAX = 16384, 4096, 65536
 FIXED_CHUNK = 1024 * 1024
 MAX_CHUNK = 1024 * 1024  # limit: plaintext bytes of any one chunk, whatever the writer
+MAX_CDC_CHUNK = 65536  # limit: of a chunk in a "cdc" file (the cutter's largest maximum)
 SIV_SIZE = 16  # AES-SIV's synthetic IV, in front of every sealed chunk
 MAX_SEALED = SIV_SIZE + MAX_CHUNK + MAX_CHUNK // 64 + 1024  # limit: zlib's worst case, padded
 MAX_SIZE = 1 << 40  # limit: plaintext bytes of a whole file
@@ -695,6 +699,8 @@ def _open_v2(
     codec = _inflater()
     ivs = hashlib.sha256()
     remaining = size
+    # A tight bound also makes inflating faster: the decoder sizes its buffer from it.
+    largest = MAX_CDC_CHUNK if header.chunking == CHUNKING_CDC else MAX_CHUNK
     batch: list[bytes] = []  # chunks are small: hand them on in blocks of about _READ_SIZE
     batched = 0
     for _ in range(count):
@@ -714,7 +720,7 @@ def _open_v2(
                 path, "authentication failed (a chunk was edited)", "restore it from git"
             ) from None
         ivs.update(record[:SIV_SIZE])
-        bound = min(remaining, MAX_CHUNK)
+        bound = min(remaining, largest)
         try:
             inflate = codec.decompressobj(zdict=ZDICT_V2)
             piece = inflate.decompress(comp, bound + 1)
