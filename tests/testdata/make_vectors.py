@@ -69,11 +69,17 @@ def seal(plain: bytes, key: FileKey, kind: str) -> bytes:
 # Format v2: about 60 KB of JSON-like text with one 20 KB run written twice, so the cutter finds
 # equal chunks (which must seal to equal bytes) and the file has enough chunks to reorder.
 _RUN = hashlib.shake_256(b"sst-vault v2 run").hexdigest(10_000).encode()
-CHUNKS = b"".join(
-    b'{"urn": "urn:pulumi:prod::vector-app::sst:aws:Function::F%d", "hash": "%s"},\n'
-    % (i, hashlib.sha256(b"%d" % i).hexdigest().encode())
-    for i in range(200)
-) + _RUN + b"\n" + _RUN + b"\n"
+CHUNKS = (
+    b"".join(
+        b'{"urn": "urn:pulumi:prod::vector-app::sst:aws:Function::F%d", "hash": "%s"},\n'
+        % (i, hashlib.sha256(b"%d" % i).hexdigest().encode())
+        for i in range(200)
+    )
+    + _RUN
+    + b"\n"
+    + _RUN
+    + b"\n"
+)
 
 
 def seal_v2(plain: bytes, key: FileKey, kind: str, **options: object) -> bytes:
