@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import uuid
 from typing import Any
 
@@ -256,3 +257,44 @@ def variant(state: bytes, n: int) -> bytes:
     """The same state after deploy number `n`: a new manifest time, as every update writes."""
     new = f"2026-01-01T00:00:{n % 60:02d}.{n:09d}Z"[: len(TIME_PLACEHOLDER)]
     return state.replace(TIME_PLACEHOLDER.encode(), new.encode(), 1)
+
+
+def deploy(state: bytes, n: int, resources: int = 5) -> bytes:
+    """The state after deploy number `n`: a new manifest time and `resources` resources updated.
+
+    An update of a function's code makes the provider rewrite its outputs (code hashes, last
+    modified, etag, revision id, tokens) and Pulumi its `modified` time: those values are
+    redrawn in place (same length, same kind of character). Which resources is drawn from `n`.
+    Apply it to the previous deploy's state so changes accumulate as in real history.
+    """
+    rng = random.Random(f"deploy {n}")
+    out = bytearray(variant(state, n))
+    marks = [m.start() for m in _ETAG.finditer(out)]
+    for mark in rng.sample(marks, min(resources, len(marks))):
+        outputs = out.rfind(b'"outputs": {', 0, mark)
+        spans = [(outputs, mark, f) for f in _BEFORE_ETAG] + [(mark, len(out), f) for f in _AFTER]
+        for lo, hi, field in spans:
+            at = out.find(field, lo, hi)
+            if at < 0:
+                continue
+            at += len(field)
+            end = out.index(b'"', at)
+            out[at:end] = bytes(_redraw(rng, c) for c in out[at:end])
+    return bytes(out)
+
+
+_ETAG = re.compile(rb'"etag": "')
+_BEFORE_ETAG = (b'"codeSha256": "', b'"lastModified": "', b'"sourceCodeHash": "')
+_AFTER = (b'"etag": "', b'"checksum": "', b'"revisionId": "', b'"lastUpdated": "', b'"modified": "')
+_DIGITS, _LOWER, _UPPER = (
+    b"0123456789",
+    b"abcdefghijklmnopqrstuvwxyz",
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+)
+
+
+def _redraw(rng: random.Random, c: int) -> int:
+    for alphabet in (_DIGITS, _LOWER, _UPPER):
+        if c in alphabet:
+            return rng.choice(alphabet[:6] if alphabet is _LOWER and c < ord("g") else alphabet)
+    return c

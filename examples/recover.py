@@ -1,4 +1,4 @@
-"""Recover an SST state file from an sst-vault file without sst-vault (format version 1).
+"""Recover an SST state file from an sst-vault file without sst-vault (format versions 1, 2).
 
 Needs only Python 3.11 and `cryptography`; it follows the format as specified in SECURITY.md
 (and the docstring of vault/envelope.py), so it keeps working if sst-vault is gone.
@@ -33,14 +33,64 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-MAGIC, VERSION, CHUNK, TAG = b"SSTVAULT", 1, 64 * 1024, 16
+MAGIC, CHUNK, TAG = b"SSTVAULT", 64 * 1024, 16
+# Format v2's preset zlib dictionary (SECURITY.md gives its SHA-256).
+ZDICT_V2 = (
+    b'"ciphertext": "v1:"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270","'
+    b'plaintext": "sourceCodeHash": ""lastModified": ""etag": ""qualifiedArn": ""invokeArn": "ar'
+    b'n:aws:apigateway:"policy": "{\\"Statement\\":[{\\"Action\\":[\\"\\"Effect\\":\\"Allow\\",'
+    b'\\"Resource\\":[\\"arn:aws:\\"Version\\":\\"2012-10-17\\"}""assumeRolePolicy": ""managedPo'
+    b'licyArns": ["environment": {"variables": {"SST_RESOURCE_"architectures": [\n"arm64""handle'
+    b'r": ""memorySize": "runtime": "nodejs"timeout": "role": "arn:aws:iam::"region": "us-east-1'
+    b'""bucket": ""bucketDomainName": ".s3.amazonaws.com""hostedZoneId": ""forceDestroy": true"v'
+    b'ersionings": ["enabled": false"mfaDelete": false"tags": {"sst:app": ""sst:stage": ""tagsAl'
+    b'l": {"name": ""sst:aws:Function"sst:aws:Bucket"aws:lambda/function:Function"aws:iam/role:R'
+    b'ole"aws:s3/bucketV2:BucketV2"aws:iam/rolePolicy:RolePolicy"aws:cloudwatch/logGroup:LogGrou'
+    b'p"pulumi:providers:aws"pulumi:pulumi:Stack::default_6_66_2::"propertyDependencies": {"depe'
+    b'ndencies": ["created": "20"modified": "20"__defaults": [],"id": ""arn": "arn:aws:"parent":'
+    b' "urn:pulumi:"provider": "urn:pulumi:"outputs": {"inputs": {"custom": true,"custom": false'
+    b',"type": ""urn": "urn:pulumi:\n                    \n                },\n                {'
+    b"\n\n            ]\n\n                        \n                            \n             "
+    b"                   "
+)
 
 
-def hkdf(ikm: bytes, salt: bytes | None, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+def hkdf(ikm: bytes, salt: bytes | None, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def recover_v2(raw: bytes, body: bytes, header: dict, ikm: bytes) -> bytes:
+    """Format v2: a sealed manifest, then length-prefixed AES-SIV chunks, each one zlib stream."""
+    context = json.dumps([header["app"], header["stage"], header["kind"]], separators=(",", ":"))
+    salt = bytes.fromhex(header["salt"]) or None
+    chunk_key = hkdf(ikm, salt, b"sst-vault/2 chunk key " + context.encode(), 64)
+    manifest_key = hkdf(ikm, None, b"sst-vault/2 manifest key " + context.encode(), 64)
+    try:
+        manifest = AESSIV(manifest_key).decrypt(body[:60], [raw])
+    except InvalidTag:
+        raise ValueError("authentication failed (wrong key, or header/manifest tampered)") from None
+    size, count, digest = struct.unpack(">QI32s", manifest)
+    at, ivs, pieces = 60, hashlib.sha256(), []
+    for _ in range(count):
+        (length,) = struct.unpack(">I", body[at : at + 4])
+        sealed = body[at + 4 : at + 4 + length]
+        at += 4 + length
+        try:
+            compressed = AESSIV(chunk_key).decrypt(sealed, None)
+        except InvalidTag:
+            raise ValueError("authentication failed (a chunk was tampered)") from None
+        ivs.update(sealed[:16])
+        inflate = zlib.decompressobj(zdict=ZDICT_V2)
+        pieces.append(inflate.decompress(compressed, size + 1))
+        if not inflate.eof or inflate.unused_data:
+            raise ValueError("a chunk is not one complete zlib stream")
+    plain = b"".join(pieces)
+    if at != len(body) or len(plain) != size or not hmac.compare_digest(ivs.digest(), digest):
+        raise ValueError("the chunks are not the ones sealed (reordered, dropped or spliced)")
+    return plain
 
 
 def recover(blob: bytes, *, data_key: bytes | None = None, fernet_key: bytes | None = None):
@@ -48,11 +98,17 @@ def recover(blob: bytes, *, data_key: bytes | None = None, fernet_key: bytes | N
     if blob[:8] != MAGIC:
         raise ValueError("not an sst-vault file")
     version, length = struct.unpack(">BI", blob[8:13])
-    if version != VERSION:
-        raise ValueError(f"format version {version}; this script reads version {VERSION}")
+    if version not in (1, 2):
+        raise ValueError(f"format version {version}; this script reads versions 1 and 2")
     raw = blob[13 : 13 + length]
     header, body, h = json.loads(raw), blob[13 + length :], hashlib.sha256(raw).digest()
-    if header["cipher"] == "fernet":
+    if version == 2:
+        if data_key is None and fernet_key is None:
+            raise ValueError("this file needs the data key (age) or the Fernet key")
+        ikm = data_key if data_key is not None else base64.urlsafe_b64decode(fernet_key)
+        plain = recover_v2(raw, body, header, ikm)
+        compressed = None
+    elif header["cipher"] == "fernet":
         if fernet_key is None:
             raise ValueError("this file needs --fernet-key")
         ikm = base64.urlsafe_b64decode(fernet_key)
@@ -80,9 +136,12 @@ def recover(blob: bytes, *, data_key: bytes | None = None, fernet_key: bytes | N
     key_id = "svk1-" + hkdf(ikm, None, b"sst-vault/1 key id")[:16].hex()
     if key_id != header["key_id"]:
         raise ValueError(f"the key has id {key_id}, the file was sealed under {header['key_id']}")
-    plain = zlib.decompress(compressed)
+    if compressed is not None:
+        plain = zlib.decompress(compressed)
     mac = hmac.new(hkdf(ikm, None, b"sst-vault/1 fingerprint"), plain, hashlib.sha256)
-    if len(plain) != header["size"] or mac.hexdigest() != header["fingerprint"]:
+    # v2 shows the size in clear only rounded up to a multiple of 4096 (the exact one is sealed).
+    shown = len(plain) if version == 1 else -(-len(plain) // 4096) * 4096
+    if shown != header["size"] or mac.hexdigest() != header["fingerprint"]:
         raise ValueError("the plaintext does not match its header")
     return header, plain
 
@@ -116,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             data_key=data_key,
             fernet_key=fernet_key.strip().encode() if fernet_key else None,
         )
-    except (ValueError, KeyError, zlib.error) as exc:
+    except (ValueError, KeyError, zlib.error, struct.error) as exc:
         print(f"Error: {args.file}: {exc}", file=sys.stderr)
         return 1
     shown = {k: header[k] for k in ("app", "stage", "kind", "serial", "writer", "time")}

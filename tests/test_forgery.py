@@ -202,7 +202,7 @@ DAMAGE = {
     "header-only": (lambda d: d[: 13 + int.from_bytes(d[9:13], "big")], "tampered"),
     "empty": (lambda d: b"", "not a vault file"),
     "plaintext-state": (lambda d: b'{"version": 3}\n', "not a vault file"),
-    "newer-format": (lambda d: d[:8] + b"\x02" + d[9:], "newer format"),
+    "newer-format": (lambda d: d[:8] + b"\x03" + d[9:], "newer format"),
 }
 SAME_HEADER = {"flipped-byte", "last-byte-cut", "header-only"}
 

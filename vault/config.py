@@ -27,6 +27,7 @@ class Config:
     legacy_recipients: dict[str, str] = field(default_factory=dict)
     lock_prefix: str = DEFAULT_LOCK_PREFIX
     remote: str = "origin"
+    chunking: bool = True  # format v2: content-defined chunks (false: whole-file random sealing)
 
     def validate(self, where: str = CONFIG_NAME) -> Config:
         check_app(self.app)
@@ -59,6 +60,7 @@ def load(path: Path) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc})", "fix or re-create it") from None
     known = {"app", "backend", "state_dir", "vault_id", "recipients", "lock_prefix", "remote"}
+    known.add("chunking")
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
@@ -74,6 +76,8 @@ def load(path: Path) -> Config:
     for key in ("app", "backend", "state_dir", "vault_id", "lock_prefix", "remote"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{path}: {key} must be a string")
+    if not isinstance(data.get("chunking", True), bool):
+        raise ConfigError(f"{path}: chunking must be true or false")
     config = Config(
         app=data["app"],
         backend=data.get("backend", "age"),
@@ -82,6 +86,7 @@ def load(path: Path) -> Config:
         legacy_recipients=dict(recipients),
         lock_prefix=data.get("lock_prefix", DEFAULT_LOCK_PREFIX),
         remote=data.get("remote", "origin"),
+        chunking=data.get("chunking", True),
     )
     return config.validate(str(path))
 
@@ -100,6 +105,8 @@ def dumps(config: Config) -> str:
         lines.append(f"lock_prefix = {_quote(config.lock_prefix)}")
     if config.remote != "origin":
         lines.append(f"remote = {_quote(config.remote)}")
+    if not config.chunking:
+        lines.append("chunking = false")
     # No [recipients]: who can open the vault is in the signed key record (key-record.jsonl).
     return "\n".join(lines) + "\n"
 

@@ -768,14 +768,22 @@ def seal_to_repo(
     """Seal `source` beside the stage's vault file and check that it opens; caller replaces.
 
     The one way commit, migrate, rollback and rotate write a vault file: nothing is pending
-    until the sealed bytes were read back, authenticated and matched to what was sealed.
+    until the sealed bytes were read back, authenticated and matched to what was sealed. It
+    writes the newest format, chunked unless `sst-vault.toml` says `chunking = false`.
     """
     path = project.repo.vault_file(kind, stage)
     meta = {"app": project.app, "stage": stage, "kind": kind}
     with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
         assert out.file is not None
         sealed = envelope.seal(
-            source, out.file, key, serial=serial, writer=writer, **meta, **seal_options
+            source,
+            out.file,
+            key,
+            serial=serial,
+            writer=writer,
+            chunking=project.config.chunking,
+            **meta,
+            **seal_options,
         )
         if before_verify is not None:
             before_verify()

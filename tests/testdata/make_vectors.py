@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,7 @@ def fernet_key() -> FileKey:
 
 
 def seal(plain: bytes, key: FileKey, kind: str) -> bytes:
+    """Format v1, frozen: what v1 vaults in the wild hold."""
     _, blob = envelope.seal_bytes(
         plain,
         key,
@@ -59,8 +61,53 @@ def seal(plain: bytes, key: FileKey, kind: str) -> bytes:
         writer=WRITER,
         now=TIME,
         randbytes=lambda n: SALT[:n],
+        version=1,
     )
     return blob
+
+
+# Format v2: about 60 KB of JSON-like text with one 20 KB run written twice, so the cutter finds
+# equal chunks (which must seal to equal bytes) and the file has enough chunks to reorder.
+_RUN = hashlib.shake_256(b"sst-vault v2 run").hexdigest(10_000).encode()
+CHUNKS = (
+    b"".join(
+        b'{"urn": "urn:pulumi:prod::vector-app::sst:aws:Function::F%d", "hash": "%s"},\n'
+        % (i, hashlib.sha256(b"%d" % i).hexdigest().encode())
+        for i in range(200)
+    )
+    + _RUN
+    + b"\n"
+    + _RUN
+    + b"\n"
+)
+
+
+def seal_v2(plain: bytes, key: FileKey, kind: str, **options: object) -> bytes:
+    _, blob = envelope.seal_bytes(
+        plain,
+        key,
+        app=APP,
+        stage=STAGE,
+        kind=kind,
+        serial=SERIAL,
+        writer=WRITER,
+        now=TIME,
+        randbytes=lambda n: SALT[:n],
+        **options,
+    )
+    return blob
+
+
+def records(blob: bytes) -> tuple[bytes, list[bytes]]:
+    """(everything up to the first chunk record, the records with their length prefix)."""
+    length = struct.unpack(">I", blob[9:13])[0]
+    at = 13 + length + envelope.MANIFEST_SIZE
+    head, out = blob[:at], []
+    while at < len(blob):
+        size = struct.unpack(">I", blob[at : at + 4])[0]
+        out.append(blob[at : at + 4 + size])
+        at += 4 + size
+    return head, out
 
 
 def split(blob: bytes) -> tuple[bytes, dict, bytes]:
@@ -83,6 +130,9 @@ def flip(blob: bytes, index: int) -> bytes:
 
 
 def main() -> None:
+    # v2 chunks are compressed with ISA-L where installed: the vectors pin the stdlib's zlib,
+    # which every platform has (tests/test_format_v2.py reproduces them the same way).
+    os.environ["SST_VAULT_NO_ISAL"] = "1"
     small = seal(SMALL, stream_key(), "app")
     two = seal(TWO_CHUNKS, stream_key(), "secret")
     fern = seal(SMALL, fernet_key(), "app")
@@ -102,16 +152,56 @@ def main() -> None:
         "fail_header_not_json.vault": small.replace(b'{"app"', b'["app"', 1),
         "fail_header_too_long.vault": small[:9] + struct.pack(">I", 1 << 20) + small[13:],
         "fail_version_zero.vault": small[:8] + b"\x00" + small[9:],
-        "fail_newer_format.vault": small[:8] + b"\x02" + small[9:],
+        "fail_newer_format.vault": small[:8] + b"\x03" + small[9:],
         "fail_not_vault.vault": SMALL,
         "fail_empty.vault": b"",
         "fail_wrong_key.vault": seal(SMALL, stream_key(OTHER_DATA_KEY), "app"),
         "fail_fernet_bad_token.vault": flip(fern, len(fern) - 10),
         "fail_fernet_bad_header.vault": with_header(fern, serial=SERIAL + 1),
     }
+    files.update(v2_files())
     for name, data in files.items():
         (HERE / name).write_bytes(data)
         print(f"{name}: {len(data)} bytes")
+
+
+def v2_files() -> dict[str, bytes]:
+    small = seal_v2(SMALL, stream_key(), "app")
+    chunked = seal_v2(CHUNKS, stream_key(), "app")
+    head, recs = records(chunked)
+    assert len(recs) >= 6 and len(set(recs)) < len(recs), "want several chunks, two equal"
+    # Another version of the same file: the first chunk differs, the others are the same bytes.
+    other = seal_v2(b"[" + CHUNKS[1:], stream_key(), "app")
+    _, other_recs = records(other)
+    assert other_recs[0] != recs[0] and other_recs[1:] == recs[1:]
+    _, foreign = records(seal_v2(CHUNKS, stream_key(), "secret"))
+    header_end = 13 + struct.unpack(">I", small[9:13])[0]
+    return {
+        "vector-v2.vault": small,
+        "vector-v2-chunks.vault": chunked,
+        "vector-v2-fixed.vault": seal_v2(CHUNKS, stream_key(), "secret", chunking=False),
+        "vector-v2-fernet.vault": seal_v2(SMALL, fernet_key(), "app"),
+        "vector-v2-empty.vault": seal_v2(b"", stream_key(), "passphrase"),
+        "fail_v2_reordered.vault": head + b"".join([recs[1], recs[0], *recs[2:]]),
+        "fail_v2_dropped.vault": head + b"".join(recs[:2] + recs[3:]),
+        "fail_v2_dropped_last.vault": head + b"".join(recs[:-1]),
+        "fail_v2_duplicated.vault": head + b"".join([recs[0], *recs]),
+        "fail_v2_spliced_version.vault": head + b"".join([other_recs[0], *recs[1:]]),
+        "fail_v2_spliced_file.vault": head + b"".join([foreign[0], *recs[1:]]),
+        "fail_v2_trailing.vault": chunked + recs[-1],
+        "fail_v2_bad_chunk.vault": flip(chunked, len(chunked) - 5),
+        "fail_v2_bad_manifest.vault": flip(small, header_end + 3),
+        "fail_v2_truncated.vault": chunked[:-1],
+        "fail_v2_truncated_manifest.vault": small[: header_end + 10],
+        "fail_v2_header_serial.vault": with_header(small, serial=SERIAL + 1),
+        "fail_v2_header_size.vault": with_header(small, size=8192),
+        "fail_v2_size_not_int.vault": with_header(small, size="1"),
+        "fail_v1_size_not_int.vault": with_header(seal(SMALL, stream_key(), "app"), size="1"),
+        "fail_v2_size_huge.vault": with_header(small, size=1 << 62),
+        "fail_v2_unknown_field.vault": with_header(small, extra=1),
+        "fail_v2_chunk_length_huge.vault": head + b"\xff\xff\xff\xff" + b"".join(recs)[4:],
+        "fail_v2_wrong_key.vault": seal_v2(SMALL, stream_key(OTHER_DATA_KEY), "app"),
+    }
 
 
 if __name__ == "__main__":

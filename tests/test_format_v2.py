@@ -1,0 +1,312 @@
+"""Format v2 (DESIGN.md guarantees 1, 7 and 8): content-defined chunks, sealed deterministically.
+
+Library level, real crypto: the vectors in tests/testdata/ (written by make_vectors.py) pin the
+format byte for byte; the properties v2 promises (equal chunks seal to equal bytes within a file
+and across its versions, nothing equal across stages, kinds or apps, boundaries that depend on
+the key, a rounded clear size) and what it refuses (reordered, dropped, duplicated or spliced
+chunks, out-of-range clear fields, sizes that do not add up) are checked here. The CLI side
+(commit writes v2, v1 upgrades, unchanged files stay byte-identical, the chunking setting) is
+in tests/test_format_v2_cli.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import struct
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from vault import envelope
+from vault.envelope import FileKey
+from vault.errors import TamperedError
+from vault.keys import key_id_of
+
+TESTDATA = Path(__file__).parent / "testdata"
+_spec = importlib.util.spec_from_file_location("make_vectors", TESTDATA / "make_vectors.py")
+vectors = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(vectors)  # type: ignore[union-attr]
+
+META = {"app": "demo-app", "stage": "prod", "kind": "app"}
+NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)  # a fixed header time: equal calls, equal bytes
+WHERE = "infra/state/app/prod.json.vault"
+
+
+def key(seed: int = 1) -> FileKey:
+    data_key = hashlib.sha256(b"v2 data key %d" % seed).digest()
+    return FileKey(key_id_of(data_key), envelope.CIPHER_STREAM, data_key)
+
+
+def seal(plain: bytes, k: FileKey | None = None, **meta: object) -> bytes:
+    args = {**META, "serial": 3, "writer": "ci@runner", "now": NOW, **meta}
+    return envelope.seal_bytes(plain, k or key(), **args)[1]
+
+
+def open_(blob: bytes, k: FileKey | None = None, **meta: str) -> bytes:
+    return envelope.open_bytes(blob, k or key(), WHERE, **{**META, **meta})[1]
+
+
+def header_of(blob: bytes) -> dict:
+    length = struct.unpack(">I", blob[9:13])[0]
+    return json.loads(blob[13 : 13 + length])
+
+
+def state(n: int = 400, changed: int | None = None) -> bytes:
+    """Pulumi-like JSON; `changed` edits one resource in the middle."""
+    rows = []
+    for i in range(n):
+        token = hashlib.sha256(b"%d" % (i if i != changed else -i)).hexdigest()
+        rows.append(
+            f'        {{\n            "urn": "urn:pulumi:prod::demo-app::sst:aws:Function::F{i}",\n'
+            f'            "outputs": {{"etag": "{token}", "size": {i * 7}}}\n        }}'
+        )
+    return ('{\n    "resources": [\n' + ",\n".join(rows) + "\n    ]\n}\n").encode()
+
+
+# --- vectors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cipher", "kind", "plain"),
+    [
+        ("vector-v2.vault", "stream", "app", vectors.SMALL),
+        ("vector-v2-chunks.vault", "stream", "app", vectors.CHUNKS),
+        ("vector-v2-fixed.vault", "stream", "secret", vectors.CHUNKS),
+        ("vector-v2-fernet.vault", "fernet", "app", vectors.SMALL),
+        ("vector-v2-empty.vault", "stream", "passphrase", b""),
+    ],
+)
+def test_v2_vectors_open_and_the_writer_still_produces_them(monkeypatch, name, cipher, kind, plain):
+    """Format v2 is frozen: a change to the KDF, cutter, dictionary or layout shows here.
+
+    Written with the stdlib's zlib (ISA-L, where installed, writes other bytes, same format).
+    """
+    monkeypatch.setenv("SST_VAULT_NO_ISAL", "1")
+    vkey = vectors.fernet_key() if cipher == "fernet" else vectors.stream_key()
+    blob = (TESTDATA / name).read_bytes()
+    header, got = envelope.open_bytes(
+        blob, vkey, name, app=vectors.APP, stage=vectors.STAGE, kind=kind
+    )
+    assert got == plain
+    assert header.v == 2 and header.serial == vectors.SERIAL
+    assert header.size == envelope.rounded_size(len(plain))
+    options = {"chunking": False} if "fixed" in name else {}
+    assert vectors.seal_v2(plain, vkey, kind, **options) == blob
+
+
+def test_equal_chunks_in_one_file_seal_to_equal_bytes():
+    _, records = vectors.records((TESTDATA / "vector-v2-chunks.vault").read_bytes())
+    assert len(records) >= 6
+    assert len(set(records)) < len(records)  # the repeated run gave repeated records
+
+
+def test_unchanged_chunks_keep_their_bytes_across_versions():
+    before = seal(state(), serial=1)
+    after = seal(state(changed=200), serial=2)
+    _, old = vectors.records(before)
+    _, new = vectors.records(after)
+    kept = set(old) & set(new)
+    assert len(new) >= 8
+    assert len(new) - len(kept) <= 2  # one resource changed: one chunk, two if it straddles
+    assert open_(after) == state(changed=200)
+
+
+@pytest.mark.parametrize(
+    "other", [{"stage": "dev"}, {"kind": "secret"}, {"app": "other-app"}], ids=str
+)
+def test_nothing_is_equal_across_stages_kinds_and_apps(other):
+    plain = state()
+    _, here = vectors.records(seal(plain))
+    _, there = vectors.records(seal(plain, **other))
+    assert not set(here) & set(there)
+    assert not {r[4:20] for r in here} & {r[4:20] for r in there}  # not even one SIV
+
+
+def test_boundaries_depend_on_the_key():
+    plain = state(1000)
+    sizes = [[len(r) for r in vectors.records(seal(plain, key(seed)))[1]] for seed in (1, 2)]
+    assert sizes[0] != sizes[1]
+
+
+def test_clear_header_shows_the_size_only_rounded():
+    for length in (0, 1, 4095, 4096, 4097, 100_000):
+        blob = seal(b"x" * length)
+        shown = header_of(blob)["size"]
+        assert shown % envelope.SIZE_GRANULE == 0 and shown >= length
+        assert shown - length < envelope.SIZE_GRANULE
+        assert open_(blob) == b"x" * length
+
+
+def test_chunking_off_seals_randomly_in_fixed_pieces():
+    plain = state(3000)  # several FIXED_CHUNK pieces
+    one, two = seal(plain, chunking=False), seal(plain, chunking=False)
+    assert header_of(one)["chunking"] == "fixed" and header_of(one)["salt"]
+    assert one != two
+    _, a = vectors.records(one)
+    _, b = vectors.records(two)
+    assert len(a) == -(-len(plain) // envelope.FIXED_CHUNK) and not set(a) & set(b)
+    assert open_(one) == open_(two) == plain
+
+
+def test_chunked_sealing_is_deterministic_but_headers_differ_per_version():
+    plain = state()
+    assert seal(plain, serial=4) == seal(plain, serial=4)
+    assert header_of(seal(plain))["chunking"] == "cdc" and header_of(seal(plain))["salt"] == ""
+
+
+def test_large_and_highly_compressible_file_round_trips_on_threads():
+    plain = bytes(9 * 1024 * 1024) + state(2000)
+    blob = seal(plain, workers=2)
+    assert blob == seal(plain)  # threads change nothing in the bytes
+    assert open_(blob) == plain
+
+
+# --- what a reader refuses ----------------------------------------------------------------
+
+
+def reason(blob: bytes, k: FileKey | None = None) -> str:
+    with pytest.raises(TamperedError) as info:
+        open_(blob, k)
+    return str(info.value)
+
+
+def test_chunk_list_changes_are_refused():
+    blob = seal(state(), serial=1)
+    head, recs = vectors.records(blob)
+    _, other = vectors.records(seal(state(changed=5), serial=1))
+    assert other[0] != recs[0]
+    cases = {
+        "reordered": [recs[1], recs[0], *recs[2:]],
+        "duplicated": [recs[0], *recs],
+        "dropped": recs[:3] + recs[4:],
+        "spliced": [other[0], *recs[1:]],
+    }
+    for name, changed in cases.items():
+        message = reason(head + b"".join(changed))
+        assert any(w in message for w in ("not the ones sealed", "truncated", "after the last")), (
+            name,
+            message,
+        )
+
+
+def test_every_clear_field_is_type_and_range_checked():
+    blob = seal(b'{"a": 1}')
+    for change in (
+        {"size": "1"},
+        {"size": -4096},
+        {"size": 4097},
+        {"size": True},
+        {"serial": "3"},
+        {"serial": -1},
+        {"v": 1},
+        {"salt": "00"},
+        {"chunking": "none"},
+        {"cipher": "chacha20-poly1305"},
+        {"compression": "zlib"},
+        {"fingerprint": "x" * 64},
+        {"writer": 5},
+        {"writer": "w" * 300},
+        {"time": None},
+    ):
+        edited = vectors.with_header(blob, **change)
+        assert "malformed header" in reason(edited), change
+    v1 = envelope.seal_bytes(b"{}", key(), **META, serial=1, writer="w", version=1)[1]
+    for change in ({"size": "1"}, {"chunking": "cdc"}, {"size": 1 << 62}):
+        assert "malformed header" in reason(vectors.with_header(v1, **change)), change
+
+
+def forged(plain_chunks: list[bytes], size: int, k: FileKey | None = None) -> bytes:
+    """A v2 file as a member could write it, with chunks and a manifest size of our choosing."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+    k = k or key()
+    header = envelope.Header(
+        v=2,
+        **META,
+        serial=1,
+        key_id=k.key_id,
+        writer="w",
+        time="2026-01-01T00:00:00Z",
+        cipher=envelope.CIPHER_SIV,
+        compression=envelope.COMPRESSION_V2,
+        salt="",
+        fingerprint="0" * 64,
+        size=envelope.rounded_size(size),
+        chunking=envelope.CHUNKING_CDC,
+    )
+    raw = header.encode()
+    chunk_key, manifest_key = envelope._v2_keys(k, header)
+    records, ivs = [], hashlib.sha256()
+    for piece in plain_chunks:
+        comp = zlib.compressobj(6, zdict=envelope.ZDICT_V2)
+        sealed = AESSIV(chunk_key).encrypt(comp.compress(piece) + comp.flush(), None)
+        ivs.update(sealed[:16])
+        records.append(struct.pack(">I", len(sealed)) + sealed)
+    manifest = struct.pack(">QI32s", size, len(plain_chunks), ivs.digest())
+    return (
+        b"SSTVAULT\x02"
+        + struct.pack(">I", len(raw))
+        + raw
+        + AESSIV(manifest_key).encrypt(manifest, [raw])
+        + b"".join(records)
+    )
+
+
+def test_output_never_exceeds_the_authenticated_size():
+    # Chunks that inflate past the sealed size stop at the bound: nothing beyond is produced.
+    out = io.BytesIO()
+    blob = forged([bytes(1000), bytes(1000)], size=1500)
+    with pytest.raises(TamperedError, match="corrupt compressed chunk"):
+        envelope.open_(io.BytesIO(blob), out, key(), WHERE, **META)
+    assert len(out.getvalue()) <= 1500
+    # A chunk above the limit of its chunking is refused while inflating, not after.
+    big = forged([bytes(envelope.MAX_CDC_CHUNK + 1)], size=envelope.MAX_CDC_CHUNK + 1)
+    assert "corrupt compressed chunk" in reason(big)
+
+
+def test_sizes_that_do_not_add_up_are_refused():
+    assert "not the ones sealed" in reason(forged([b"abc"], size=5))  # chunks fall short
+    assert "manifest out of range" in reason(forged([b"abc"], size=0))
+    assert "manifest out of range" in reason(forged([], size=5))
+    assert "not the ones sealed" in reason(forged([b"abc", b"de"], size=4096 + 2))
+
+
+def test_huge_chunk_length_is_refused_before_reading():
+    class Reader(io.BytesIO):
+        largest = 0
+
+        def read(self, n: int = -1) -> bytes:
+            Reader.largest = max(Reader.largest, n)
+            return super().read(n)
+
+    head, recs = vectors.records(seal(state()))
+    blob = head + b"\xff\xff\xff\xff" + b"".join(recs)[4:]
+    with pytest.raises(TamperedError, match="malformed chunk length"):
+        envelope.open_(Reader(blob), io.BytesIO(), key(), WHERE, **META)
+    assert Reader.largest <= envelope.MAX_SEALED
+
+
+@pytest.mark.parametrize("writer", ["isal", "stdlib"])
+@pytest.mark.parametrize("reader", ["isal", "stdlib"])
+def test_either_zlib_writes_chunks_the_other_reads(monkeypatch, writer, reader):
+    if "isal" in (writer, reader):
+        pytest.importorskip("isal", reason="ISA-L has no wheel for this platform")
+    plain = state(2000)
+    monkeypatch.setenv("SST_VAULT_NO_ISAL", "1" if writer == "stdlib" else "")
+    blob = seal(plain)
+    assert blob == seal(plain)  # deterministic with either
+    monkeypatch.setenv("SST_VAULT_NO_ISAL", "1" if reader == "stdlib" else "")
+    assert open_(blob) == plain
+
+
+def test_states_above_the_large_threshold_are_cut_coarser():
+    plain = state(2000) + bytes(envelope.CDC_LARGE) + state(2000)
+    blob = seal(plain)
+    _, recs = vectors.records(blob)
+    assert len(recs) < len(plain) / (2 * envelope.CDC_AVG)
+    assert open_(blob) == plain
