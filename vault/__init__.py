@@ -15,6 +15,11 @@ SST_VAULT_KEY in CI and in the OS keyring on a laptop, never in an argument or a
 repo), every path the tool touches in `paths`, symlink-proof file I/O in `safefs`, git in
 `gitstore`, the cross-machine deploy lock in `lock`, and `sst-vault run` in `runner`.
 
+Who can read the vault is decided by the signed key record (`keyrecord`: its docstring is the
+specification) and the order of checks in `trust` (record, pins, this machine's memory, the
+record's git history, then the data key); `sst-vault.toml` holds settings only. The secret
+variables leave the process environment first thing (`keyenv`).
+
 Do not decrypt into the SST home yourself, and do not copy vault files between stages: every
 file is bound to its app, stage and kind, and `sync` writes only after everything verified.
 Every failure is a `vault.errors.VaultError` carrying a one-line hint.
