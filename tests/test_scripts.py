@@ -67,12 +67,15 @@ def test_an_externally_managed_python_gets_a_reused_venv(tmp_path: Path) -> None
 
 
 def test_a_venv_python_is_used_as_it_is(tmp_path: Path) -> None:
-    if sys.prefix == sys.base_prefix:
-        pytest.skip("the tests do not run in a virtual environment")
-    result = choose(tmp_path, sys.executable)
+    venv = tmp_path / "some-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    result = choose(checkout, python)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"PYTHON={sys.executable}"
-    assert not (tmp_path / ".venv").exists()
+    assert result.stdout.strip() == f"PYTHON={python}"
+    assert not (checkout / ".venv").exists()
 
 
 def test_an_old_python_is_refused_by_name(tmp_path: Path) -> None:
