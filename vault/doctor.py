@@ -166,7 +166,7 @@ def _keyring_check(checks: list[Check], vault_id: str, needed: bool) -> None:
         )
         return
     if needed:
-        from vault.keys import keyring_get
+        from vault.oskeyring import get as keyring_get
 
         try:
             has = keyring_get(vault_id) is not None

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import shlex
 import subprocess
 import threading
 import time
@@ -146,6 +148,38 @@ def iter_blobs(
         proc.stdout.close()
         proc.wait()
         writer.join()
+
+
+# What git prints when a lock file is in its way ("Unable to create '…/index.lock': File exists").
+_LOCK_RE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
+
+
+def lock_file_error(path: Path | str) -> GitError:
+    """The one message for a git lock file in the way: which file, and how to recover."""
+    return GitError(
+        f"git cannot commit: {path} exists (left by a git process that was killed, "
+        "or one that is still running)",
+        f"if no git process is running in this repository, remove it with "
+        f"`rm {shlex.quote(str(path))}`, then retry",
+    )
+
+
+def known_git_failure(text: str, where: Path | str = "the repository") -> GitError | None:
+    """A one-line GitError for the failures a user fixes outside git: a lock file in the way
+    (named, with the command that removes it), a full disk or a read-only file system."""
+    match = _LOCK_RE.search(text)
+    if match:
+        return lock_file_error(match.group(1))
+    from vault.errors import OS_HINTS
+
+    for needle, name in (
+        ("No space left on device", "ENOSPC"),
+        ("Disk quota exceeded", "EDQUOT"),
+        ("Read-only file system", "EROFS"),
+    ):
+        if needle in text:
+            return GitError(f"git cannot write to {where}: {needle}", OS_HINTS[name])
+    return None
 
 
 class DivergedError(RefusedError):
@@ -286,8 +320,6 @@ class GitStore:
                 ["git", *args], env={**git_env(), **self._env()}, **kwargs
             )  # type: ignore[call-overload]
         except git.GitCommandError as exc:
-            from vault.worktree import known_git_failure
-
             locked = known_git_failure(f"{exc.stderr}\n{exc.stdout}", self.git_dir)
             if locked is not None:
                 raise locked from None
@@ -475,8 +507,6 @@ class GitStore:
         )
         result = GitResult(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            from vault.worktree import known_git_failure
-
             raise known_git_failure(proc.stderr, self.git_dir) or GitError(
                 f"git {_verb(args)} failed: {result.reason}"
             )

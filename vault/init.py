@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vault import keyrecord, keys, safefs
+from vault import keyrecord, keys, oskeyring, safefs
 from vault.config import Config, app_from_sst_config, check_recipient_name, dumps, home_is_local
 from vault.errors import ConfigError, NoKeyError
 from vault.paths import CONFIG_NAME, DEFAULT_STATE_DIR, RepoLayout, check_app, check_state_dir
@@ -83,7 +83,7 @@ def init(
             'sst.config.ts does not set home: "local"; sst-vault syncs local state only'
         )
 
-    secret, origin, generated = _initial_secret(backend, use_keyring)
+    secret, origin, generated, from_variable = _initial_secret(backend, use_keyring)
     backend = backend or secret.backend
     if secret.backend != backend:
         raise ConfigError(f"{origin} holds a {secret.backend} key, not a {backend} key")
@@ -97,7 +97,7 @@ def init(
         public = secret.public()
         # A key from the environment is CI's only when this runs in CI: a developer who
         # exported SST_VAULT_KEY (the README's shared-key path) is a person, not "ci".
-        in_ci = origin.startswith("$") and running_in_ci()
+        in_ci = from_variable and running_in_ci()
         owner = check_recipient_name(name or ("ci" if in_ci else _user()))
         named = {owner: public}
         owners = [owner]
@@ -115,7 +115,7 @@ def init(
         pin = key_id
     config.validate()
     if generated:
-        keys.keyring_set(config.vault_id, [secret])
+        oskeyring.put(config.vault_id, [secret])
         origin = "the OS keyring (new key)"
     if backend == "age":
         safefs.write_atomic(project, layout.data_key_parts, wrapped, 0o644)
@@ -143,18 +143,21 @@ def init(
     )
 
 
-def _initial_secret(backend: str | None, use_keyring: bool) -> tuple[keys.Secret, str, bool]:
-    """The key from the environment if there is one; else a new key meant for the keyring."""
+def _initial_secret(backend: str | None, use_keyring: bool) -> tuple[keys.Secret, str, bool, bool]:
+    """The key from the environment if there is one; else a new key meant for the keyring.
+
+    Returns the secret, where it came from (for messages), whether it is new, and whether it
+    came from SST_VAULT_KEY."""
     if keys.taken(keys.ENV_KEY) is not None or keys.taken(keys.ENV_KEY_FILE):
         source = keys.find_source(None, use_keyring=False)
-        return source.secrets[0], source.origin, False
+        return source.secrets[0], source.origin, False, source.place is keys.KeyPlace.VARIABLE
     if not use_keyring:
         raise NoKeyError(
             f"--no-keyring needs the key in ${keys.ENV_KEY} or ${keys.ENV_KEY_FILE}",
             f"export {keys.ENV_KEY}=$(sst-vault key generate)",
         )
-    keys._keyring()  # fail now, naming the backend to install, before any file is written
-    return keys.generate(backend or "age"), "the OS keyring", True
+    oskeyring.backend()  # fail now, naming the backend to install, before any file is written
+    return keys.generate(backend or "age"), "the OS keyring", True, False
 
 
 CI_VARIABLES = ("GITHUB_ACTIONS", "GITLAB_CI", "TF_BUILD", "BUILDKITE", "CIRCLECI", "JENKINS_URL")

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from vault.envelope import CIPHER_FERNET, CIPHER_STREAM, FileKey, _hkdf
 from vault.errors import (
@@ -45,7 +45,6 @@ from vault.keyenv import (  # noqa: F401 - part of this module's interface
 )
 
 ENV_KEY_ID = "SST_VAULT_KEY_ID"
-KEYRING_SERVICE = "sst-vault"
 BACKENDS = ("age", "fernet")
 AGE_PREFIX = "AGE-SECRET-KEY-1"
 AGE_PQ_PREFIX = "AGE-SECRET-KEY-PQ-1"
@@ -72,12 +71,21 @@ class Secret:
         return "(fernet keys have no public part)"
 
 
+class KeyPlace(enum.Enum):
+    VARIABLE = "variable"  # SST_VAULT_KEY
+    FILE = "file"  # SST_VAULT_KEY_FILE
+    KEYRING = "keyring"  # the OS keyring entry of this vault
+    GIVEN = "given"  # handed over by a command (`key import` from stdin or --file)
+
+
 @dataclass(frozen=True)
 class KeySource:
-    """The secrets found and where they came from (for messages and `doctor`)."""
+    """The secrets found, where they came from (`place`, for decisions) and how to name that
+    place in a message (`origin`: "$SST_VAULT_KEY", a file's path, "the OS keyring", "stdin")."""
 
     secrets: tuple[Secret, ...]
     origin: str
+    place: KeyPlace = KeyPlace.GIVEN
 
 
 # --- generating and parsing ---------------------------------------------------------------
@@ -306,16 +314,13 @@ def parse_secrets(text: str, origin: str) -> tuple[Secret, ...]:
 # --- sources ------------------------------------------------------------------------------
 
 
-def keyring_username(vault_id: str) -> str:
-    return f"vault:{vault_id}"
-
-
 def find_source(vault_id: str | None, *, use_keyring: bool = True) -> KeySource:
     """The first available key source, or NoKeyError saying exactly what to set or install."""
     value = taken(ENV_KEY)
     if value is not None:
         if value.strip():
-            return KeySource(parse_secrets(value, f"${ENV_KEY}"), f"${ENV_KEY}")
+            origin = f"${ENV_KEY}"
+            return KeySource(parse_secrets(value, origin), origin, KeyPlace.VARIABLE)
         raise NoKeyError(f"${ENV_KEY} is set but empty", "set it to the vault's secret key")
     key_file = taken(ENV_KEY_FILE)
     if key_file:
@@ -332,11 +337,14 @@ def find_source(vault_id: str | None, *, use_keyring: bool = True) -> KeySource:
                 f"${ENV_KEY_FILE}={key_file} holds binary data, not a secret key",
                 "point it at the file holding the secret key (text, one key per line)",
             ) from None
-        return KeySource(parse_secrets(text, str(path)), str(path))
+        return KeySource(parse_secrets(text, str(path)), str(path), KeyPlace.FILE)
     if use_keyring and vault_id:
-        text = keyring_get(vault_id)
+        from vault import oskeyring
+
+        text = oskeyring.get(vault_id)
         if text:
-            return KeySource(parse_secrets(text, "the OS keyring"), "the OS keyring")
+            origin = "the OS keyring"
+            return KeySource(parse_secrets(text, origin), origin, KeyPlace.KEYRING)
         raise NoKeyError(
             "no key for this vault in the OS keyring",
             f"set {ENV_KEY} (or {ENV_KEY_FILE}), or run `sst-vault key import`",
@@ -344,84 +352,6 @@ def find_source(vault_id: str | None, *, use_keyring: bool = True) -> KeySource:
     raise NoKeyError(
         "no key found", f"set {ENV_KEY} to the vault's secret key (or {ENV_KEY_FILE} to a file)"
     )
-
-
-_NO_KEYRING_HINT = (
-    f"set {ENV_KEY} (or {ENV_KEY_FILE}); or install a keyring backend: on Linux "
-    "gnome-keyring or KeePassXC (Secret Service) with a D-Bus session, "
-    "or `pip install keyrings.alt`"
-)
-
-
-def _keyring():  # -> the keyring module, or NoKeyError when no backend can be used
-    try:
-        import keyring
-        from keyring.backends import fail
-    except ImportError:  # pragma: no cover - keyring is a dependency
-        raise NoKeyError("the keyring package is not installed", _NO_KEYRING_HINT) from None
-    try:
-        backend = keyring.get_keyring()
-    except (RuntimeError, ImportError, AttributeError, ValueError) as exc:
-        # A backend named by PYTHON_KEYRING_BACKEND or keyringrc.cfg that cannot run here (the
-        # Secret Service without a D-Bus session) raises RuntimeError; a misspelled one, the rest.
-        raise NoKeyError(
-            f"the configured keyring backend cannot be used ({_one_line(exc)})", _NO_KEYRING_HINT
-        ) from None
-    if isinstance(backend, fail.Keyring):
-        raise NoKeyError("no OS keyring backend is available", _NO_KEYRING_HINT)
-    return keyring
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-T = TypeVar("T")
-
-
-def _keyring_call(action: str, call: Callable[[], T]) -> T:
-    """Run one keyring operation; any failure of the OS keyring becomes a one-line NoKeyError."""
-    from keyring.errors import KeyringError
-
-    try:
-        return call()
-    except KeyringError as exc:
-        reason = _one_line(exc)
-    except Exception as exc:
-        # Backends let their transport's errors through (jeepney's D-Bus errors, secretstorage's
-        # "service not available" when the daemon went away between two calls).
-        reason = f"{type(exc).__name__}: {_one_line(exc)}"
-    raise NoKeyError(f"the OS keyring cannot be {action} ({reason})", _NO_KEYRING_HINT)
-
-
-def keyring_get(vault_id: str) -> str | None:
-    keyring = _keyring()
-    return _keyring_call(
-        "read", lambda: keyring.get_password(KEYRING_SERVICE, keyring_username(vault_id))
-    )
-
-
-def keyring_set(vault_id: str, secrets: Iterable[Secret]) -> None:
-    keyring = _keyring()
-    text = "\n".join(s.text for s in secrets)
-    _keyring_call(
-        "written", lambda: keyring.set_password(KEYRING_SERVICE, keyring_username(vault_id), text)
-    )
-
-
-def keyring_delete(vault_id: str) -> bool:
-    """Forget this vault's key; False when there was no entry to forget."""
-    keyring = _keyring()
-    from keyring.errors import PasswordDeleteError
-
-    def delete() -> bool:
-        try:
-            keyring.delete_password(KEYRING_SERVICE, keyring_username(vault_id))
-        except PasswordDeleteError:
-            return False
-        return True
-
-    return _keyring_call("written", delete)
 
 
 # --- data keys and key ids ----------------------------------------------------------------

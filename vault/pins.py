@@ -17,13 +17,11 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vault import keys, trust
+from vault import keys, oskeyring, trust
 from vault.errors import NoKeyError, RefusedError
 
 if TYPE_CHECKING:
     from vault.project import Project
-
-LEGACY_PIN_PREFIX = "pin:"  # sst-vault 0.1 pinned the data key id here; `key forget` removes it
 
 
 @dataclass
@@ -58,7 +56,7 @@ def import_key(project: Project, text: str, origin: str, *, replace: bool = Fals
         report = ImportReport(opened.sealing.key_id, None)
         if not _fernet_opens(project, opened):
             report.warnings.append("the vault has no files yet to check this key against")
-    existing = keys.keyring_get(vault_id)
+    existing = oskeyring.get(vault_id)
     if existing is not None:
         if _texts(existing) == [s.text for s in source.secrets]:
             report.unchanged = True
@@ -70,7 +68,7 @@ def import_key(project: Project, text: str, origin: str, *, replace: bool = Fals
         else:
             report.replaced = True
     if not report.unchanged:
-        keys.keyring_set(vault_id, source.secrets)
+        oskeyring.put(vault_id, source.secrets)
     return report
 
 
@@ -105,18 +103,10 @@ def _fernet_opens(project: Project, opened: keys.VaultKeys) -> bool:
 
 def forget(project: Project) -> bool:
     """Delete the vault's secret from the keyring (and 0.1's pin entry); True if it was there."""
-    had_key = keys.keyring_delete(project.config.vault_id)
+    had_key = oskeyring.delete(project.config.vault_id)
     with contextlib.suppress(NoKeyError):
-        _delete_legacy_pin(project.config.vault_id)
+        oskeyring.delete_legacy_pin(project.config.vault_id)
     return had_key
-
-
-def _delete_legacy_pin(vault_id: str) -> None:
-    keyring = keys._keyring()
-    from keyring.errors import PasswordDeleteError
-
-    with contextlib.suppress(PasswordDeleteError):
-        keyring.delete_password(keys.KEYRING_SERVICE, f"{LEGACY_PIN_PREFIX}{vault_id}")
 
 
 @dataclass

@@ -12,14 +12,12 @@ Plain `git` subprocesses, no GitPython: `status` stays fast.
 
 from __future__ import annotations
 
-import os
-import re
-import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vault.errors import ConflictError, GitError
+from vault.errors import ConflictError
+from vault.gitstore import git_env, lock_file_error
 from vault.paths import KINDS, VAULT_SUFFIX
 from vault.project import Project
 
@@ -27,14 +25,11 @@ CONFLICT = "conflict"
 UNCOMMITTED = "uncommitted"
 # XY of `git status --porcelain` for an unmerged path.
 _UNMERGED = {"DD", "AU", "UD", "UA", "DU", "AA", "UU"}
-# What git prints when a lock file is in its way ("Unable to create '…/index.lock': File exists").
-_LOCK_RE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 CONFLICT_MARKER = b"<<<<<<< "
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SST_VAULT_KEY")}
-    env.setdefault("GIT_TERMINAL_PROMPT", "0")
+    env = git_env()
     # `git status` would otherwise refresh the index under index.lock, which makes a commit
     # that another process runs at this moment fail.
     env["GIT_OPTIONAL_LOCKS"] = "0"
@@ -187,34 +182,6 @@ def stale_locks(state: TreeState) -> list[Path]:
     if ref.startswith("ref: refs/"):
         candidates.append(state.common_dir / f"{ref[5:]}.lock")
     return [c for c in candidates if c.is_file()]
-
-
-def lock_file_error(path: Path | str) -> GitError:
-    """The one message for a git lock file in the way: which file, and how to recover."""
-    return GitError(
-        f"git cannot commit: {path} exists (left by a git process that was killed, "
-        "or one that is still running)",
-        f"if no git process is running in this repository, remove it with "
-        f"`rm {shlex.quote(str(path))}`, then retry",
-    )
-
-
-def known_git_failure(text: str, where: Path | str = "the repository") -> GitError | None:
-    """A one-line GitError for the failures a user fixes outside git: a lock file in the way
-    (named, with the command that removes it), a full disk or a read-only file system."""
-    match = _LOCK_RE.search(text)
-    if match:
-        return lock_file_error(match.group(1))
-    from vault.errors import OS_HINTS
-
-    for needle, name in (
-        ("No space left on device", "ENOSPC"),
-        ("Disk quota exceeded", "EDQUOT"),
-        ("Read-only file system", "EROFS"),
-    ):
-        if needle in text:
-            return GitError(f"git cannot write to {where}: {needle}", OS_HINTS[name])
-    return None
 
 
 def check_can_commit(project: Project, stages: list[str], command: str) -> None:

@@ -244,7 +244,9 @@ def forget_cmd(ctx: Context, yes: bool) -> None:
     from vault import pins
 
     project = ctx.project()
-    stored = keys.keyring_get(project.config.vault_id)
+    from vault import oskeyring
+
+    stored = oskeyring.get(project.config.vault_id)
     if stored is None:
         ctx.info(
             f"No key for vault {project.config.vault_id} in the OS keyring: nothing to forget."
