@@ -182,11 +182,9 @@ def _is_sst_secret(head: bytes) -> bool:
 
 
 def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    from vault.gitstore import git_env
+    from vault.gitstore import git_run
 
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=git_env(), capture_output=True, stdin=subprocess.DEVNULL
-    )
+    return git_run(cwd, *args, check=False)
 
 
 def git_top(path: Path) -> Path | None:
