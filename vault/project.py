@@ -37,7 +37,7 @@ class Project:
 
     @functools.cached_property
     def key_source(self) -> keys.KeySource:
-        """The secret(s) found for this vault, read once (reading pops `SST_VAULT_KEY`)."""
+        """The secret(s) found for this vault, read once."""
         return keys.find_source(self.config.vault_id)
 
     def unlock(self, source: keys.KeySource | None = None) -> keys.VaultKeys:
@@ -51,9 +51,9 @@ class Project:
         source = source or self.key_source
         keys.ensure_backend(source, self.config.backend)
         if self.config.backend == "age":
-            trusted = self.verify_record(source)
-            sealing = trusted.sealing
-            self.__dict__["trusted"] = trusted
+            sealing = (
+                self.trusted if source is self.key_source else self.verify_record(source)
+            ).sealing
             return keys.VaultKeys(sealing, {sealing.key_id: sealing}, source.origin)
         file_keys = [keys.fernet_file_key(s) for s in source.secrets]
         pinned = trust.env_pin(trust.ENV_PIN) or trust.env_pin(keys.ENV_KEY_ID)
@@ -64,9 +64,7 @@ class Project:
                     f"none of the Fernet keys given is the pinned {pinned}",
                     "give the vault's newest Fernet key first in SST_VAULT_KEY",
                 )
-            self.__dict__["_review"] = {fk.key_id: fk for fk in file_keys}
             return keys.VaultKeys(chosen[0], {pinned: chosen[0]}, source.origin)
-        self.__dict__["_review"] = {fk.key_id: fk for fk in file_keys}
         return keys.VaultKeys(
             file_keys[0], {fk.key_id: fk for fk in reversed(file_keys)}, source.origin
         )
@@ -75,6 +73,11 @@ class Project:
     def keys(self) -> keys.VaultKeys:
         """The verified keys: the newest data key seals, and only it opens for prepare."""
         return self.unlock()
+
+    @functools.cached_property
+    def trusted(self) -> trust.Trusted:
+        """age: the verified key record and the newest data key, from `key_source`."""
+        return self.verify_record()
 
     def verify_record(
         self,
@@ -103,9 +106,10 @@ class Project:
         pinned = trust.check_pins(record)
         if memory is not None and accept_identity and memory.identity != record.identity:
             memory = None
-        if memory is not None and memory.identity != record.identity:
-            trust.check_memory(memory, record, where, trust.last_change(self.root, where))
-        trust.check_memory(memory, record, where, None)
+        replaced = memory is not None and memory.identity != record.identity
+        trust.check_memory(
+            memory, record, where, trust.last_change(self.root, where) if replaced else None
+        )
         accepted = accept_identity or pinned or (memory is not None)
         trust.check_history(record, versions, where, identity_accepted=accepted)
         data_key = keys.unwrap_data_key(
@@ -115,7 +119,7 @@ class Project:
         trust.check_exact_pin(record.newest.key_id)
         if remember and (memory is None or memory.seq != record.newest.seq):
             trust.remember(self.home, self.app, record)
-        return trust.Trusted(record, data_key, first_use=memory is None)
+        return trust.Trusted(record, data_key)
 
     def refuse_downgrade(
         self,
@@ -146,11 +150,6 @@ class Project:
         except GitError:
             return []  # not a git work tree (yet): nothing to compare with
 
-    @functools.cached_property
-    def trusted(self) -> trust.Trusted:
-        self.unlock()
-        return self.__dict__["trusted"]
-
     def review_key(self, key_id: str) -> keys.FileKey | None:
         """A key of the verified chain (age) or one of the keys given (fernet), by key id.
 
@@ -163,7 +162,8 @@ class Project:
             return found
         if self.config.backend == "age":
             return self.trusted.history_keys().get(key_id)
-        return self.__dict__.get("_review", {}).get(key_id)
+        given = (keys.fernet_file_key(s) for s in self.key_source.secrets)
+        return next((fk for fk in given if fk.key_id == key_id), None)
 
     def read_wrapped_key(self) -> bytes:
         data = safefs.read_bytes(self.root, self.repo.data_key_parts)

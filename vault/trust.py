@@ -242,7 +242,6 @@ class Trusted:
 
     record: Record
     data_key: bytes
-    first_use: bool = False  # this machine had no memory of the vault before
     _history: dict[str, FileKey] | None = field(default=None, repr=False)
 
     @property
