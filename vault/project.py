@@ -103,7 +103,7 @@ class Project:
                 "a member runs `sst-vault key upgrade`, commits and pushes; then CI sets"
                 " SST_VAULT_PIN to what it prints",
             )
-        pinned = trust.check_pins(record)
+        pinned = trust.check_pins(record, lambda: trust.last_change(self.root, where))
         if memory is not None and accept_identity and memory.identity != record.identity:
             memory = None
         replaced = memory is not None and memory.identity != record.identity

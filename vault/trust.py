@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,13 +279,17 @@ def load_record(root: Path, parts: tuple[str, ...], app: str) -> Record | None:
     return keyrecord.load(data, str(Path(*parts)), app)
 
 
-def check_pins(record: Record) -> bool:
-    """Check SST_VAULT_PIN; True when it is set (and so names this vault's identity)."""
+def check_pins(record: Record, last: Callable[[], Change | None]) -> bool:
+    """Check SST_VAULT_PIN; True when it is set (and so names this vault's identity).
+    `last` names the commit that changed the record, asked only when the pin fails."""
     pinned = env_pin(ENV_PIN)
     if pinned and pinned != record.identity:
+        change = last()
+        changed = f" since {change.describe()}" if change else ""
         raise KeyPinError(
-            f"this vault's identity is {record.identity}, not the pinned {pinned} (${ENV_PIN})",
-            "the key record was replaced: check `git log` of it; never re-pin without review",
+            f"this vault's identity is {record.identity}{changed}, not the pinned {pinned}"
+            f" (${ENV_PIN})",
+            "the key record was replaced: review that commit; never re-pin without review",
         )
     return pinned is not None
 
