@@ -17,6 +17,7 @@ import io
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -220,7 +221,17 @@ def test_every_clear_field_is_type_and_range_checked():
         assert "malformed header" in reason(vectors.with_header(v1, **change)), change
 
 
-def forged(plain_chunks: list[bytes], size: int, k: FileKey | None = None) -> bytes:
+def _zlib(piece: bytes) -> bytes:
+    comp = zlib.compressobj(6, zdict=envelope.ZDICT_V2)
+    return comp.compress(piece) + comp.flush()
+
+
+def forged(
+    plain_chunks: list[bytes],
+    size: int,
+    k: FileKey | None = None,
+    compress: Callable[[bytes], bytes] = _zlib,
+) -> bytes:
     """A v2 file as a member could write it, with chunks and a manifest size of our choosing."""
     from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
@@ -243,8 +254,7 @@ def forged(plain_chunks: list[bytes], size: int, k: FileKey | None = None) -> by
     chunk_key, manifest_key = envelope._v2_keys(k, header)
     records, ivs = [], hashlib.sha256()
     for piece in plain_chunks:
-        comp = zlib.compressobj(6, zdict=envelope.ZDICT_V2)
-        sealed = AESSIV(chunk_key).encrypt(comp.compress(piece) + comp.flush(), None)
+        sealed = AESSIV(chunk_key).encrypt(compress(piece), None)
         ivs.update(sealed[:16])
         records.append(struct.pack(">I", len(sealed)) + sealed)
     manifest = struct.pack(">QI32s", size, len(plain_chunks), ivs.digest())
@@ -267,6 +277,20 @@ def test_output_never_exceeds_the_authenticated_size():
     # A chunk above the limit of its chunking is refused while inflating, not after.
     big = forged([bytes(envelope.MAX_CDC_CHUNK + 1)], size=envelope.MAX_CDC_CHUNK + 1)
     assert "corrupt compressed chunk" in reason(big)
+
+
+@pytest.mark.parametrize("reader", ["isal", "stdlib"])
+def test_authentic_chunks_that_are_not_one_complete_zlib_stream_are_refused(monkeypatch, reader):
+    # A member's writer could seal anything: each decoder must refuse the same malformed streams.
+    if reader == "isal":
+        pytest.importorskip("isal", reason="ISA-L has no wheel for this platform")
+    monkeypatch.setenv("SST_VAULT_NO_ISAL", "1" if reader == "stdlib" else "")
+    piece = state(20)
+    good = _zlib(piece)
+    bad_adler = good[:-1] + bytes([good[-1] ^ 1])
+    for broken in (good + b"\0", good[:-5], bad_adler, good[:2], _zlib(b""), b"not zlib"):
+        blob = forged([piece], size=len(piece), compress=lambda _p, b=broken: b)
+        assert "corrupt compressed chunk" in reason(blob), broken[-8:]
 
 
 def test_sizes_that_do_not_add_up_are_refused():
