@@ -83,9 +83,9 @@ def _validate(kind: str, data: bytes, path: Path) -> None:
 def migrate(project: Project, source: str | None = None, *, force: bool = False) -> MigrateReport:
     """Seal the recipe's plaintext files, remove them from tree and index, commit."""
     from vault import sync
+    from vault.gitsetup import append_block, gitattributes_block, gitignore_block
     from vault.gitstore import GitStore
     from vault.history import WORK, Side, open_version
-    from vault.init import gitattributes_block, gitignore_block
 
     source_dir = check_state_dir(source or project.config.state_dir)
     store = GitStore(project.root)
@@ -133,7 +133,7 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
         ]
         if source_dir != state_dir:
             blocks.append((".gitignore", gitignore_block(source_dir)))
-        touched = {name for name, block in blocks if _ensure_block(project.root / name, block)}
+        touched = {name for name, block in blocks if append_block(project.root / name, block)}
         plain_rels = [store.relative(p) for _, _, p in found]
         report.purge_globs = [f"{source_dir}/{k}/*.json" for k in KINDS]
         in_head = store.git(
@@ -164,17 +164,6 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
             store.git("commit", "--quiet", "--no-verify", "--only", "-m", message, "--", *paths)
             report.commit = store.head()
     return report
-
-
-def _ensure_block(path: Path, block: str) -> bool:
-    current = path.read_text() if path.is_file() else ""
-    if block in current:
-        return False
-    if current and not current.endswith("\n"):
-        current += "\n"
-    text = current + ("\n" if current else "") + block
-    safefs.write_atomic(path.parent, (path.name,), text.encode(), 0o644)
-    return True
 
 
 def purge_command(report: MigrateReport) -> str:

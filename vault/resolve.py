@@ -46,8 +46,7 @@ class ResolveReport:
 
 def resolve(project: Project, stage: str, side: str) -> ResolveReport:
     """Keep `side` ("ours" or "theirs") of every vault file of `stage`; stage the result."""
-    from vault.gitstore import GitStore
-    from vault.history import git_run
+    from vault.gitstore import GitStore, git_run
     from vault.sync import repo_lock, seal_to_repo, writer_name
     from vault.worktree import CONFLICT, tree_state
 
@@ -121,7 +120,7 @@ def resolve(project: Project, stage: str, side: str) -> ResolveReport:
 
 
 def _blob(top: Path, rev: str, rel: str) -> bytes | None:
-    from vault.history import git_run
+    from vault.gitstore import git_run
 
     proc = git_run(top, "cat-file", "blob", f"{rev}:{rel}", check=False)
     return proc.stdout if proc.returncode == 0 else None

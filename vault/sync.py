@@ -585,8 +585,8 @@ def own_files(project: Project, store: GitStore | None = None) -> list[Path]:
     work tree has the entries `init` wrote and HEAD does not yet (the vault's first commit), so
     the user's own uncommitted lines there are never swept into later state commits.
     """
+    from vault.gitsetup import gitattributes_block, gitignore_block
     from vault.gitstore import GitStore
-    from vault.init import gitattributes_block, gitignore_block
 
     files = [project.repo.config_file]
     if project.config.backend == "age":
