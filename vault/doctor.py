@@ -435,7 +435,7 @@ def _plaintext_check(project: Project) -> Check:
 def _interrupted_check(project: Project) -> Check:
     """Temporary files and journals a killed sst-vault left (doctor only reports them)."""
     from vault import safefs
-    from vault.sync import home_journal
+    from vault.stagefiles import home_journal
 
     home = project.home
     found = safefs.find_temp(home.root, home.temp_folders) if home.root.is_dir() else []

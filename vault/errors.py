@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-EXIT_OK = 0
 EXIT_REFUSED = 1  # the operation was refused or failed; nothing was half-written
 EXIT_USAGE = 2  # usage or configuration error: fix the command line, config or environment
 

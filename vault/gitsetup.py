@@ -25,16 +25,9 @@ from vault import envelope, safefs
 from vault.envelope import Header
 from vault.errors import ConfigError, FileFormatError, VaultError, WrongKeyError
 from vault.gitstore import git_env, git_run
-from vault.history import (
-    SecretsUnreadable,
-    Version,
-    history_key,
-    open_sst_secrets,
-    open_version,
-    render_app,
-    render_secrets,
-)
 from vault.paths import CONFIG_NAME
+from vault.rendering import SecretsUnreadable, open_sst_secrets, render_app, render_secrets
+from vault.versions import Version, history_key, open_version
 
 if TYPE_CHECKING:
     from vault.project import Project

@@ -24,7 +24,6 @@ class InitReport:
     public: str | None
     recipients: dict[str, str] = field(default_factory=dict)
     record: keyrecord.Record | None = None  # age: the signed key record it started
-    written: list[Path] = field(default_factory=list)
     owners: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -71,7 +70,6 @@ def init(
         raise ConfigError(f"{origin} holds a {secret.backend} key, not a {backend} key")
     config = Config(app=app, backend=backend, state_dir=state_dir)
     layout = RepoLayout(project, state_dir)
-    written: list[Path] = []
     public = None
     owners: list[str] = []
     named: dict[str, str] = {}
@@ -102,12 +100,10 @@ def init(
     if backend == "age":
         safefs.write_atomic(project, layout.data_key_parts, wrapped, 0o644)
         safefs.write_atomic(project, layout.record_parts, record.dumps(), 0o644)
-        written += [layout.data_key_file, layout.record_file]
     append_block(project / ".gitattributes", gitattributes_block(state_dir))
     append_block(project / ".gitignore", gitignore_block(state_dir))
     safefs.write_atomic(project, (CONFIG_NAME,), dumps(config).encode(), 0o644)
     register_diff_driver(project)  # the git diff driver for *.vault
-    written += [project / CONFIG_NAME, project / ".gitattributes", project / ".gitignore"]
     return InitReport(
         config,
         origin,
@@ -117,7 +113,6 @@ def init(
         public,
         recipients=named,
         record=record if backend == "age" else None,
-        written=written,
         warnings=warnings,
         owners=owners,
     )

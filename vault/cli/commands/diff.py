@@ -42,10 +42,10 @@ def diff_cmd(
       sst-vault diff prod HEAD~1             # last commit's change vs now
       sst-vault diff prod v1.2..main --kind secret
     """
-    from vault import history
+    from vault import diff
 
     project = ctx.project()
-    results = history.diff(project, stage, rev, kinds or KINDS, show_secrets=show_secrets)
+    results = diff.diff(project, stage, rev, kinds or KINDS, show_secrets=show_secrets)
     changed = False
     for item in results:
         if item.status == "absent":

@@ -42,13 +42,13 @@ def rollback_cmd(
       sst-vault log prod
       sst-vault rollback prod --to 1a2b3c4d --push --prepare
     """
-    from vault import history, sync
+    from vault import rollback, sync
 
     report = maybe_locked(
         ctx,
         push,
         [stage],
-        lambda project: history.rollback(project, stage, rev),
+        lambda project: rollback.rollback(project, stage, rev),
         command=f"sst-vault rollback {stage} --to {rev}",
         lock_timeout=lock_timeout,
         lock_ttl=lock_ttl,
