@@ -32,6 +32,14 @@ class VaultError(Exception):
         return self.message
 
 
+class ReportedFailure(VaultError):
+    """Exit 1 with nothing more to say: the command's own output already did (`diff
+    --exit-code` printed the changes, `doctor` its failing checks). `main` prints no line."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+
 # --- usage and configuration (exit 2) ---------------------------------------------------
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from vault.cli.context import Context, pass_context
+from vault.errors import ReportedFailure
 from vault.paths import KINDS
 
 
@@ -62,4 +61,4 @@ def diff_cmd(
         if item.note:
             ctx.info(f"Note: {item.note}")
     if exit_code and changed:
-        sys.exit(1)
+        raise ReportedFailure()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from vault.cli.commands.lock import (
+from vault.cli.context import Context, pass_context
+from vault.cli.options import (
     lock_timeout_option,
     lock_ttl_option,
     maybe_locked,
     push_option,
 )
-from vault.cli.context import Context, pass_context
 
 
 @click.command("rollback")
