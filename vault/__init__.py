@@ -20,6 +20,14 @@ specification) and the order of checks in `trust` (record, pins, this machine's 
 record's git history, then the data key); `sst-vault.toml` holds settings only. The secret
 variables leave the process environment first thing (`keyenv`).
 
+The operations, one idea each: `sync` is the face of `prepare`, `commit` and `status` (each
+its own module, over the sync `records` and `stagefiles`, the stage's files and locks);
+`sealing` is the one way a vault file is written; `versions`, `diff`, `log` and `rollback`
+review and undo through git history, `rendering` shows checkpoints and masked secrets;
+`gitsetup` owns how this clone's git shows vault files (attribute and ignore blocks, the diff
+driver). The CLI (`cli.main`, shared options in `cli.options`) sits on top; README's
+"Layout" lists every module by layer.
+
 Do not decrypt into the SST home yourself, and do not copy vault files between stages: every
 file is bound to its app, stage and kind, and `sync` writes only after everything verified.
 Every failure is a `vault.errors.VaultError` carrying a one-line hint.

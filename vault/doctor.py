@@ -245,8 +245,8 @@ def _git_check(project: Project) -> tuple[Check, GitStore]:
 
 
 def _attributes_check(project: Project) -> list[Check]:
+    from vault.gitsetup import DRIVER
     from vault.gitstore import git_run
-    from vault.history import DRIVER
 
     sample = project.repo.vault_file("app", "doctor")
     rel = os.path.relpath(sample, project.root)
@@ -308,7 +308,7 @@ def _attributes_check(project: Project) -> list[Check]:
 
 
 def _driver_check(project: Project) -> Check:
-    from vault.history import registered_driver
+    from vault.gitsetup import registered_driver
 
     command = registered_driver(project.root)
     if command is None:
@@ -318,7 +318,7 @@ def _driver_check(project: Project) -> Check:
             "not registered in this clone",
             "run `sst-vault setup-git` for decrypted `git diff`/`git log -p`",
         )
-    from vault.history import DRIVER_COMMAND, check_driver, driver_on_path
+    from vault.gitsetup import DRIVER_COMMAND, check_driver, driver_on_path
 
     checked = check_driver(project.root, command)
     if not checked.works:
@@ -435,7 +435,7 @@ def _plaintext_check(project: Project) -> Check:
 def _interrupted_check(project: Project) -> Check:
     """Temporary files and journals a killed sst-vault left (doctor only reports them)."""
     from vault import safefs
-    from vault.sync import home_journal
+    from vault.stagefiles import home_journal
 
     home = project.home
     found = safefs.find_temp(home.root, home.temp_folders) if home.root.is_dir() else []

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-EXIT_OK = 0
 EXIT_REFUSED = 1  # the operation was refused or failed; nothing was half-written
 EXIT_USAGE = 2  # usage or configuration error: fix the command line, config or environment
 
@@ -31,6 +30,14 @@ class VaultError(Exception):
         if self.hint:
             return f"{self.message}: {self.hint}"
         return self.message
+
+
+class ReportedFailure(VaultError):
+    """Exit 1 with nothing more to say: the command's own output already did (`diff
+    --exit-code` printed the changes, `doctor` its failing checks). `main` prints no line."""
+
+    def __init__(self) -> None:
+        super().__init__("")
 
 
 # --- usage and configuration (exit 2) ---------------------------------------------------

@@ -10,9 +10,8 @@ from pathlib import Path
 from vault import keyrecord, keys, oskeyring, safefs
 from vault.config import Config, app_from_sst_config, check_recipient_name, dumps, home_is_local
 from vault.errors import ConfigError, NoKeyError
+from vault.gitsetup import append_block, gitattributes_block, gitignore_block, register_diff_driver
 from vault.paths import CONFIG_NAME, DEFAULT_STATE_DIR, RepoLayout, check_app, check_state_dir
-
-MARK = "# sst-vault"
 
 
 @dataclass
@@ -25,26 +24,8 @@ class InitReport:
     public: str | None
     recipients: dict[str, str] = field(default_factory=dict)
     record: keyrecord.Record | None = None  # age: the signed key record it started
-    written: list[Path] = field(default_factory=list)
     owners: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def gitattributes_block(state_dir: str) -> str:
-    return (
-        f"{MARK}: encrypted SST state; never convert or merge it; `sst-vault setup-git` diffs it\n"
-        f"{state_dir}/**/*.vault -text -merge diff=sst-vault\n"
-        f"{state_dir}/data-key.age -text -merge\n"
-        f"{state_dir}/key-record.jsonl -text -merge\n"
-    )
-
-
-def gitignore_block(state_dir: str) -> str:
-    return (
-        f"{MARK}: plaintext SST state must never be committed\n"
-        f"{state_dir}/**/*.json\n"
-        f"{state_dir}/**/.sst-vault-tmp-*\n"
-    )
 
 
 def init(
@@ -89,7 +70,6 @@ def init(
         raise ConfigError(f"{origin} holds a {secret.backend} key, not a {backend} key")
     config = Config(app=app, backend=backend, state_dir=state_dir)
     layout = RepoLayout(project, state_dir)
-    written: list[Path] = []
     public = None
     owners: list[str] = []
     named: dict[str, str] = {}
@@ -120,14 +100,10 @@ def init(
     if backend == "age":
         safefs.write_atomic(project, layout.data_key_parts, wrapped, 0o644)
         safefs.write_atomic(project, layout.record_parts, record.dumps(), 0o644)
-        written += [layout.data_key_file, layout.record_file]
-    _append_block(project / ".gitattributes", gitattributes_block(state_dir))
-    _append_block(project / ".gitignore", gitignore_block(state_dir))
+    append_block(project / ".gitattributes", gitattributes_block(state_dir))
+    append_block(project / ".gitignore", gitignore_block(state_dir))
     safefs.write_atomic(project, (CONFIG_NAME,), dumps(config).encode(), 0o644)
-    from vault.history import register_diff_driver  # the git diff driver for *.vault
-
-    register_diff_driver(project)
-    written += [project / CONFIG_NAME, project / ".gitattributes", project / ".gitignore"]
+    register_diff_driver(project)  # the git diff driver for *.vault
     return InitReport(
         config,
         origin,
@@ -137,7 +113,6 @@ def init(
         public,
         recipients=named,
         record=record if backend == "age" else None,
-        written=written,
         warnings=warnings,
         owners=owners,
     )
@@ -174,13 +149,3 @@ def _user() -> str:
         return "".join(c for c in getpass.getuser() if c.isalnum() or c in "._-") or "me"
     except (KeyError, OSError):
         return "me"
-
-
-def _append_block(path: Path, block: str) -> None:
-    current = path.read_text() if path.is_file() else ""
-    if block in current:
-        return
-    if current and not current.endswith("\n"):
-        current += "\n"
-    separator = "\n" if current else ""
-    safefs.write_atomic(path.parent, (path.name,), (current + separator + block).encode(), 0o644)

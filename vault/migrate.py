@@ -10,15 +10,14 @@ the secrets in it as leaked.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault import safefs
-from vault.errors import InvalidStateError, RefusedError, UsageError
+from vault.errors import RefusedError, UsageError
 from vault.paths import KINDS, check_stage, check_state_dir
 from vault.project import Project
-from vault.sync import seal_to_repo
+from vault.sealing import Remedies, seal_to_repo, validate_state
 
 
 @dataclass
@@ -64,28 +63,21 @@ def find_plaintext(project: Project, source_dir: str) -> tuple[list[tuple[str, s
     return found, skipped
 
 
-def _validate(kind: str, data: bytes, path: Path) -> None:
-    if kind == "app":
-        try:
-            json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise InvalidStateError(
-                f"{path} is not valid JSON ({exc})", "restore it from git or remove it, then retry"
-            ) from None
-    elif kind == "passphrase" and not data.strip():
-        raise InvalidStateError(f"{path} is empty", "restore it from git or remove it, then retry")
-    elif kind == "secret" and len(data) < 12 + 16:
-        raise InvalidStateError(
-            f"{path} is too short to be an SST secret file", "remove it, then retry"
-        )
+FROM_RECIPE = Remedies(
+    json="restore it from git or remove it, then retry",
+    passphrase="restore it from git or remove it, then retry",
+    secret="remove it, then retry",
+    empty_passphrase="empty",
+)
 
 
 def migrate(project: Project, source: str | None = None, *, force: bool = False) -> MigrateReport:
     """Seal the recipe's plaintext files, remove them from tree and index, commit."""
-    from vault import sync
+    from vault.commit import own_files
+    from vault.gitsetup import append_block, gitattributes_block, gitignore_block
     from vault.gitstore import GitStore
-    from vault.history import WORK, Side, open_version
-    from vault.init import gitattributes_block, gitignore_block
+    from vault.records import writer_name
+    from vault.versions import WORK, Side, open_version
 
     source_dir = check_state_dir(source or project.config.state_dir)
     store = GitStore(project.root)
@@ -97,13 +89,13 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
             "nothing to migrate; `sst-vault scan` looks for plaintext anywhere in the repo",
         )
     key = project.keys.sealing
-    writer = sync.writer_name()
+    writer = writer_name()
     work = Side(project, store.top, WORK)
     with safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
         plan = []
         for stage, kind, path in found:
             data = path.read_bytes()
-            _validate(kind, data, path)
+            validate_state(kind, data, path, FROM_RECIPE)
             current = open_version(project, work.read(stage, kind), stage)
             serial = current.header.serial + 1 if current.header else 1
             if current.plain == data:
@@ -133,7 +125,7 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
         ]
         if source_dir != state_dir:
             blocks.append((".gitignore", gitignore_block(source_dir)))
-        touched = {name for name, block in blocks if _ensure_block(project.root / name, block)}
+        touched = {name for name, block in blocks if append_block(project.root / name, block)}
         plain_rels = [store.relative(p) for _, _, p in found]
         report.purge_globs = [f"{source_dir}/{k}/*.json" for k in KINDS]
         in_head = store.git(
@@ -148,7 +140,7 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
         for _, _, path in found:
             path.unlink(missing_ok=True)
         vault_files = [project.repo.vault_file(m.kind, m.stage) for m in report.migrated]
-        own = [f for f in sync.own_files(project, store) if f.exists()]
+        own = [f for f in own_files(project, store) if f.exists()]
         own += [project.root / name for name in touched]
         add = sorted({store.relative(p) for p in [*vault_files, *own]})
         store.git("-c", "core.loosecompression=0", "add", "--", *add)
@@ -164,17 +156,6 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
             store.git("commit", "--quiet", "--no-verify", "--only", "-m", message, "--", *paths)
             report.commit = store.head()
     return report
-
-
-def _ensure_block(path: Path, block: str) -> bool:
-    current = path.read_text() if path.is_file() else ""
-    if block in current:
-        return False
-    if current and not current.endswith("\n"):
-        current += "\n"
-    text = current + ("\n" if current else "") + block
-    safefs.write_atomic(path.parent, (path.name,), text.encode(), 0o644)
-    return True
 
 
 def purge_command(report: MigrateReport) -> str:

@@ -8,7 +8,7 @@ import click
 
 from vault import __version__
 from vault.cli.context import Context
-from vault.errors import EXIT_REFUSED, EXIT_USAGE, VaultError
+from vault.errors import EXIT_REFUSED, EXIT_USAGE, ReportedFailure, VaultError
 
 # name: (module under vault.cli.commands, attribute, short help, hidden). Commands are imported
 # only when invoked, so `sst-vault --help` and `prepare` never load GitPython or keyring
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # A command's `ctx.exit(code)` comes back as the return value (how `run` keeps CMD's code).
         code = cli.main(args=argv, prog_name="sst-vault", standalone_mode=False)
+    except ReportedFailure as exc:
+        sys.exit(exc.exit_code)
     except VaultError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)

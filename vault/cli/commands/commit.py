@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from vault import sync
-from vault.cli.commands.lock import push_timeout_option
 from vault.cli.context import Context, pass_context
+from vault.cli.options import push_timeout_option
 
 
 @click.command("commit")

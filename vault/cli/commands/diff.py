@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from vault.cli.context import Context, pass_context
+from vault.errors import ReportedFailure
 from vault.paths import KINDS
 
 
@@ -42,10 +41,10 @@ def diff_cmd(
       sst-vault diff prod HEAD~1             # last commit's change vs now
       sst-vault diff prod v1.2..main --kind secret
     """
-    from vault import history
+    from vault import diff
 
     project = ctx.project()
-    results = history.diff(project, stage, rev, kinds or KINDS, show_secrets=show_secrets)
+    results = diff.diff(project, stage, rev, kinds or KINDS, show_secrets=show_secrets)
     changed = False
     for item in results:
         if item.status == "absent":
@@ -62,4 +61,4 @@ def diff_cmd(
         if item.note:
             ctx.info(f"Note: {item.note}")
     if exit_code and changed:
-        sys.exit(1)
+        raise ReportedFailure()

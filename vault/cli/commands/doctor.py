@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from vault.cli.context import Context, pass_context
+from vault.errors import ReportedFailure
 
 
 @click.command("doctor")
@@ -29,4 +28,4 @@ def doctor_cmd(ctx: Context) -> None:
     for check in checks:
         click.echo(check.line())
     if not doctor.healthy(checks):
-        sys.exit(1)
+        raise ReportedFailure()

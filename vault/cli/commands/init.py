@@ -8,7 +8,7 @@ import click
 
 from vault import keys
 from vault.cli.context import Context, pass_context
-from vault.errors import UsageError
+from vault.cli.options import parse_recipients
 from vault.init import init
 from vault.paths import DEFAULT_STATE_DIR
 
@@ -109,15 +109,3 @@ def init_cmd(
     else:
         ctx.info(f"  SST_VAULT_KEY     the secret key now in {report.key_origin}")
     click.echo(f"SST_VAULT_PIN={report.pin}")
-
-
-def parse_recipients(items: tuple[str, ...]) -> dict[str, str]:
-    """NAME=PUBLIC options as a dict (the public key is checked where it is used)."""
-    found: dict[str, str] = {}
-    for item in items:
-        name, sep, public = item.partition("=")
-        if not sep or not name or not public:
-            # Never echo the value: a secret key pasted here must not reach a CI log.
-            raise UsageError("a --recipient option is not NAME=PUBLIC", "expected NAME=age1…")
-        found[name] = public
-    return found

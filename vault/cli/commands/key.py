@@ -107,7 +107,7 @@ def upgrade_cmd(ctx: Context, recipients: tuple[str, ...], yes: bool) -> None:
       git push
     """
     from vault import team
-    from vault.cli.commands.init import parse_recipients
+    from vault.cli.options import parse_recipients
 
     project = ctx.project()
     team.check_upgradable(project)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from vault.cli.context import Context, pass_context
-
-if TYPE_CHECKING:
-    from vault.project import Project
-
-T = TypeVar("T")
+from vault.cli.options import lock_timeout_option, lock_ttl_option
 
 stage_option = click.option("--stage", required=True, help="The SST stage the lock guards.")
 
@@ -41,73 +35,6 @@ def _open(ctx: Context, stage: str):  # -> vault.lock.DeployLock
     if lock.local_only:
         ctx.info(f"Warning: {lock.local_warning()}")
     return lock
-
-
-# Shared with `run`, which takes the same lock.
-lock_timeout_option = click.option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    envvar="SST_VAULT_LOCK_TIMEOUT",
-    show_envvar=True,
-    help="Seconds to wait for a held deploy lock (0: fail at once, naming the holder).",
-)
-lock_ttl_option = click.option(
-    "--lock-ttl",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Seconds after which others may take over this lock if it is left behind "
-    "(default 6 hours; 0: never).",
-)
-
-# Shared by `run` and `commit --push`: how long a push keeps rebasing while others push.
-push_timeout_option = click.option(
-    "--push-timeout",
-    type=click.FloatRange(min=0),
-    default=None,
-    envvar="SST_VAULT_PUSH_TIMEOUT",
-    show_envvar=True,
-    help="Seconds a push keeps fetching, rebasing and retrying while others push to the "
-    "branch (default 600).",
-)
-
-
-# For the commands that re-seal stages outside `run` (rollback, rotate, recipients remove).
-push_option = click.option(
-    "--push",
-    is_flag=True,
-    help="Pull first, then push the commit, holding the deploy lock of every stage it "
-    "re-seals (so it never races a `run`; waits per --lock-timeout).",
-)
-
-
-def maybe_locked(
-    ctx: Context,
-    push: bool,
-    stages: list[str] | None,
-    change: Callable[[Project], T],
-    *,
-    command: str,
-    lock_timeout: float,
-    lock_ttl: int | None,
-) -> T:
-    """`change(project)` as it is, or with --push under `runner.locked_change`."""
-    project = ctx.project()
-    if not push:
-        return change(project)
-    from vault.lock import DEFAULT_TTL
-    from vault.runner import locked_change
-
-    return locked_change(
-        project,
-        stages,
-        change,
-        command=command,
-        lock_timeout=lock_timeout,
-        lock_ttl=DEFAULT_TTL if lock_ttl is None else lock_ttl,
-        info=ctx.info,
-    )
 
 
 @lock_group.command("acquire")

@@ -26,10 +26,10 @@ def log_cmd(ctx: Context, stage: str, max_count: int | None, as_json: bool) -> N
       sst-vault log prod -n 5
       sst-vault rollback prod --to 1a2b3c4d
     """
-    from vault import history
+    from vault import log
 
     project = ctx.project()
-    report = history.log(project, stage, max_count)
+    report = log.log(project, stage, max_count)
     if report.key_problem:
         ctx.info(f"Warning: resource counts not shown: {report.key_problem}")
     if as_json:

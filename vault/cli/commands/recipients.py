@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from vault.cli.commands.lock import (
+from vault.cli.context import Context, pass_context
+from vault.cli.options import (
     lock_timeout_option,
     lock_ttl_option,
     maybe_locked,
     push_option,
+    show_rotation,
 )
-from vault.cli.context import Context, pass_context
 
 
 @click.group("recipients")
@@ -90,7 +91,6 @@ def remove_cmd(
       sst-vault recipients remove bob --push
     """
     from vault import team
-    from vault.cli.commands.rotate import show_rotation
 
     report = maybe_locked(
         ctx,

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from vault.cli.commands.lock import push_timeout_option
 from vault.cli.context import Context, pass_context
+from vault.cli.options import push_timeout_option
 
 
 @click.group("rescue")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from vault.cli.commands.lock import (
+from vault.cli.context import Context, pass_context
+from vault.cli.options import (
     lock_timeout_option,
     lock_ttl_option,
     maybe_locked,
     push_option,
 )
-from vault.cli.context import Context, pass_context
 
 
 @click.command("rollback")
@@ -42,13 +42,13 @@ def rollback_cmd(
       sst-vault log prod
       sst-vault rollback prod --to 1a2b3c4d --push --prepare
     """
-    from vault import history, sync
+    from vault import rollback, sync
 
     report = maybe_locked(
         ctx,
         push,
         [stage],
-        lambda project: history.rollback(project, stage, rev),
+        lambda project: rollback.rollback(project, stage, rev),
         command=f"sst-vault rollback {stage} --to {rev}",
         lock_timeout=lock_timeout,
         lock_ttl=lock_ttl,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from vault.cli.commands.lock import lock_timeout_option, lock_ttl_option, push_timeout_option
 from vault.cli.context import Context, pass_context
+from vault.cli.options import lock_timeout_option, lock_ttl_option, push_timeout_option
 
 
 # Options end at the command: `run --stage dev npx sst deploy --stage prod` deploys dev's state

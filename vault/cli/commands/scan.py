@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from vault.cli.context import Context, pass_context
+from vault.errors import RefusedError
 
 
 @click.command("scan")
@@ -50,11 +50,10 @@ def scan_cmd(ctx: Context, path: Path | None, history: bool, patterns: tuple[str
         click.echo(finding.line())
     if findings:
         what = "file version(s) in history" if history else "file(s)"
-        ctx.info(
-            f"Error: {len(findings)} plaintext SST {what}: encrypt them with "
-            "`sst-vault migrate` (or delete them), and treat their secrets as leaked"
-            + (" if they were pushed" if not history else "")
+        raise RefusedError(  # printed by main, even with -q: it says why scan exits 1
+            f"{len(findings)} plaintext SST {what}",
+            "encrypt them with `sst-vault migrate` (or delete them), and treat their secrets "
+            "as leaked" + (" if they were pushed" if not history else ""),
         )
-        sys.exit(1)
     outside = " outside the excluded paths" if patterns else ""
     ctx.info(f"No plaintext SST state found{outside}" + (" in history." if history else "."))

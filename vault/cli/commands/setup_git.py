@@ -22,10 +22,10 @@ def setup_git_cmd(ctx: Context) -> None:
     Example:
       git clone … && cd … && sst-vault setup-git && git log -p infra/state
     """
-    from vault import history
+    from vault import gitsetup
 
     project = ctx.project()
-    report = history.setup_git(project)
+    report = gitsetup.setup_git(project)
     ctx.info(f"Registered diff.sst-vault.textconv = {report.command}")
     if not report.on_path:
         ctx.info(

@@ -22,8 +22,8 @@ def textconv_cmd(ctx: Context, file: Path) -> None:
     Example:
       sst-vault textconv infra/state/app/prod.json.vault | jq .checkpoint.latest
     """
-    from vault import history
+    from vault import gitsetup
 
-    text = history.textconv(file, ctx.project_dir or Path.cwd(), ctx.sst_home)
+    text = gitsetup.textconv(file, ctx.project_dir or Path.cwd(), ctx.sst_home)
     sys.stdout.write(text)
     sys.stdout.flush()

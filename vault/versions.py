@@ -1,0 +1,121 @@
+"""One stage's files as one side of a comparison sees them: the SST home, the work tree, or a
+commit; decrypted with the keys that may *read* history (`history_key`), never for sealing.
+
+`diff`, `log`, `rollback`, `migrate` and the git diff driver read versions this way.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vault import envelope, safefs
+from vault.envelope import FileKey, Header
+from vault.errors import ConfigError, UsageError, WrongKeyError
+from vault.gitstore import resolve_commit, show_blob
+
+if TYPE_CHECKING:
+    from vault.project import Project
+
+WORK = "work"  # a side of a diff: the working tree's vault files
+HOME = "home"  # a side of a diff: the SST home's plaintext files
+
+
+@dataclass
+class Version:
+    """One kind of one stage as one side of a comparison sees it."""
+
+    kind: str
+    label: str
+    raw: bytes | None  # vault-file bytes (sealed) or the home's plaintext
+    sealed: bool
+    header: Header | None = None
+    plain: bytes | None = None
+
+
+class Side:
+    """Where a comparison reads a stage from: the SST home, the working tree, or a commit."""
+
+    def __init__(self, project: Project, top: Path, where: str, name: str | None = None) -> None:
+        self.project = project
+        self.top = top
+        self.where = where  # HOME, WORK, or a full commit id
+        self.name = name or where
+
+    def read(self, stage: str, kind: str) -> Version:
+        project = self.project
+        if self.where == HOME:
+            home = project.home
+            parts = home.state_parts(kind, project.app, stage)
+            raw = safefs.read_bytes(home.root, parts) if home.root.is_dir() else None
+            label = f"home:{home.state_file(kind, project.app, stage)}"
+            return Version(kind, label, raw, sealed=False, plain=raw)
+        rel = repo_rel(project, self.top, project.repo.vault_parts(kind, stage))
+        if self.where == WORK:
+            raw = safefs.read_bytes(project.root, project.repo.vault_parts(kind, stage))
+            return Version(kind, f"repo:{rel}", raw, sealed=True)
+        raw = show_blob(self.top, self.where, rel)
+        return Version(kind, f"{self.name}:{rel}", raw, sealed=True)
+
+
+def repo_rel(project: Project, top: Path, parts: tuple[str, ...]) -> str:
+    """A repo path relative to the git top (only the project root is resolved, never a file)."""
+    path = project.root.resolve().joinpath(*parts)
+    try:
+        return path.relative_to(top).as_posix()
+    except ValueError:
+        raise ConfigError(f"{path} is outside the repository {top}") from None
+
+
+def history_key(project: Project, key_id: str) -> FileKey | None:
+    """The key of `key_id` for *reading* history: a data key of the verified key record's
+    chain (age) or one of the keys given (fernet), never one a writer put in history. Never for
+    sealing or for state that reaches the SST home: rollback uses only the newest key."""
+    return project.review_key(key_id)
+
+
+def open_version(
+    project: Project, version: Version, stage: str, *, past_keys: bool = True
+) -> Version:
+    """Decrypt a sealed version in place (header and plaintext); raises on a bad file."""
+    if not version.sealed or version.raw is None:
+        return version
+    header, _ = envelope.read_header(io.BytesIO(version.raw), version.label)
+    key = history_key(project, header.key_id) if past_keys else project.keys.for_id(header.key_id)
+    if key is None:
+        raise WrongKeyError(
+            version.label,
+            f"sealed under key id {header.key_id}, not under any key given",
+            "the vault's key was rotated since; give the old key too (SST_VAULT_KEY, one a line)",
+        )
+    version.header, version.plain = envelope.open_bytes(
+        version.raw, key, version.label, app=project.app, stage=stage, kind=version.kind
+    )
+    return version
+
+
+def parse_range(top: Path, rev: str | None) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(old side, new side) as (where, display name): home vs repo, REV vs tree, A..B."""
+    if rev is None:
+        return (WORK, "repo"), (HOME, "home")
+    if ".." in rev:
+        if "..." in rev:
+            raise UsageError(f"{rev!r}: use REV1..REV2", "three dots are not supported")
+        old, new = rev.split("..", 1)
+        old, new = old or "HEAD", new or "HEAD"
+        return (resolve_commit(top, old), old), (resolve_commit(top, new), new)
+    return (resolve_commit(top, rev), rev), (WORK, "repo")
+
+
+__all__ = [
+    "HOME",
+    "WORK",
+    "Side",
+    "Version",
+    "history_key",
+    "open_version",
+    "parse_range",
+    "repo_rel",
+]
