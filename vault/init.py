@@ -95,7 +95,7 @@ def init(
         pin = key_id
     config.validate()
     if generated:
-        oskeyring.put(config.vault_id, [secret])
+        oskeyring.put(config.vault_id, [secret.text])
         origin = "the OS keyring (new key)"
     if backend == "age":
         safefs.write_atomic(project, layout.data_key_parts, wrapped, 0o644)

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from vault.errors import NoKeyError
 from vault.keyenv import ENV_KEY, ENV_KEY_FILE
-
-if TYPE_CHECKING:
-    from vault.keys import Secret
 
 SERVICE = "sst-vault"
 LEGACY_PIN_PREFIX = "pin:"  # sst-vault 0.1 pinned the data key id here; `key forget` removes it
@@ -79,9 +76,10 @@ def get(vault_id: str) -> str | None:
     return _keyring_call("read", lambda: keyring.get_password(SERVICE, username(vault_id)))
 
 
-def put(vault_id: str, secrets: Iterable[Secret]) -> None:
+def put(vault_id: str, secret_texts: Iterable[str]) -> None:
+    """Store the secret keys' texts (one a line, newest first) as this vault's entry."""
     keyring = backend()
-    text = "\n".join(s.text for s in secrets)
+    text = "\n".join(secret_texts)
     _keyring_call("written", lambda: keyring.set_password(SERVICE, username(vault_id), text))
 
 

@@ -68,7 +68,7 @@ def import_key(project: Project, text: str, origin: str, *, replace: bool = Fals
         else:
             report.replaced = True
     if not report.unchanged:
-        oskeyring.put(vault_id, source.secrets)
+        oskeyring.put(vault_id, [s.text for s in source.secrets])
     return report
 
 
