@@ -386,10 +386,6 @@ class GitStore:
         # Read from the ref files: `head.commit` would start a `git cat-file` to type the id.
         return str(SymbolicReference.dereference_recursive(self.repo, "HEAD"))
 
-    def is_tracked_or_changed(self, path: Path) -> bool:
-        rel = self.relative(path)
-        return bool(self._run("status", "--porcelain", "--", rel).strip())
-
     def current_branch(self) -> str:
         try:
             return self.repo.active_branch.name
