@@ -14,13 +14,13 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import VaultProject, make_project
+from conftest import VaultProject, make_project, needs
 from refusals import assert_refused, before, deploy, wipe_home
 
 from vault import envelope
 from vault.keys import data_file_key
 
-pytestmark = pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
+pytestmark = needs("age")
 
 MALLORY = {
     "GIT_AUTHOR_NAME": "Mallory",

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import test_keyring
-from conftest import APP, VaultProject, make_project, new_key
+from conftest import APP, VaultProject, make_project, needs, new_key
 from helpers import assert_refused, deploy, head
 from test_keyring import keyring_entry, keyring_env, new_repo, vault_id
 
@@ -318,7 +318,7 @@ def test_members_follow_a_rotation_but_a_new_identity_needs_trust(team, tmp_path
     assert alice.snapshot_home() == ci.snapshot_home()
 
 
-@pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
+@needs("age")
 def test_a_forged_data_key_is_refused_pinned_or_not(team, tmp_path):
     """An attacker with push access but no secret: own data key, wrapped to the public keys."""
     ci, alice = team

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import sstfake
-from conftest import APP, VaultProject, base_env, new_app_repo, new_key
+from conftest import APP, VaultProject, base_env, new_app_repo, new_key, skip_or_fail
 
 pytestmark = pytest.mark.keyring
 
@@ -78,7 +78,7 @@ def _wait_for_name(address: str, name: str, procs: list[subprocess.Popen]) -> No
 def secret_service() -> Iterator[SecretService]:
     missing = _missing_tools()
     if missing:
-        pytest.skip(
+        skip_or_fail(
             f"{' and '.join(missing)} not installed (Debian: apt-get install dbus gnome-keyring)"
         )
     # A short path: a unix socket path must fit in 108 bytes, pytest's tmp_path may not.

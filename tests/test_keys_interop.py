@@ -3,21 +3,17 @@ source and the one-line errors when a key is missing, malformed or wrong (DESIGN
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VaultProject, git, make_project, new_key
+from conftest import VaultProject, git, make_project, needs, new_key
 from refusals import assert_refused, before, deploy, wipe_home, without_key
 
 from vault import envelope
 from vault.keys import key_id_of
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("age") is None or shutil.which("age-keygen") is None,
-    reason="the age CLI is not installed (Debian package `age`)",
-)
+pytestmark = needs("age", "age-keygen")
 
 
 def age_keygen(folder: Path, name: str) -> tuple[Path, str, str]:

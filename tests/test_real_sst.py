@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import sst_real
 import sstfake
+from conftest import skip_or_fail
 
 APP = "vaulte2e"
 pytestmark = pytest.mark.real_sst
@@ -113,7 +114,7 @@ def synced(home: Path) -> dict[str, bytes]:
 def sst(tmp_path):
     reason = sst_real.missing_reason()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     project = sst_real.SstProject(tmp_path, sst_real.find_sst_binary(), app=APP)
     (project.project / ".gitignore").write_text(".sst\nnode_modules\n")
     git(project.project, "init", "-q", "-b", "main")

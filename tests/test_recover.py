@@ -9,13 +9,11 @@ key taken out of data-key.age by the real `age -d`.
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from conftest import VaultProject, make_project
+from conftest import VaultProject, make_project, needs
 from refusals import deploy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +111,7 @@ def test_recovers_the_test_vectors():
         assert result.stderr.startswith(b"Error: ") and result.stderr.count(b"\n") == 1, bad
 
 
-@pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
+@needs("age")
 def test_recovers_an_age_vault_with_the_real_age_cli(tmp_path):
     key_file = tmp_path / "ci.txt"
     subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)

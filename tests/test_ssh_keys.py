@@ -5,19 +5,15 @@ the real `age` CLI on the other side, the CLI as a subprocess."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VaultProject, make_project, new_app_repo
+from conftest import VaultProject, make_project, needs, new_app_repo
 from refusals import assert_refused, before, deploy, wipe_home, without_key
 from test_keyring import keyring_env, lookup, secret_service, vault_id  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ssh-keygen") is None or shutil.which("age") is None,
-    reason="ssh-keygen (openssh-client) or the age CLI is not installed",
-)
+pytestmark = needs("ssh-keygen", "age")
 
 
 def ssh_keygen(folder: Path, name: str, *, passphrase: str = "", kind: str = "ed25519") -> Path:

@@ -12,12 +12,11 @@ import struct
 import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import VaultProject, git, make_project, new_key
+from conftest import VaultProject, git, make_project, needs, new_key
 from helpers import assert_refused, commit_count, deploy, head, temp_files
 
 AGE = shutil.which("age")
-needs_age = pytest.mark.skipif(AGE is None, reason="the age CLI is not installed")
+needs_age = needs("age")
 
 
 def member(project: VaultProject, tmp_path: Path, name: str, key: str | None = None):

@@ -31,15 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CLIResult, VaultProject, base_env, git, make_project
+from conftest import CLIResult, VaultProject, base_env, git, make_project, needs
 from helpers import add_remote, deploy, tree_state
 
 AGE = shutil.which("age")
 AGE_KEYGEN = shutil.which("age-keygen")
-pytestmark = pytest.mark.skipif(
-    (AGE is None or AGE_KEYGEN is None) and os.environ.get("CI") != "true",
-    reason="the age CLI is not installed",
-)
+pytestmark = needs("age", "age-keygen")
 
 STATE = "infra/state"
 RECORD = f"{STATE}/key-record.jsonl"

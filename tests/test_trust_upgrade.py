@@ -10,8 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import pytest
-from conftest import VaultProject, new_key
+from conftest import VaultProject, needs, new_key
 from helpers import assert_refused, deploy, fresh_project
 
 AGE = shutil.which("age")
@@ -91,7 +90,7 @@ def test_a_legacy_vault_asks_for_the_upgrade_then_works(tmp_path):
     assert_refused(project.cli("key", "upgrade", "--yes"), 1, "upgraded already")
 
 
-@pytest.mark.skipif(AGE is None, reason="the age CLI is not installed")
+@needs("age")
 def test_upgrade_starts_a_new_data_key_that_an_injected_recipient_never_opens(tmp_path):
     """0.1's toml was writable by anyone who can push: the upgrade shows every recipient for
     review, and with --recipient the member chooses exactly who is carried over."""
