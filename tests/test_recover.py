@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from conftest import VaultProject, make_project, needs
-from refusals import deploy
+from helpers import deploy
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "recover.py"
@@ -116,7 +116,7 @@ def test_recovers_an_age_vault_with_the_real_age_cli(tmp_path):
     key_file = tmp_path / "ci.txt"
     subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
     project = make_project(tmp_path, key=key_file.read_text())
-    deploy(project, "prod")
+    deploy(project, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     big = (
         b'{"version": 3, "checkpoint": {"resources": ['
         + b",".join(
@@ -165,7 +165,7 @@ def test_recovers_an_age_vault_with_the_real_age_cli(tmp_path):
 
 def test_recovers_a_fernet_vault(tmp_path):
     project: VaultProject = make_project(tmp_path, backend="fernet")
-    deploy(project, "prod")
+    deploy(project, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     assert project.cli("commit", "prod").code == 0
     for kind in ("passphrase", "app", "secret"):
         vault_file = str(project.vault_file(kind, "prod"))

@@ -11,15 +11,9 @@ import shutil
 import subprocess
 
 from conftest import VaultProject, needs, new_key
-from helpers import assert_refused, deploy, fresh_project
+from helpers import assert_refused, deploy, fresh_project, public_of
 
 AGE = shutil.which("age")
-
-
-def public_of(project: VaultProject, key: str) -> str:
-    result = project.cli("key", "export-public", env=dict(project.env, SST_VAULT_KEY=key))
-    assert result.code == 0, result.output
-    return result.out.strip()
 
 
 def make_legacy(project: VaultProject, recipients: dict[str, str]) -> None:
