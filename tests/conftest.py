@@ -194,8 +194,9 @@ def fernet_project(tmp_path: Path) -> VaultProject:
     return make_project(tmp_path, backend="fernet")
 
 
-# With CI=true a missing real part is a failure, never a skip (the project's rule): the commands
-# the tests run and the real SST CLI are checked once, before the first test, by name.
+# With CI set a missing real part is a failure, never a skip (the project's rule): the commands
+# the tests run and the real SST CLI are checked once, before the first test, by name; tests
+# that need one use `needs(...)` or `skip_or_fail(...)`, which never skip with CI set either.
 REAL_PARTS = {
     "age": "age",
     "xxd": "xxd",
@@ -206,6 +207,28 @@ REAL_PARTS = {
     "node": "nodejs",
     "git": "git",
 }
+
+
+def in_ci() -> bool:
+    """CI is set (to anything but "", "0" or "false"): a missing real part fails, never skips."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer's machine; with CI set, fail: the suite must not shrink silently."""
+    if in_ci():
+        pytest.fail(f"CI is set and {reason}: `bash scripts/test` installs every real part")
+    pytest.skip(reason)
+
+
+def needs(*commands: str) -> pytest.MarkDecorator:
+    """Skip where `commands` are missing, except with CI set: there the test runs (and fails)."""
+    import shutil
+
+    missing = [command for command in commands if shutil.which(command) is None]
+    return pytest.mark.skipif(
+        bool(missing) and not in_ci(), reason=f"not installed: {', '.join(missing)}"
+    )
 
 
 def missing_real_parts() -> list[str]:
@@ -225,12 +248,23 @@ def missing_real_parts() -> list[str]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.environ.get("CI") != "true":
+    if not in_ci():
         return
     missing = missing_real_parts()
     if missing:
         raise pytest.UsageError(
-            "CI=true and real parts are missing (tests would skip): "
+            "CI is set and real parts are missing (tests would skip): "
             + "; ".join(missing)
             + ". Run `bash scripts/test`, which installs them."
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The count of real-SST runs retried after SST's own crash (see sst_real.RACE_ATTEMPTS)."""
+    sst_real = sys.modules.get("sst_real")
+    retries = getattr(sst_real, "RETRIES", [])
+    if sst_real is not None:
+        terminalreporter.write_line(
+            f"real SST: {len(retries)} run(s) retried after SST's own concurrent-map crash"
+            + "".join(f"\n  {run}" for run in retries)
         )

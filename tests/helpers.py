@@ -1,4 +1,7 @@
-"""Helpers shared by the CLI-level tests: SST deploys, refusal checks, clones, file listings.
+"""Helpers shared by the CLI-level tests: SST deploys, refusal checks, key facts, clones, files.
+
+One helper per job: a test module that needs a deploy, a refusal check or a key's id takes it
+from here, so every test gets the same (strongest) guarantee.
 
 Like conftest.py, nothing here mocks git, crypto or the file system: a "deploy" writes the
 files SST writes (through `sstfake`), a clone is a real `git clone` of a bare remote.
@@ -8,15 +11,19 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import sstfake
-from conftest import CLIResult, VaultProject, base_env, git, make_project
+from conftest import APP, CLIResult, VaultProject, base_env, git, make_project
 
 TEMP_PREFIX = ".sst-vault-tmp-"
 SYNCED_KINDS = ("passphrase", "app", "secret")
@@ -44,6 +51,20 @@ def fresh_project(tmp_path: Path, backend: str = "age", name: str = "repo") -> V
     return VaultProject(root, tmp_path / f"{name}-sst-home", env, template.key)
 
 
+@pytest.fixture(name="vault_project")
+def copied_vault_project(tmp_path: Path) -> VaultProject:
+    """conftest's `vault_project`, copied from a template: a module imports it to go faster."""
+    return fresh_project(tmp_path)
+
+
+@pytest.fixture(name="committed")
+def committed_prod(vault_project: VaultProject) -> VaultProject:
+    """A vault with stage prod (and one secret) deployed and committed."""
+    deploy(vault_project, "prod", "v1", secrets={"A": "1"})
+    assert vault_project.cli("commit", "prod").code == 0
+    return vault_project
+
+
 def stage_key(stage: str) -> bytes:
     """A fixed passphrase per stage name: sstfake caches Pulumi's slow key derivation by it."""
     return hashlib.sha256(f"sst-vault tests {stage}".encode()).digest()
@@ -59,24 +80,70 @@ def deploy(
     secrets: dict[str, str] | None = None,
     seed: int | None = None,
     home: Path | None = None,
-) -> None:
-    """What `sst deploy --stage STAGE` (and `sst secret set`) leave in the SST home."""
+    counter: int | None = None,
+) -> Path:
+    """What `sst deploy --stage STAGE` (and `sst secret set`) leave in the SST home.
+
+    `counter`: a number in the checkpoint that lockutil's BUMP script (a stand-in for a deploy
+    run by `sst-vault run`) increments. Returns the path of the stage's state.
+    """
     home = home or project.home
     if sstfake.read_passphrase(home, project.app, stage) is None:
         sstfake.write_passphrase(home, project.app, stage, stage_key(stage))
     if secrets is not None:
         sstfake.write_secrets(home, project.app, stage, secrets)
-    sstfake.write_state(home, project.app, stage, resources, marker, size, seed=seed)
+    path = sstfake.write_state(home, project.app, stage, resources, marker, size, seed=seed)
+    if counter is not None:
+        data = json.loads(path.read_text())
+        data["counter"] = counter
+        path.write_text(json.dumps(data, indent=4))
+    return path
 
 
-def assert_refused(result: CLIResult, code: int, *words: str, hint: bool = True) -> str:
-    """Exit `code`, no stdout, stderr exactly one `Error: …` line naming `words`; no traceback.
+def wipe_home(project: VaultProject) -> None:
+    """A fresh CI runner: no SST state and no sync records."""
+    shutil.rmtree(project.home, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Before:
+    """What a refused command must not change (DESIGN.md, guarantee 5)."""
+
+    home: dict[str, bytes]
+    repo: dict[str, bytes]
+    head: str
+    status: str
+
+
+def before(project: VaultProject) -> Before:
+    return Before(
+        project.snapshot_home(),
+        project.snapshot_repo(),
+        project.git("rev-parse", "HEAD"),
+        project.git("status", "--porcelain", "--untracked-files=all"),
+    )
+
+
+def assert_refused(
+    result: CLIResult,
+    code: int,
+    *words: str,
+    hint: bool = True,
+    out: str | None = "",
+    project: VaultProject | None = None,
+    was: Before | None = None,
+) -> str:
+    """Exit `code`, stderr exactly one `Error: …` line naming `words`, no traceback.
 
     `hint`: the line has a reason, then what to do (`Error: <reason>: <what to do>`).
+    `out`: what stdout holds (nothing by default; None when the caller checks it itself).
+    `project` and `was` (from `before(project)`): the SST home, the repository's state
+    folder, HEAD and the work tree are exactly as they were.
     """
     assert result.code == code, result.output
     assert "Traceback" not in result.output, result.output
-    assert result.out == "", result.output
+    if out is not None:
+        assert result.out == out, result.output
     lines = result.err.splitlines()
     assert len(lines) == 1 and result.err.endswith("\n"), result.err
     line = lines[0]
@@ -85,7 +152,62 @@ def assert_refused(result: CLIResult, code: int, *words: str, hint: bool = True)
         assert ": " in line[len("Error: ") :], line
     for word in words:
         assert word in line, (word, line)
+    assert (project is None) == (was is None), "pass both project and was, or neither"
+    if project is not None and was is not None:
+        assert project.snapshot_home() == was.home, "the SST home changed"
+        assert project.snapshot_repo() == was.repo, "the repository's state folder changed"
+        assert project.git("rev-parse", "HEAD") == was.head, "a commit was made"
+        status = project.git("status", "--porcelain", "--untracked-files=all")
+        assert status == was.status, "the work tree changed"
     return line
+
+
+def without_key(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in ("SST_VAULT_KEY", "SST_VAULT_KEY_FILE")}
+
+
+def _printed(project: VaultProject, *args: str, env: dict[str, str] | None = None) -> str:
+    result = project.cli(*args, env=env)
+    assert result.code == 0, (args, result.output)
+    assert "Traceback" not in result.output, result.output
+    return result.out.strip()
+
+
+def key_id(project: VaultProject, env: dict[str, str] | None = None) -> str:
+    """`sst-vault key id`: the id of the key this person (or `env`) uses."""
+    return _printed(project, "key", "id", env=env)
+
+
+def public_of(
+    project: VaultProject, key: str | None = None, env: dict[str, str] | None = None
+) -> str:
+    """`sst-vault key export-public` of the project's key, or of `key` (in `env`) if given."""
+    env = dict(env if env is not None else project.env)
+    if key is not None:
+        env["SST_VAULT_KEY"] = key
+    return _printed(project, "key", "export-public", env=env)
+
+
+def vault_pin(project: VaultProject, env: dict[str, str] | None = None) -> str:
+    """`sst-vault key pin`: the vault's identity (the value of SST_VAULT_PIN)."""
+    return _printed(project, "key", "pin", env=env)
+
+
+def trusted_of(person: VaultProject) -> dict | None:
+    """What this machine (this SST home) remembers of the vault, or None."""
+    path = person.home / ".sst-vault" / "trust" / f"{APP}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def vault_header(blob: bytes | Path) -> dict:
+    """The clear JSON header of a vault file (its bytes or its path), read by hand.
+
+    Magic (8 bytes), version (1), big-endian length (4), then that much JSON: read as an
+    attacker or a reviewer would, without sst-vault's own parser.
+    """
+    data = blob.read_bytes() if isinstance(blob, Path) else blob
+    (length,) = struct.unpack(">I", data[9:13])
+    return json.loads(data[13 : 13 + length])
 
 
 def temp_files(*roots: Path) -> list[Path]:

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sstfake
 from conftest import VaultProject, base_env, git, make_project
+from helpers import deploy
 
 STAGE = "prod"
 # A stand-in for `sst deploy`: bumps a counter in the stage's checkpoint (argv[1]) and exits
@@ -156,7 +156,7 @@ def _build_team(tmp_path: Path, seeded: bool) -> Team:
     first.git("push", "-q", "-u", "origin", "main")
     team = Team(tmp_path, bare.as_uri(), bare, first)
     if seeded:
-        deploy_state(first, counter=0)
+        deploy(first, STAGE, counter=0)
         result = first.cli("commit", STAGE, "--push")
         assert result.code == 0, result.output
     (tmp_path / "key.txt").write_text(first.key)
@@ -188,16 +188,6 @@ def make_team(tmp_path: Path, daemon: Daemon | None = None, seeded: bool = False
     url = daemon.url("app.git") if daemon else bare.as_uri()
     first.git("remote", "set-url", "origin", url)
     return Team(tmp_path, url, bare, first)
-
-
-def deploy_state(project: VaultProject, stage: str = STAGE, counter: int | None = None) -> Path:
-    """Write a stage's state as `sst deploy` leaves it (optionally with a counter in it)."""
-    path = sstfake.write_state(project.home, project.app, stage)
-    if counter is not None:
-        data = json.loads(path.read_text())
-        data["counter"] = counter
-        path.write_text(json.dumps(data, indent=4))
-    return path
 
 
 def counter_of(project: VaultProject, stage: str = STAGE) -> int:

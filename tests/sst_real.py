@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ export default $config({
 # run again, a bounded number of times, rather than failing a test of ours.
 SST_MAP_RACE = "fatal error: concurrent map"
 RACE_ATTEMPTS = 5
+# Every such retry, as "sst ARGS (attempt N)": each is also printed to stderr when it happens,
+# and conftest's terminal summary prints the count, so a rise in SST's crash rate shows.
+RETRIES: list[str] = []
 
 
 def _cache_dir() -> Path:
@@ -151,7 +155,7 @@ class SstProject:
     def run(
         self, *args: str, config_home: Path | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        for _ in range(RACE_ATTEMPTS):
+        for attempt in range(1, RACE_ATTEMPTS + 1):
             out = subprocess.run(
                 [str(self.binary), *args],
                 cwd=self.project,
@@ -163,6 +167,13 @@ class SstProject:
             )
             if not (out.returncode != 0 and SST_MAP_RACE in out.stderr):
                 break
+            if attempt < RACE_ATTEMPTS:
+                RETRIES.append(f"sst {' '.join(args)} (attempt {attempt + 1})")
+                print(
+                    f"sst_real: SST's own concurrent-map crash on `sst {' '.join(args)}`; "
+                    f"retry {attempt} of {RACE_ATTEMPTS - 1} ({len(RETRIES)} in this run)",
+                    file=sys.stderr,
+                )
         if check and out.returncode != 0:
             log = self.project / ".sst" / "log" / "sst.log"
             tail = log.read_text()[-2000:] if log.exists() else ""

@@ -14,13 +14,13 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import VaultProject, make_project
-from refusals import assert_refused, before, deploy, wipe_home
+from conftest import VaultProject, make_project, needs
+from helpers import assert_refused, before, deploy, key_id, wipe_home
 
 from vault import envelope
 from vault.keys import data_file_key
 
-pytestmark = pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
+pytestmark = needs("age")
 
 MALLORY = {
     "GIT_AUTHOR_NAME": "Mallory",
@@ -28,12 +28,6 @@ MALLORY = {
     "GIT_COMMITTER_NAME": "Mallory",
     "GIT_COMMITTER_EMAIL": "m@evil.example",
 }
-
-
-def key_id(project: VaultProject, env: dict[str, str] | None = None) -> str:
-    result = project.cli("key", "id", env=env)
-    assert result.code == 0, result.output
-    return result.out.strip()
 
 
 def serial_of(project: VaultProject, kind: str, stage: str) -> int:
@@ -84,8 +78,8 @@ def attacker_commit(project: VaultProject, message: str = "bump dependencies") -
 
 @pytest.fixture
 def committed(vault_project: VaultProject) -> VaultProject:
-    deploy(vault_project, "prod")
-    deploy(vault_project, "staging")
+    deploy(vault_project, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
+    deploy(vault_project, "staging", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     result = vault_project.cli("commit", "prod", "staging")
     assert result.code == 0, result.output
     return vault_project
@@ -210,7 +204,7 @@ SAME_HEADER = {"flipped-byte", "last-byte-cut", "header-only"}
 @pytest.mark.parametrize("backend", ["age", "fernet"])
 def test_damaged_files_fail_closed(tmp_path, backend):
     p = make_project(tmp_path, backend=backend)
-    deploy(p, "prod")
+    deploy(p, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     assert p.cli("commit", "prod").code == 0
     target = p.vault_file("app", "prod")
     original = target.read_bytes()
@@ -237,7 +231,7 @@ def test_damaged_files_fail_closed(tmp_path, backend):
 def test_status_verify_finds_what_headers_hide(tmp_path, backend):
     p = make_project(tmp_path, backend=backend)
     for stage in ("prod", "staging"):
-        deploy(p, stage)
+        deploy(p, stage, "v1", secrets={"DB_PASSWORD": "secret-v1"})
     assert p.cli("commit", "prod", "staging").code == 0
     body = p.vault_file("app", "prod")
     header = p.vault_file("passphrase", "staging")
@@ -252,7 +246,10 @@ def test_status_verify_finds_what_headers_hide(tmp_path, backend):
     assert all("in sync" in line for line in plain.out.splitlines()), plain.out
     was = before(p)
     verified = p.cli("status", "--verify")
-    assert_refused(verified, 1, "1 vault file(s) do not open (prod app)", "git", project=p, was=was)
+    # stdout holds the table (checked below), stderr the one error line.
+    assert_refused(
+        verified, 1, "1 vault file(s) do not open (prod app)", "git", out=None, project=p, was=was
+    )
     lines = verified.out.splitlines()
     [app_line] = [line for line in lines if line.split()[:2] == ["prod", "app"]]
     assert "damaged" in app_line and ": tampered: " in app_line
@@ -264,7 +261,7 @@ def test_status_verify_finds_what_headers_hide(tmp_path, backend):
     assert_refused(p.cli("status"), 1, "not a vault file", project=p, was=before(p))
     was = before(p)
     listed = p.cli("status", "--verify", "--json")
-    assert_refused(listed, 1, "2 vault file(s) do not open", project=p, was=was)
+    assert_refused(listed, 1, "2 vault file(s) do not open", out=None, project=p, was=was)
     rows = {(r["stage"], r["kind"]): r for r in json.loads(listed.out)}
     assert rows["prod", "app"]["state"] == "damaged"
     assert rows["prod", "app"]["problem"].startswith("tampered: ")

@@ -393,7 +393,8 @@ def test_run_cli_textconv_outside_any_project(tmp_path: Path) -> None:
     """git may run the driver in a repo whose vault it cannot find: still exit 0."""
     env = base_env(tmp_path)
     project = make_project(tmp_path)
-    deploy(project, "prod", "x")
+    marker = "plain-marker-7d1e"
+    deploy(project, "prod", marker)
     assert project.cli("commit", "prod").code == 0
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -404,8 +405,12 @@ def test_run_cli_textconv_outside_any_project(tmp_path: Path) -> None:
         env={**env, "SST_VAULT_KEY": project.key},
     )
     assert result.code == 0 and "not decrypted" in result.out and "urn:" not in result.out
-    raw = base64.b64encode(b"x").decode()
-    assert raw not in result.out
+    # Neither the plaintext (as text or base64) nor the sealed bytes come out.
+    assert marker not in result.out
+    assert base64.b64encode(marker.encode()).decode()[:16] not in result.out
+    sealed = project.vault_file("app", "prod").read_bytes()
+    assert base64.b64encode(sealed[-48:]).decode() not in result.out
+    assert sealed[-48:].hex() not in result.out
 
 
 def test_history_across_an_age_rotation(vault_project: VaultProject) -> None:

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 import test_keyring
-from conftest import APP, VaultProject, make_project, new_key
-from helpers import assert_refused, deploy, head
+from conftest import VaultProject, make_project, needs, new_key
+from helpers import assert_refused, deploy, head, public_of, trusted_of, vault_pin
 from test_keyring import keyring_entry, keyring_env, new_repo, vault_id
 
 # The module-scoped gnome-keyring on a private D-Bus session, from test_keyring.py.
@@ -32,32 +32,6 @@ def secret_of(env: dict[str, str], project: VaultProject) -> str | None:
 def pin_of(env: dict[str, str], project: VaultProject) -> str | None:
     """sst-vault 0.1's keyring pin entry: nothing writes it any more."""
     return keyring_entry(env, f"pin:{vault_id(project)}")
-
-
-def trusted_of(person: VaultProject) -> dict | None:
-    """What this machine (this SST home) remembers of the vault, or None."""
-    import json
-
-    path = person.home / ".sst-vault" / "trust" / f"{APP}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def identity(person: VaultProject) -> str:
-    result = person.cli("key", "pin")
-    assert result.code == 0, result.output
-    return result.out.strip()
-
-
-def key_id(person: VaultProject) -> str:
-    result = person.cli("key", "id")
-    assert result.code == 0, result.output
-    return result.out.strip()
-
-
-def public(env: dict[str, str], secret: str, project: VaultProject) -> str:
-    result = project.cli("key", "export-public", env=dict(env, SST_VAULT_KEY=secret))
-    assert result.code == 0, result.output
-    return result.out.strip()
 
 
 def on_terminal(person: VaultProject, answer: str, *args: str) -> tuple[int, str]:
@@ -109,7 +83,7 @@ def team(tmp_path, secret_service):
     alice_key = new_key(ci.env)
     env = keyring_env(tmp_path, secret_service)
     alice = VaultProject(ci.root, tmp_path / "alice-sst-home", env, alice_key)
-    result = ci.cli("recipients", "add", "alice", public(ci.env, alice_key, ci))
+    result = ci.cli("recipients", "add", "alice", public_of(ci, alice_key))
     assert result.code == 0, result.output
     return ci, alice
 
@@ -129,7 +103,7 @@ def test_import_stores_a_checked_key_and_remembers_the_vault(team, tmp_path):
     assert result.code == 0, result.output
     assert alice.key not in result.output
     assert secret_of(alice.env, alice) == alice.key
-    assert trusted_of(alice)["identity"] == identity(ci)
+    assert trusted_of(alice)["identity"] == vault_pin(ci)
     assert pin_of(alice.env, alice) is None  # no keyring pin: the memory is a file
 
     result = fresh_prepare(alice, "prod")  # the key now comes from the keyring
@@ -220,7 +194,7 @@ def test_without_keyring_and_for_fernet(tmp_path, env):
     # A key from the environment needs no keyring to trust a vault: the memory is a file.
     result = project.cli("key", "trust", "--yes")
     assert result.code == 0, result.output
-    assert result.out.strip().endswith(f"SST_VAULT_PIN={identity(project)}")
+    assert result.out.strip().endswith(f"SST_VAULT_PIN={vault_pin(project)}")
 
 
 def test_fernet_key_import(tmp_path, secret_service):
@@ -257,7 +231,7 @@ def test_own_rotation_keeps_the_identity(tmp_path, secret_service):
     assert "SST_VAULT_PIN stays" in result.err
     after = trusted_of(project)
     assert after["identity"] == pin and after["seq"] == first["seq"] + 1
-    assert identity(project) == pin
+    assert vault_pin(project) == pin
     assert fresh_prepare(project, "prod").code == 0
 
 
@@ -265,7 +239,7 @@ def test_members_follow_a_rotation_but_a_new_identity_needs_trust(team, tmp_path
     ci, alice = team
     assert import_key(alice).code == 0
     assert fresh_prepare(alice, "prod").code == 0
-    old = identity(ci)
+    old = vault_pin(ci)
 
     # A member's rotation is a signed entry: alice follows it with nothing to confirm.
     result = ci.cli("rotate")
@@ -277,7 +251,7 @@ def test_members_follow_a_rotation_but_a_new_identity_needs_trust(team, tmp_path
     assert alice.snapshot_home() == ci.snapshot_home()
 
     # CI re-creates the vault (a new identity), with alice as a recipient again.
-    alice_public = public(ci.env, alice.key, ci)
+    alice_public = public_of(ci, alice.key)
     for name in ("sst-vault.toml", "infra/state"):
         ci.git("rm", "-rq", name)
     result = ci.cli("init", "--no-keyring", "--recipient", f"alice={alice_public}")
@@ -318,7 +292,7 @@ def test_members_follow_a_rotation_but_a_new_identity_needs_trust(team, tmp_path
     assert alice.snapshot_home() == ci.snapshot_home()
 
 
-@pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
+@needs("age")
 def test_a_forged_data_key_is_refused_pinned_or_not(team, tmp_path):
     """An attacker with push access but no secret: own data key, wrapped to the public keys."""
     ci, alice = team
@@ -328,7 +302,7 @@ def test_a_forged_data_key_is_refused_pinned_or_not(team, tmp_path):
     remembered = trusted_of(alice)
 
     forged = os.urandom(32)
-    pubs = [public(ci.env, ci.key, ci), public(ci.env, alice.key, ci)]
+    pubs = [public_of(ci, ci.key), public_of(ci, alice.key)]
     wrapped = subprocess.run(
         ["age", "-a", *(a for p in pubs for a in ("-r", p))],
         input=forged,

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sstfake
-from conftest import APP, VaultProject, base_env, new_app_repo, new_key
+from conftest import VaultProject, base_env, new_app_repo, new_key, skip_or_fail
+from helpers import deploy, head
 
 pytestmark = pytest.mark.keyring
 
@@ -78,7 +78,7 @@ def _wait_for_name(address: str, name: str, procs: list[subprocess.Popen]) -> No
 def secret_service() -> Iterator[SecretService]:
     missing = _missing_tools()
     if missing:
-        pytest.skip(
+        skip_or_fail(
             f"{' and '.join(missing)} not installed (Debian: apt-get install dbus gnome-keyring)"
         )
     # A short path: a unix socket path must fit in 108 bytes, pytest's tmp_path may not.
@@ -241,17 +241,6 @@ def delete_entry(env: dict[str, str], vid: str) -> None:
     assert lookup(env, vid) is None
 
 
-def deploy(project: VaultProject, stage: str = "prod", marker: str = "") -> dict[str, bytes]:
-    """What a `sst deploy` and `sst secret set` leave in the SST home; returns the files."""
-    sstfake.write_state(project.home, APP, stage, resources=5, marker=marker)
-    sstfake.write_secrets(project.home, APP, stage, {"ApiKey": f"value-{marker}"})
-    return project.snapshot_home()
-
-
-def head(project: VaultProject) -> str:
-    return project.git("rev-parse", "HEAD").strip()
-
-
 # --- with a real Secret Service --------------------------------------------------------------
 
 
@@ -291,7 +280,8 @@ def test_init_stores_a_new_key_that_commit_and_prepare_read(tmp_path, secret_ser
     assert stored.strip() not in result.output  # generated into the keyring, never printed
     assert "SST_VAULT_PIN=svid1-" in result.out
 
-    before = deploy(project, marker="keyring-marker")
+    deploy(project, "prod", "keyring-marker", secrets={"ApiKey": "value-keyring-marker"})
+    before = project.snapshot_home()
     result = project.cli("commit", "prod")
     assert result.code == 0, result.output
     assert "infra/state/app/prod.json.vault" in project.git("show", "--name-only", "HEAD")
@@ -318,7 +308,8 @@ def test_two_vaults_use_two_entries_and_never_mix(tmp_path, secret_service):
 
     files = {}
     for project, marker in ((one, "first"), (two, "second")):
-        files[marker] = deploy(project, marker=marker)
+        deploy(project, "prod", marker, secrets={"ApiKey": f"value-{marker}"})
+        files[marker] = project.snapshot_home()
         result = project.cli("commit", "prod")
         assert result.code == 0, result.output
     for project, marker in ((one, "first"), (two, "second")):
@@ -346,11 +337,11 @@ def test_deleted_entry_is_a_clear_configuration_error(tmp_path, secret_service):
     env = keyring_env(tmp_path, secret_service)
     project = new_repo(tmp_path, env)
     assert project.cli("init").code == 0
-    deploy(project)
+    deploy(project, "prod", secrets={"ApiKey": "value-"})
     assert project.cli("commit", "prod").code == 0
     delete_entry(env, vault_id(project))
 
-    deploy(project, marker="changed")
+    deploy(project, "prod", "changed", secrets={"ApiKey": "value-changed"})
     home, repo, commit = project.snapshot_home(), project.snapshot_repo(), head(project)
     for args in (("commit", "prod"), ("prepare", "prod", "--force")):
         result = project.cli(*args)
@@ -430,11 +421,11 @@ def test_no_keyring_backend_and_no_key_refuses_commit_and_prepare(tmp_path, case
     key = new_key(env)
     result = project.cli("init", "--no-keyring", env=dict(env, SST_VAULT_KEY=key))
     assert result.code == 0, result.output
-    deploy(project)
+    deploy(project, "prod", secrets={"ApiKey": "value-"})
     result = project.cli("commit", "prod", env=dict(env, SST_VAULT_KEY=key))
     assert result.code == 0, result.output
 
-    deploy(project, marker="changed")
+    deploy(project, "prod", "changed", secrets={"ApiKey": "value-changed"})
     home, repo, commit = project.snapshot_home(), project.snapshot_repo(), head(project)
     for args in (("commit", "prod"), ("prepare", "prod", "--force")):
         result = project.cli(*args)  # no SST_VAULT_KEY: only the keyring is left, and it fails

@@ -3,21 +3,17 @@ source and the one-line errors when a key is missing, malformed or wrong (DESIGN
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VaultProject, git, make_project, new_key
-from refusals import assert_refused, before, deploy, wipe_home, without_key
+from conftest import VaultProject, git, make_project, needs, new_key
+from helpers import assert_refused, before, deploy, key_id, wipe_home, without_key
 
 from vault import envelope
 from vault.keys import key_id_of
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("age") is None or shutil.which("age-keygen") is None,
-    reason="the age CLI is not installed (Debian package `age`)",
-)
+pytestmark = needs("age", "age-keygen")
 
 
 def age_keygen(folder: Path, name: str) -> tuple[Path, str, str]:
@@ -29,12 +25,6 @@ def age_keygen(folder: Path, name: str) -> tuple[Path, str, str]:
         ["age-keygen", "-y", str(path)], check=True, capture_output=True, text=True
     ).stdout.strip()
     return path, identity, public
-
-
-def key_id(project: VaultProject, env: dict[str, str] | None = None) -> str:
-    result = project.cli("key", "id", env=env)
-    assert result.code == 0, result.output
-    return result.out.strip()
 
 
 def prepare_fresh(project: VaultProject, env: dict[str, str], *stages: str) -> dict[str, bytes]:
@@ -55,7 +45,7 @@ def keygen_project(tmp_path: Path) -> tuple[VaultProject, Path, str]:
     """A vault whose SST_VAULT_KEY is a whole key file from the real age-keygen, with a stage."""
     key_file, _, public = age_keygen(tmp_path, "ci")
     project = make_project(tmp_path, key=key_file.read_text())
-    deploy(project, "prod")
+    deploy(project, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     assert project.cli("commit", "prod").code == 0
     return project, key_file, public
 
@@ -167,7 +157,8 @@ def refusals_for_bad_keys(project: VaultProject, tmp_path: Path, identity: str):
 def test_unusable_keys_are_one_line_usage_errors_and_write_nothing(keygen_project, tmp_path):
     project, _, _ = keygen_project
     identity = next(ln for ln in project.key.splitlines() if ln.startswith("AGE-SECRET"))
-    deploy(project, "prod", "v2")  # uncommitted home changes: a commit would write the repo
+    # Uncommitted home changes: a commit would write the repo.
+    deploy(project, "prod", "v2", secrets={"DB_PASSWORD": "secret-v2"})
     was = before(project)
     # Every command finds its key the same way (Project.keys): all variants go through
     # prepare, a few also through commit (the repo side) and `key id`.
@@ -231,8 +222,8 @@ def test_no_key_and_no_keyring_names_the_variable_and_a_backend(keygen_project, 
 def test_fernet_rotation_newest_first(tmp_path):
     project = make_project(tmp_path, backend="fernet")
     old = project.key
-    deploy(project, "prod")
-    deploy(project, "staging")
+    deploy(project, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
+    deploy(project, "staging", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     assert project.cli("commit", "prod", "staging").code == 0
     old_id = key_id(project)
     new = new_key(project.env, "fernet")
@@ -244,7 +235,7 @@ def test_fernet_rotation_newest_first(tmp_path):
     committed = project.snapshot_home()
     assert prepare_fresh(project, rotating, "prod", "staging") == committed
     # ...and what is sealed now is sealed under the first (newest) key.
-    deploy(project, "prod", "v2")
+    deploy(project, "prod", "v2", secrets={"DB_PASSWORD": "secret-v2"})
     result = project.cli("commit", "prod", env=rotating)
     assert result.code == 0, result.output
     assert {header_key_id(project, k, "prod") for k in ("passphrase", "app", "secret")} == {new_id}
@@ -289,7 +280,8 @@ def test_wrong_age_identity_is_refused(keygen_project, tmp_path):
     project, _, _ = keygen_project
     _, other, _ = age_keygen(tmp_path, "stranger")
     wrong = dict(project.env, SST_VAULT_KEY=other)
-    deploy(project, "prod", "v2")  # the home differs from the repo: nothing may overwrite it
+    # The home differs from the repo: nothing may overwrite it.
+    deploy(project, "prod", "v2", secrets={"DB_PASSWORD": "secret-v2"})
     was = before(project)
     for command in (
         ("prepare", "prod"),

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from conftest import VaultProject, new_key
-from lockutil import STAGE, counter_of, deploy_state, make_team
-from refusals import assert_refused, before
+from helpers import assert_refused, before, deploy, key_id, public_of
+from lockutil import STAGE, counter_of, make_team
 
 REF = f"refs/sst-vault/locks/demo-app/{STAGE}"
 
@@ -25,7 +25,7 @@ def remote_head(team) -> str:
 def test_rotate_push_refuses_while_a_stage_is_locked_then_pushes(tmp_path: Path) -> None:
     team = make_team(tmp_path, seeded=True)
     a, b = team.clone("a"), team.clone("b")
-    old_id = a.cli("key", "id").out.strip()
+    old_id = key_id(a)
     published = remote_head(team)
     assert b.cli("lock", "acquire", "--stage", STAGE).code == 0  # b is deploying prod
 
@@ -41,12 +41,12 @@ def test_rotate_push_refuses_while_a_stage_is_locked_then_pushes(tmp_path: Path)
     assert "and pushed it" in rotated.err
     assert remote_head(team) == a.git("rev-parse", "HEAD").strip() != published
     assert team.lock_refs() == []
-    new_id = a.cli("key", "id").out.strip()
+    new_id = key_id(a)
     assert new_id != old_id
 
     # b's next deploy starts from the rotated vault.
     b.git("pull", "-q")
-    assert b.cli("key", "id").out.strip() == new_id
+    assert key_id(b) == new_id
     assert b.cli("prepare", STAGE).code == 0
 
 
@@ -55,7 +55,7 @@ def test_rollback_push_holds_the_stage_lock(tmp_path: Path) -> None:
     a, b = team.clone("a"), team.clone("b")
     seeded = a.git("rev-parse", "HEAD").strip()
     assert a.cli("prepare", STAGE).code == 0
-    deploy_state(a, counter=5)
+    deploy(a, STAGE, counter=5)
     assert a.cli("commit", STAGE, "--push").code == 0
     published = remote_head(team)
 
@@ -80,7 +80,7 @@ def test_rotate_push_keeps_a_recipient_added_meanwhile(tmp_path: Path) -> None:
     a, b = team.clone("a"), team.clone("b")
     dave_key = new_key(a.env)
     dave = VaultProject(b.root, tmp_path / "dave-sst-home", dict(b.env, SST_VAULT_KEY=dave_key), "")
-    dave_public = dave.cli("key", "export-public").out.strip()
+    dave_public = public_of(dave)
     assert dave_public.startswith("age1")
     added = b.cli("recipients", "add", "dave", dave_public)
     assert added.code == 0, added.output
@@ -101,7 +101,7 @@ def test_recipients_remove_push_and_push_without_a_remote(tmp_path: Path) -> Non
     a = team.clone("a")
     eve_key = new_key(a.env)
     eve = VaultProject(a.root, tmp_path / "eve-sst-home", dict(a.env, SST_VAULT_KEY=eve_key), "")
-    assert a.cli("recipients", "add", "eve", eve.cli("key", "export-public").out.strip()).code == 0
+    assert a.cli("recipients", "add", "eve", public_of(eve)).code == 0
     assert a.cli("recipients", "remove", "eve", "--push").code == 0
     assert remote_head(team) == a.git("rev-parse", "HEAD").strip()
     assert team.lock_refs() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,9 +322,28 @@ def test_pre_commit_hooks_yaml() -> None:
     assert "pass_filenames: false" in text
 
 
-@pytest.mark.skipif(shutil.which("sst-vault") is None, reason="sst-vault not on PATH")
+def checkout_sst_vault(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, str], Path]:
+    """`env` with an `sst-vault` first on PATH that runs this checkout's code, and its call log.
+
+    A hook runs `sst-vault` from PATH: without this, the test would check whichever sst-vault
+    is installed first there (another checkout, an old release), not the code under test.
+    """
+    bin_dir = tmp_path / "checkout-bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sst-vault-calls.log"
+    shim = bin_dir / "sst-vault"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{calls}"\n'
+        f'PYTHONPATH="{ROOT_DIR}" exec "{sys.executable}" -m vault "$@"\n'
+    )
+    shim.chmod(0o755)
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}, calls
+
+
 def test_plain_git_hook_blocks_a_plaintext_commit(tmp_path: Path, env: dict[str, str]) -> None:
-    """The README's .git/hooks/pre-commit snippet, in a real repository."""
+    """The README's .git/hooks/pre-commit snippet, in a real repository, with this checkout."""
+    env, calls = checkout_sst_vault(tmp_path, env)
     root = tmp_path / "hooked"
     root.mkdir()
     git("init", "-q", cwd=root, env=env)
@@ -336,6 +356,7 @@ def test_plain_git_hook_blocks_a_plaintext_commit(tmp_path: Path, env: dict[str,
     (root / "ok.txt").write_text("fine")
     git("add", "ok.txt", cwd=root, env=env)
     git("commit", "-q", "-m", "ok", cwd=root, env=env)
+    assert calls.read_text().splitlines() == ["scan"], "the hook did not run this checkout's scan"
     home = tmp_path / "h"
     sstfake.write_state(home, APP, "prod")
     (root / "infra" / "state" / "app").mkdir(parents=True)
@@ -350,8 +371,9 @@ def test_plain_git_hook_blocks_a_plaintext_commit(tmp_path: Path, env: dict[str,
     )
     assert refused.returncode != 0
     assert "infra/state/app/prod.json" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert calls.read_text().splitlines() == ["scan", "scan"]
     assert git("rev-list", "--count", "HEAD", cwd=root, env=env).strip() == "1"
-    assert os.access(hook, os.X_OK)
 
 
 def test_scan_checks_the_staged_version_too(tmp_path: Path, env: dict[str, str]) -> None:

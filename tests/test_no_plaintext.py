@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import sstfake
 from conftest import VaultProject
-from helpers import deploy, fresh_project, run_git
-
-
-@pytest.fixture
-def vault_project(tmp_path: Path) -> VaultProject:
-    """An age vault like conftest's, copied from a template (see helpers.fresh_project)."""
-    return fresh_project(tmp_path)
+from helpers import (
+    copied_vault_project,  # noqa: F401 (a fixture)
+    deploy,
+    fresh_project,
+    run_git,
+)
 
 
 def all_objects(p: VaultProject) -> bytes:

@@ -15,9 +15,11 @@ import sstfake
 from conftest import SST_CONFIG, VaultProject, git, new_key, run_cli
 from helpers import (
     assert_refused,
+    before,
     commit_count,
+    committed_prod,  # noqa: F401 (a fixture)
+    copied_vault_project,  # noqa: F401 (a fixture)
     deploy,
-    fresh_project,
     head,
     other_home,
     temp_files,
@@ -26,19 +28,6 @@ from helpers import (
 
 from vault.errors import ConfigError
 from vault.paths import default_sst_home
-
-
-@pytest.fixture
-def vault_project(tmp_path: Path) -> VaultProject:
-    """An age vault like conftest's, copied from a template (see helpers.fresh_project)."""
-    return fresh_project(tmp_path)
-
-
-@pytest.fixture
-def committed(vault_project: VaultProject) -> VaultProject:
-    deploy(vault_project, "prod", "v1", secrets={"A": "1"})
-    assert vault_project.cli("commit", "prod").code == 0
-    return vault_project
 
 
 @pytest.fixture
@@ -404,6 +393,8 @@ def test_default_sst_home_is_what_the_cli_uses(committed: VaultProject, tmp_path
     assert (tmp_path / "xdg" / "sst" / "state" / "app" / p.app / "prod.json").read_bytes() == (
         p.state_file("app", "prod").read_bytes()
     )
+    # A relative XDG_CONFIG_HOME is refused, not taken relative to the current folder.
+    was = before(p)
     result = run_cli("status", cwd=p.root, env={**env, "XDG_CONFIG_HOME": "relative"})
-    assert_refused(result, 2, "XDG_CONFIG_HOME", "--sst-home")
-    assert os.environ.get("XDG_CONFIG_HOME") != "relative"
+    assert_refused(result, 2, "XDG_CONFIG_HOME", "--sst-home", project=p, was=was)
+    assert not (p.root / "relative").exists()

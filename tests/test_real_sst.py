@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import sst_real
 import sstfake
+from conftest import skip_or_fail
 
 APP = "vaulte2e"
 pytestmark = pytest.mark.real_sst
@@ -113,7 +114,7 @@ def synced(home: Path) -> dict[str, bytes]:
 def sst(tmp_path):
     reason = sst_real.missing_reason()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     project = sst_real.SstProject(tmp_path, sst_real.find_sst_binary(), app=APP)
     (project.project / ".gitignore").write_text(".sst\nnode_modules\n")
     git(project.project, "init", "-q", "-b", "main")
@@ -210,7 +211,12 @@ def test_secrets_and_state_survive_a_round_trip_through_git(sst):
     # Nothing changed since the commit: no new commit.
     vault(sst, key, "commit", "--all", "-m", "no-op")
     assert git(sst.project, "rev-parse", "HEAD") == head
-    assert "prod" in json.dumps(json.loads(vault(sst, key, "status", "--json").stdout))
+    # ... and status reports every vault file, each in sync.
+    rows = json.loads(vault(sst, key, "status", "--json").stdout)
+    assert {(r["stage"], r["kind"]): r["state"] for r in rows} == {
+        (name.split("/")[1].removesuffix(".json.vault"), name.split("/")[0]): "in sync"
+        for name in vault_files
+    }
 
     # SST changes a secret on machine 1; machine 2 starts from an empty SST home.
     values["api2"] = f"api2-{secrets.token_hex(12)}"

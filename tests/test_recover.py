@@ -9,14 +9,12 @@ key taken out of data-key.age by the real `age -d`.
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from conftest import VaultProject, make_project
-from refusals import deploy
+from conftest import VaultProject, make_project, needs
+from helpers import deploy
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "recover.py"
@@ -113,12 +111,12 @@ def test_recovers_the_test_vectors():
         assert result.stderr.startswith(b"Error: ") and result.stderr.count(b"\n") == 1, bad
 
 
-@pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")
+@needs("age")
 def test_recovers_an_age_vault_with_the_real_age_cli(tmp_path):
     key_file = tmp_path / "ci.txt"
     subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
     project = make_project(tmp_path, key=key_file.read_text())
-    deploy(project, "prod")
+    deploy(project, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     big = (
         b'{"version": 3, "checkpoint": {"resources": ['
         + b",".join(
@@ -167,7 +165,7 @@ def test_recovers_an_age_vault_with_the_real_age_cli(tmp_path):
 
 def test_recovers_a_fernet_vault(tmp_path):
     project: VaultProject = make_project(tmp_path, backend="fernet")
-    deploy(project, "prod")
+    deploy(project, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     assert project.cli("commit", "prod").code == 0
     for kind in ("passphrase", "app", "secret"):
         vault_file = str(project.vault_file(kind, "prod"))

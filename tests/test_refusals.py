@@ -11,12 +11,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import sstfake
 from conftest import SST_CONFIG, VaultProject, git, run_cli
 from helpers import (
     assert_refused,
     commit_count,
+    committed_prod,  # noqa: F401 (a fixture)
+    copied_vault_project,  # noqa: F401 (a fixture)
     deploy,
     fresh_project,
     head,
@@ -25,12 +26,6 @@ from helpers import (
     temp_files,
     tree_state,
 )
-
-
-@pytest.fixture
-def vault_project(tmp_path: Path) -> VaultProject:
-    """An age vault like conftest's, copied from a template (see helpers.fresh_project)."""
-    return fresh_project(tmp_path)
 
 
 @contextlib.contextmanager
@@ -53,13 +48,6 @@ def bookkeeping(p: VaultProject) -> dict:
     may still have verified the key record, and remembering that is not a change of state."""
     found = tree_state(p.home / ".sst-vault") if (p.home / ".sst-vault").exists() else {}
     return {k: v for k, v in found.items() if k != "lock" and not k.startswith("trust/")}
-
-
-@pytest.fixture
-def committed(vault_project: VaultProject) -> VaultProject:
-    deploy(vault_project, "prod", "v1", secrets={"A": "1"})
-    assert vault_project.cli("commit", "prod").code == 0
-    return vault_project
 
 
 def test_prepare_unknown_stage_is_a_usage_error(committed: VaultProject):

@@ -14,6 +14,7 @@ from helpers import (
     add_remote,
     clone,
     commit_count,
+    copied_vault_project,  # noqa: F401 (a fixture)
     deploy,
     fresh_project,
     head,
@@ -22,12 +23,6 @@ from helpers import (
     temp_files,
     tree_state,
 )
-
-
-@pytest.fixture
-def vault_project(tmp_path: Path) -> VaultProject:
-    """An age vault like conftest's, copied from a template (see helpers.fresh_project)."""
-    return fresh_project(tmp_path)
 
 
 @pytest.fixture(params=["age", "fernet"])

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import sstfake
 from conftest import VaultProject, make_project
-from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, deploy_state, make_team
+from helpers import deploy
+from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, make_team
 from test_lock import one_error_line
 
 
@@ -214,7 +215,7 @@ def test_push_race_on_the_same_stage_is_refused_and_keeps_the_commit(
     team = seeded_team(tmp_path)
     a, b = team.clone("a"), team.clone("b")
     assert b.cli("prepare", STAGE).code == 0
-    deploy_state(b, counter=100)
+    deploy(b, STAGE, counter=100)
     assert b.cli("commit", STAGE).code == 0
     racer = f"import subprocess; subprocess.run(['git', '-C', {str(b.root)!r}, 'push', '-q'])"
     cmd = ["sh", "-c", f'{" ".join(bump_cmd(a, bump))} && {sys.executable} -c "{racer}"']
@@ -251,7 +252,7 @@ def test_commit_push_uses_the_same_rebase_logic(tmp_path: Path) -> None:
     sstfake.write_state(b.home, b.app, "dev")
     assert b.cli("commit", "dev", "--push").code == 0
     assert a.cli("prepare", STAGE).code == 0
-    deploy_state(a, counter=5)
+    deploy(a, STAGE, counter=5)
     result = a.cli("commit", STAGE, "--push")
     assert result.code == 0, result.output
     assert_linear(team)

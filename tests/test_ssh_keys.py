@@ -5,19 +5,15 @@ the real `age` CLI on the other side, the CLI as a subprocess."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VaultProject, make_project, new_app_repo
-from refusals import assert_refused, before, deploy, wipe_home, without_key
+from conftest import VaultProject, make_project, needs, new_app_repo
+from helpers import assert_refused, before, deploy, wipe_home, without_key
 from test_keyring import keyring_env, lookup, secret_service, vault_id  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ssh-keygen") is None or shutil.which("age") is None,
-    reason="ssh-keygen (openssh-client) or the age CLI is not installed",
-)
+pytestmark = needs("ssh-keygen", "age")
 
 
 def ssh_keygen(folder: Path, name: str, *, passphrase: str = "", kind: str = "ed25519") -> Path:
@@ -51,7 +47,7 @@ def recipients(project: VaultProject) -> dict[str, str]:
 def alice(tmp_path: Path) -> tuple[VaultProject, Path]:
     """A vault (CI's age key) with prod committed, and alice's SSH key added as a recipient."""
     project = make_project(tmp_path)
-    deploy(project, "prod", "v1")
+    deploy(project, "prod", "v1", secrets={"DB_PASSWORD": "secret-v1"})
     assert project.cli("commit", "prod").code == 0
     key = ssh_keygen(tmp_path, "alice")
     public = key.with_suffix(".pub").read_text().strip()
@@ -85,7 +81,7 @@ def test_an_ssh_recipient_opens_the_vault_with_its_private_key(alice, tmp_path: 
     both = {**without_key(project.env), "SST_VAULT_KEY": key.read_text() + "\n" + other_age}
     assert project.cli("status", "--verify", "prod", env=both).code == 0
     # alice deploys and commits with her SSH key; CI's age key opens what she sealed.
-    deploy(project, "prod", "v2")
+    deploy(project, "prod", "v2", secrets={"DB_PASSWORD": "secret-v2"})
     committed = project.cli("commit", "prod", env=by_file)
     assert committed.code == 0, committed.output
     wipe_home(project)

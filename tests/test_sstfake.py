@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sst_real
 import sstfake
+from conftest import skip_or_fail
 
 APP = "vaulttest"
 
@@ -138,7 +139,7 @@ def test_stage_rule(stage, ok):
 def sst(tmp_path):
     reason = sst_real.missing_reason()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     return sst_real.SstProject(tmp_path, sst_real.find_sst_binary(), app=APP)
 
 

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import VaultProject, git, make_project, new_key
-from helpers import assert_refused, commit_count, deploy, head, temp_files
+from conftest import VaultProject, git, make_project, needs, new_key
+from helpers import (
+    assert_refused,
+    commit_count,
+    deploy,
+    head,
+    key_id,
+    public_of,
+    temp_files,
+    vault_header,
+)
 
 AGE = shutil.which("age")
-needs_age = pytest.mark.skipif(AGE is None, reason="the age CLI is not installed")
+needs_age = needs("age")
 
 
 def member(project: VaultProject, tmp_path: Path, name: str, key: str | None = None):
@@ -25,24 +32,6 @@ def member(project: VaultProject, tmp_path: Path, name: str, key: str | None = N
     key = key or new_key(project.env)
     env = dict(project.env, SST_VAULT_KEY=key)
     return VaultProject(project.root, tmp_path / f"{name}-sst-home", env, key)
-
-
-def public_of(person: VaultProject) -> str:
-    result = person.cli("key", "export-public")
-    assert result.code == 0, result.output
-    return result.out.strip()
-
-
-def header(path: Path) -> dict:
-    data = path.read_bytes()
-    (length,) = struct.unpack(">I", data[9:13])
-    return json.loads(data[13 : 13 + length])
-
-
-def key_id(person: VaultProject) -> str:
-    result = person.cli("key", "id")
-    assert result.code == 0, result.output
-    return result.out.strip()
 
 
 def age_decrypt(path: Path, secret: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -163,7 +152,7 @@ def test_removed_member_opens_nothing_committed_afterwards(vault_project, tmp_pa
         assert ci.cli("recipients", "add", name, public_of(person)).code == 0
     assert fresh_prepare(bob, "prod", "dev").code == 0
     old_id = key_id(ci)
-    serials = {s: header(ci.vault_file("app", s))["serial"] for s in ("prod", "dev")}
+    serials = {s: vault_header(ci.vault_file("app", s))["serial"] for s in ("prod", "dev")}
     before_removal = head(ci)
 
     result = ci.cli("recipients", "remove", "bob")
@@ -188,7 +177,7 @@ def test_removed_member_opens_nothing_committed_afterwards(vault_project, tmp_pa
     assert ci.git("status", "--porcelain") == ""
     assert "bob" not in (ci.root / "sst-vault.toml").read_text()
     for stage in ("prod", "dev"):
-        h = header(ci.vault_file("app", stage))
+        h = vault_header(ci.vault_file("app", stage))
         assert h["serial"] == serials[stage] + 1 and h["key_id"] == new_id
     # The rotating home is still in sync; CI and alice open the re-sealed files.
     status = ci.cli("status", "--json")
@@ -325,7 +314,7 @@ def test_fernet_rotate_moves_every_file_to_the_newest_key(fernet_project, tmp_pa
     only_old = dict(project.env, SST_VAULT_KEY=old)
     before = head(project)
     serials = {
-        p: header(project.root / "infra/state" / p)["serial"] for p in project.snapshot_repo()
+        p: vault_header(project.root / "infra/state" / p)["serial"] for p in project.snapshot_repo()
     }
 
     # Only the new key: the files cannot be read, so nothing moves.
@@ -345,7 +334,7 @@ def test_fernet_rotate_moves_every_file_to_the_newest_key(fernet_project, tmp_pa
         == int(git("rev-list", "--count", before, cwd=project.root, env=project.env)) + 1
     )
     for name, data in project.snapshot_repo().items():
-        h = header(project.root / "infra/state" / name)
+        h = vault_header(project.root / "infra/state" / name)
         assert h["key_id"] == new_id and h["serial"] == serials[name] + 1, name
         assert data != repo[name]
 

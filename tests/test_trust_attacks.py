@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -31,15 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CLIResult, VaultProject, base_env, git, make_project
-from helpers import add_remote, deploy, tree_state
+from conftest import CLIResult, VaultProject, base_env, git, make_project, needs
+from helpers import add_remote, deploy, tree_state, vault_header, vault_pin
 
 AGE = shutil.which("age")
 AGE_KEYGEN = shutil.which("age-keygen")
-pytestmark = pytest.mark.skipif(
-    (AGE is None or AGE_KEYGEN is None) and os.environ.get("CI") != "true",
-    reason="the age CLI is not installed",
-)
+pytestmark = needs("age", "age-keygen")
 
 STATE = "infra/state"
 RECORD = f"{STATE}/key-record.jsonl"
@@ -93,11 +89,6 @@ def age_wrap(data: bytes, publics: list[str]) -> bytes:
 def show(root: Path, env: dict[str, str], rev: str, path: str) -> bytes | None:
     proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, env=env, capture_output=True)
     return proc.stdout if proc.returncode == 0 else None
-
-
-def header(blob: bytes) -> dict:
-    (length,) = struct.unpack(">I", blob[9:13])
-    return json.loads(blob[13 : 13 + length])
 
 
 def record_entries(blob: bytes) -> list[dict]:
@@ -222,7 +213,7 @@ def assert_locked_out(person: VaultProject, since: str | list[str], *keys: AgeKe
         for name in names.split():
             if name.endswith(".vault"):
                 blob = show(person.root, person.env, commit, name)
-                assert header(blob)["key_id"] == newest["key_id"], (commit, name)
+                assert vault_header(blob)["key_id"] == newest["key_id"], (commit, name)
         for key in keys:
             assert key.public not in newest["recipients"].values(), commit
 
@@ -268,10 +259,6 @@ def team(template: Team, tmp_path: Path) -> Team:
     new.ci = new.person("ci", tmp_path / "ci-repo")
     new.ci.git("remote", "set-url", "origin", str(new.remote))
     return new
-
-
-def pin_of(person: VaultProject) -> str:
-    return ok(person, "key", "pin").out.strip()
 
 
 # --- 1. recipient injection through sst-vault.toml --------------------------------------------
@@ -337,7 +324,7 @@ def test_recipient_injected_in_the_record_breaks_its_signature(team: Team):
     """mallory adds herself to the newest entry's recipients in key-record.jsonl (and wraps
     nothing: she has no data key). The entry's signatures no longer verify: every member
     command refuses naming the record; a fresh clone with the pin too."""
-    pin = pin_of(team.ci)
+    pin = vault_pin(team.ci)
     mallory = attacker_clone(team)
     path = mallory.root / RECORD
     lines = path.read_text().splitlines()
@@ -363,7 +350,7 @@ def test_swapped_data_key_is_refused_pinned_or_not(team: Team):
     record plus herself, and replaces data-key.age. Nothing a member, CI or a fresh clone runs
     accepts it, with or without SST_VAULT_PIN; nothing is ever sealed under her key."""
     ci = team.ci
-    pin = pin_of(ci)
+    pin = vault_pin(ci)
     key_id = record_entries((ci.root / RECORD).read_bytes())[-1]["key_id"]
     mallory = attacker_clone(team)
     evil = team.keys["mallory"]
@@ -462,7 +449,7 @@ def test_whole_vault_replacement_is_refused_where_the_vault_is_known(team: Team)
     until `key trust`; CI with SST_VAULT_PIN refuses on a fresh clone. (A fresh clone with
     neither memory nor pin: see the next test.)"""
     ci = team.ci
-    pin = pin_of(ci)
+    pin = vault_pin(ci)
     changed = replace_whole_vault(team)
     pull(ci)
     deploy(ci, "prod", "p2")
@@ -503,7 +490,7 @@ def test_removed_member_cannot_roll_the_record_back(team: Team):
     """bob keeps his key, is removed (a rotation), and reverts the record, data-key.age and the
     vault files to the commit before his removal. Every machine that saw the removal and every
     full clone refuses; bob's key opens nothing the members commit afterwards."""
-    pin = pin_of(team.ci)
+    pin = vault_pin(team.ci)
     bob = team.clone("bob", "bob-repo")
     removal = remove_bob(team)
     pull(bob)
@@ -537,7 +524,7 @@ def test_run_keeps_the_exact_key_pin_on_a_shallow_clone(team: Team):
     """SECURITY.md: CI with a shallow clone relies on the pins ("or pin SST_VAULT_KEY_ID").
     After bob's rollback, CI's `run` on a shallow clone pinned to the newest data key must
     refuse, as `prepare` does, rather than deploy and seal under the data key bob knows."""
-    pin = pin_of(team.ci)
+    pin = vault_pin(team.ci)
     bob = team.clone("bob", "bob-repo")
     removal = remove_bob(team)
     newest = record_entries(show(team.ci.root, team.ci.env, removal, RECORD))[-1]["key_id"]
@@ -558,7 +545,7 @@ def test_run_keeps_the_exact_key_pin_on_a_shallow_clone(team: Team):
 def test_removed_member_cannot_roll_back_by_moving_the_state_dir(team: Team):
     """bob's rollback again, but moved to another state_dir with a one-line toml change, so
     that `git log -- <state_dir>/key-record.jsonl` no longer reaches the removal."""
-    pin = pin_of(team.ci)
+    pin = vault_pin(team.ci)
     bob = team.clone("bob", "bob-repo")
     removal = remove_bob(team)
     pull(bob)
@@ -663,7 +650,7 @@ def test_removed_member_cannot_fork_the_record(team: Team):
     """bob's forged entry is signed correctly by the data key before his removal. The machine
     that saw the removal refuses it (fork at the remembered entry), and so does a fresh full
     clone (the removal's record is in history and the fork does not continue it)."""
-    pin = pin_of(team.ci)
+    pin = vault_pin(team.ci)
     removal, attack = fork_record(team, supersede_removal=False)
     ci = team.ci
     pull(ci)
@@ -683,7 +670,7 @@ def test_removed_member_cannot_fork_by_superseding_his_removal(team: Team):
     """The same fork, with the real removal entry's hash in the forged entry's `supersedes`
     (the field meant for abandoned forks a member reviewed). CI's fresh full clone, pinned by
     identity, must still refuse: nothing authenticates that a *member* superseded it."""
-    pin = pin_of(team.ci)
+    pin = vault_pin(team.ci)
     fork_record(team, supersede_removal=True)
     pull(team.ci)
     refused(team.ci, "prepare", "prod", names=(RECORD,))  # memory still refuses
@@ -709,7 +696,7 @@ def delete_record(team: Team, toml_recipients: dict[str, str] | None = None) -> 
 def test_deleted_record_is_refused(team: Team):
     """Without the record the vault would look like one made by 0.1, whose recipients were
     whatever the toml said. A machine that used the vault and a fresh full clone refuse."""
-    pin = pin_of(team.ci)
+    pin = vault_pin(team.ci)
     delete_record(team)
     ci = team.ci
     pull(ci)
@@ -832,7 +819,7 @@ def test_files_under_a_retired_data_key_never_reach_the_sst_home(team: Team):
     """bob commits the prod files he sealed under his old data key on top of the branch (a
     serial ahead, a valid record untouched). prepare, run and rollback open files under the
     newest data key only: every member and CI path refuses them."""
-    pin = pin_of(team.ci)
+    pin = vault_pin(team.ci)
     bob, forger = seal_under_old_key(team)
     for kind in ("passphrase", "app", "secret"):
         shutil.copy2(forger.vault_file(kind, "prod"), bob.vault_file(kind, "prod"))
@@ -942,7 +929,7 @@ def test_run_command_and_git_hooks_never_see_the_key(team: Team):
             SPY_STOP=str(os.getpid()),
             SPY_NEXT=str(next_home / "state/app/demo-app/prod.json"),
             SPY_STATE=str(ci.state_file("app", "prod")),
-            SST_VAULT_PIN=pin_of(ci),
+            SST_VAULT_PIN=vault_pin(ci),
         )
         if variable == "SST_VAULT_KEY":
             env["SST_VAULT_KEY"] = ci.key

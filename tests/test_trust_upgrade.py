@@ -10,17 +10,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import pytest
-from conftest import VaultProject, new_key
-from helpers import assert_refused, deploy, fresh_project
+from conftest import VaultProject, needs, new_key
+from helpers import assert_refused, deploy, fresh_project, public_of
 
 AGE = shutil.which("age")
-
-
-def public_of(project: VaultProject, key: str) -> str:
-    result = project.cli("key", "export-public", env=dict(project.env, SST_VAULT_KEY=key))
-    assert result.code == 0, result.output
-    return result.out.strip()
 
 
 def make_legacy(project: VaultProject, recipients: dict[str, str]) -> None:
@@ -91,7 +84,7 @@ def test_a_legacy_vault_asks_for_the_upgrade_then_works(tmp_path):
     assert_refused(project.cli("key", "upgrade", "--yes"), 1, "upgraded already")
 
 
-@pytest.mark.skipif(AGE is None, reason="the age CLI is not installed")
+@needs("age")
 def test_upgrade_starts_a_new_data_key_that_an_injected_recipient_never_opens(tmp_path):
     """0.1's toml was writable by anyone who can push: the upgrade shows every recipient for
     review, and with --recipient the member chooses exactly who is carried over."""
