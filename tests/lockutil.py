@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -203,7 +204,7 @@ def run_all(commands: list[tuple[VaultProject, list[list[str]]]], timeout: float
     """Start every runner at once, each doing its runs in a row; every run must succeed."""
     procs = []
     for project, runs in commands:
-        script = " && ".join(" ".join(map(shlex_quote, cmd)) for cmd in runs)
+        script = " && ".join(shlex.join(cmd) for cmd in runs)
         procs.append(
             subprocess.Popen(
                 ["sh", "-c", script],
@@ -220,12 +221,6 @@ def run_all(commands: list[tuple[VaultProject, list[list[str]]]], timeout: float
         if proc.returncode != 0:
             failed.append(out)
     assert not failed, "\n----\n".join(failed)
-
-
-def shlex_quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def bump_cmd(project: VaultProject, script: Path, code: int = 0, *extra: str) -> list[str]:

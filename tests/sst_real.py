@@ -1,6 +1,7 @@
 """Running the real SST CLI offline in tests (see tests/SST_FACTS.md for why each setting).
 
-Plain module, no pytest import: tests call `missing_reason()` and `pytest.skip` on a reason.
+Plain module, no pytest import: tests call `missing_reason()` and `conftest.skip_or_fail` on a
+reason (with CI set a missing SST fails).
 
 Where the binary comes from, first match wins:
 1. `SST_VAULT_TEST_SST_BIN` (a path to the `sst` binary or to npm's `sst` wrapper);
@@ -77,7 +78,7 @@ def _looks_like_sst(path: str) -> bool:
 
 
 def find_sst_binary() -> Path | None:
-    """The real `sst` binary to test against, or None (the test then skips)."""
+    """The real `sst` binary to test against, or None (the test then skips, or fails in CI)."""
     env = os.environ.get("SST_VAULT_TEST_SST_BIN")
     if env:
         path = Path(env)

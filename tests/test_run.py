@@ -14,7 +14,7 @@ import pytest
 import sstfake
 from conftest import VaultProject, make_project
 from helpers import deploy
-from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, make_team
+from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, make_team, run_all
 from test_lock import one_error_line
 
 
@@ -60,26 +60,12 @@ def test_concurrent_runners_over_git_daemon_never_lose_an_update(
     team = seeded_team(tmp_path, daemon)
     runners = [team.clone(f"runner{i}") for i in range(3)]
     rounds = 2
-    procs = []
-    for runner in runners:
-        cmd = run_args(
-            runner, "--stage", STAGE, "--lock-timeout", "60", "--", *bump_cmd(runner, bump)
-        )
-        # Each runner deploys `rounds` times in a row, all runners at once.
-        script = " && ".join([" ".join(map(repr, cmd))] * rounds)
-        procs.append(
-            subprocess.Popen(
-                ["sh", "-c", script],
-                cwd=runner.root,
-                env=runner.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, out
+    cmds = [
+        (r, run_args(r, "--stage", STAGE, "--lock-timeout", "60", "--", *bump_cmd(r, bump)))
+        for r in runners
+    ]
+    # Each runner deploys `rounds` times in a row, all runners at once.
+    run_all([(r, [cmd] * rounds) for r, cmd in cmds], timeout=120)
     assert remote_counter(team) == len(runners) * rounds
     assert_linear(team)
     assert team.lock_refs() == []
