@@ -849,7 +849,8 @@ def test_files_under_a_retired_data_key_never_reach_the_sst_home(team: Team):
     strict=True,
     reason="known limit (SECURITY.md, 'History written by a removed member'): review commands"
     " (versions.history_key -> Project.review_key) accept a version sealed under any data key"
-    " of the verified chain, whatever commit it sits in; a removed member still holds the data key from before his removal, so a forged state he seals under"
+    " of the verified chain, whatever commit it sits in; a removed member still holds the data"
+    " key from before his removal, so a forged state he seals under"
     " it and commits after his removal is shown decrypted, as genuine, by `log`, `diff` and"
     " `git log -p` (rollback refuses it: newest key only)",
 )
