@@ -322,42 +322,39 @@ def seal(
             fp_mac.update(chunk)
             size += len(chunk)
         fingerprint = fp_mac.hexdigest()
+    if version not in (FORMAT_VERSION, V1):
+        raise ValueError(f"cannot write format version {version}")
+    # The fields both versions share; the time is when the file is sealed.
+    common = {
+        "app": app,
+        "stage": stage,
+        "kind": kind,
+        "serial": serial,
+        "key_id": key.key_id,
+        "writer": writer,
+        "time": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "fingerprint": fingerprint,
+    }
     if version == FORMAT_VERSION:
         if size > MAX_SIZE:
             raise RefusedError(f"the file is larger than {MAX_SIZE} bytes", None)
         header = Header(
             v=FORMAT_VERSION,
-            app=app,
-            stage=stage,
-            kind=kind,
-            serial=serial,
-            key_id=key.key_id,
-            writer=writer,
-            time=(now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
             cipher=CIPHER_SIV,
             compression=COMPRESSION_V2,
             salt="" if chunking else randbytes(SALT_SIZE).hex(),
-            fingerprint=fingerprint,
             size=rounded_size(size),
             chunking=CHUNKING_CDC if chunking else CHUNKING_FIXED,
+            **common,
         )
-    elif version != V1:
-        raise ValueError(f"cannot write format version {version}")
     else:
         header = Header(
             v=V1,
-            app=app,
-            stage=stage,
-            kind=kind,
-            serial=serial,
-            key_id=key.key_id,
-            writer=writer,
-            time=(now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
             cipher=key.cipher,
             compression="zlib",
             salt=randbytes(SALT_SIZE).hex(),
-            fingerprint=fingerprint,
             size=size,
+            **common,
         )
     raw = header.encode()
     out.write(_PREFIX.pack(MAGIC, header.v, len(raw)))
