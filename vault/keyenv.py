@@ -13,6 +13,7 @@ ENV_KEY = "SST_VAULT_KEY"
 ENV_KEY_FILE = "SST_VAULT_KEY_FILE"
 ENV_KEY_FD = "SST_VAULT_KEY_FD"  # internal: the pipe a re-executed sst-vault reads them from
 SECRET_VARIABLES = (ENV_KEY, ENV_KEY_FILE)
+MAX_HANDOVER = 60 * 1024  # below Linux's 64 KiB pipe buffer; 16 keys take a few KB
 _taken: dict[str, str] = {}
 
 
@@ -73,6 +74,13 @@ def reexec_without_secrets(argv: list[str]) -> None:
     if sys.platform != "linux" or not _taken or os.environ.get("SST_VAULT_REEXECED"):
         return
     payload = json.dumps(_taken).encode()
+    if len(payload) > MAX_HANDOVER:  # the pipe's buffer must hold it: nobody reads it yet
+        from vault.errors import KeyFormatError
+
+        raise KeyFormatError(
+            f"${ENV_KEY} or ${ENV_KEY_FILE} is over {MAX_HANDOVER // 1024} KiB",
+            "it should hold secret keys (one a line) or a path: check what the variable holds",
+        )
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, payload)  # a few KB at most: the pipe buffer holds it all
