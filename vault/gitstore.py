@@ -3,7 +3,7 @@
 This is the one seam for the storage location (DESIGN.md: a later mode keeps vault files on a
 dedicated state branch). Everything here runs real git through GitPython; it stages exactly
 the paths it is given and never runs `git add .`. The secret key never reaches git: it was
-taken out of this process's environment when the CLI started (`vault.keys.take_environment`),
+taken out of this process's environment when the CLI started (`vault.keyenv.take_environment`),
 and every git child gets `git_env()`, which drops any `SST_VAULT_KEY*` variable as well.
 
 Pushing never forces and never resets: when the remote branch moved, its commits are fetched

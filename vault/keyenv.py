@@ -56,10 +56,6 @@ def taken(name: str) -> str | None:
     return _taken.get(name)
 
 
-def take_environment_key() -> str | None:
-    return taken(ENV_KEY)
-
-
 def reexec_without_secrets(argv: list[str]) -> None:
     """On Linux, start this process again with the secret variables handed over through a pipe.
 

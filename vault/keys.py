@@ -35,14 +35,7 @@ from vault.errors import (
     TamperedError,
     WrongKeyError,
 )
-from vault.keyenv import (  # noqa: F401 - part of this module's interface
-    ENV_KEY,
-    ENV_KEY_FILE,
-    reexec_without_secrets,
-    take_environment,
-    take_environment_key,
-    taken,
-)
+from vault.keyenv import ENV_KEY, ENV_KEY_FILE, taken
 
 ENV_KEY_ID = "SST_VAULT_KEY_ID"
 BACKENDS = ("age", "fernet")
