@@ -71,9 +71,16 @@ def git_env() -> dict[str, str]:
     return env
 
 
-def git_run(top: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def git_run(
+    top: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run git in `top` with `git_env()` (plus `env`), output as bytes; GitError when `check`."""
     proc = subprocess.run(
-        ["git", *args], cwd=top, env=git_env(), capture_output=True, stdin=subprocess.DEVNULL
+        ["git", *args],
+        cwd=top,
+        env={**git_env(), **(env or {})},
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
     )
     if check and proc.returncode != 0:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault.errors import ConflictError
-from vault.gitstore import git_env, lock_file_error
+from vault.gitstore import git_run, lock_file_error
 from vault.paths import KINDS, VAULT_SUFFIX
 from vault.project import Project
 
@@ -29,21 +29,15 @@ CONFLICT_MARKER = b"<<<<<<< "
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
-    env = git_env()
-    # `git status` would otherwise refresh the index under index.lock, which makes a commit
-    # that another process runs at this moment fail.
-    env["GIT_OPTIONAL_LOCKS"] = "0"
     try:
-        return subprocess.run(
-            ["git", *args],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
+        # `git status` would otherwise refresh the index under index.lock, which makes a commit
+        # that another process runs at this moment fail.
+        proc = git_run(root, *args, check=False, env={"GIT_OPTIONAL_LOCKS": "0"})
     except OSError:
         return None  # no git: nothing to say about the index
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace")
+    )
 
 
 @dataclass
