@@ -132,7 +132,7 @@ def part2(team: Team, script: Path, runners: int, rounds: int) -> None:
             "--",
             *bump_cmd(clone, script),
         ]
-        line = " && ".join([" ".join(map(repr, one))] * rounds)
+        line = " && ".join([shlex.join(one)] * rounds)
         procs.append(
             subprocess.Popen(
                 ["sh", "-c", line],
