@@ -97,7 +97,7 @@ class Project:
         versions = self._record_history()
         memory = trust.recall(self.home, self.app)
         if record is None:
-            self.refuse_downgrade(versions, memory)
+            self._refuse_downgrade(versions, memory)
             raise ConfigError(
                 f"this vault has no signed key record ({where}): it was made by sst-vault 0.1",
                 "a member runs `sst-vault key upgrade`, commits and pushes; then CI sets"
@@ -121,16 +121,15 @@ class Project:
             trust.remember(self.home, self.app, record)
         return trust.Trusted(record, data_key)
 
-    def refuse_downgrade(
-        self,
-        versions: list[tuple[str, bytes | None]] | None = None,
-        memory: trust.Memory | None = None,
-    ) -> None:
+    def refuse_downgrade(self) -> None:
         """With no key record: refuse if this vault had one (history, memory or a pin says so)."""
+        self._refuse_downgrade(self._record_history(), trust.recall(self.home, self.app))
+
+    def _refuse_downgrade(
+        self, versions: list[tuple[str, bytes | None]], memory: trust.Memory | None
+    ) -> None:
         where = self.record_label
-        versions = self._record_history() if versions is None else versions
         trust.check_history(None, versions, where)
-        memory = memory or trust.recall(self.home, self.app)
         if memory is not None or trust.env_pin(trust.ENV_PIN):
             raise TrustError(
                 where,
