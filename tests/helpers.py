@@ -124,6 +124,22 @@ def before(project: VaultProject) -> Before:
     )
 
 
+def error_line(err: str) -> str:
+    """The one `Error: <reason>: <what to do>` line of a stderr that may hold other output.
+
+    For commands whose stderr legitimately carries more (`run` passes its command's output
+    through, a lock wait prints progress): no traceback, exactly one `Error:` line, and it is
+    the last line, so nothing the tool did after failing hides behind it. Where stderr must hold
+    nothing else, use `assert_refused`.
+    """
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, err
+    assert err.endswith(errors[0] + "\n"), err
+    assert ": " in errors[0][len("Error: ") :], errors[0]
+    return errors[0]
+
+
 def assert_refused(
     result: CLIResult,
     code: int,

@@ -11,17 +11,12 @@ from pathlib import Path
 
 import pytest
 from conftest import make_project
+from helpers import error_line
 from lockutil import STAGE, make_team
 
 from vault.lock import LockBrokenError, LockInfo, ci_run_url
 
 REF = "refs/sst-vault/locks/demo-app/prod"
-
-
-def one_error_line(err: str) -> str:
-    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, err
-    return errors[0]
 
 
 def test_exclusive_across_clones_and_only_the_holder_releases(tmp_path: Path) -> None:
@@ -34,7 +29,7 @@ def test_exclusive_across_clones_and_only_the_holder_releases(tmp_path: Path) ->
 
     refused = b.cli("lock", "acquire", "--stage", STAGE)
     assert refused.code == 1
-    line = one_error_line(refused.err)
+    line = error_line(refused.err)
     assert "is held by" in line and " ago)" in line and "lock break --stage prod" in line
 
     status = b.cli("lock", "status", "--stage", STAGE)
@@ -44,7 +39,7 @@ def test_exclusive_across_clones_and_only_the_holder_releases(tmp_path: Path) ->
     assert data["held"] and data["age_seconds"] >= 0 and not data["held_here"]
 
     stolen = b.cli("lock", "release", "--stage", STAGE)
-    assert stolen.code == 1 and "does not hold" in one_error_line(stolen.err)
+    assert stolen.code == 1 and "does not hold" in error_line(stolen.err)
     assert team.lock_refs() == [REF]  # nothing lost: the lock is still a's
 
     again = a.cli("lock", "acquire", "--stage", STAGE)
@@ -114,7 +109,7 @@ def test_timeout_expires_with_the_holder_named(tmp_path: Path) -> None:
     start = time.monotonic()
     result = b.cli("lock", "acquire", "--stage", STAGE, "--lock-timeout", "1.5")
     assert 1.4 < time.monotonic() - start < 15
-    assert result.code == 1 and "is held by" in one_error_line(result.err)
+    assert result.code == 1 and "is held by" in error_line(result.err)
     assert "Waiting for the deploy lock" in result.err
 
 
@@ -128,7 +123,7 @@ def test_break_removes_a_stale_lock_and_the_old_holder_learns_it(tmp_path: Path)
     assert "was not locked" in b.cli("lock", "break", "--stage", STAGE).err
     assert b.cli("lock", "acquire", "--stage", STAGE).code == 0
     late = a.cli("lock", "release", "--stage", STAGE)
-    assert late.code == 1 and "was broken and is now held by" in one_error_line(late.err)
+    assert late.code == 1 and "was broken and is now held by" in error_line(late.err)
     assert team.lock_refs() == [REF]  # b's lock survives a's late release
     assert b.cli("lock", "release", "--stage", STAGE).code == 0
 
@@ -171,14 +166,14 @@ def test_unreachable_remote_is_a_clear_error(tmp_path: Path) -> None:
     for verb in ("acquire", "status"):
         result = a.cli("lock", verb, "--stage", STAGE)
         assert result.code == 1
-        line = one_error_line(result.err)
+        line = error_line(result.err)
         assert "deploy lock of demo-app/prod" in line and "gone.git" in line
 
 
 def test_bad_stage_is_a_usage_error(tmp_path: Path) -> None:
     team = make_team(tmp_path)
     result = team.clone("a").cli("lock", "status", "--stage", "../x")
-    assert result.code == 2 and "invalid stage name" in one_error_line(result.err)
+    assert result.code == 2 and "invalid stage name" in error_line(result.err)
 
 
 @pytest.mark.parametrize(

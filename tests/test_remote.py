@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import VaultProject
+from helpers import error_line
 from lockutil import (
     BUMP,
     DEPLOY,
@@ -28,7 +29,7 @@ from lockutil import (
     make_team,
     run_all,
 )
-from test_lock import REF, one_error_line
+from test_lock import REF
 
 from vault.lock import LockInfo
 
@@ -153,7 +154,7 @@ def test_a_hook_that_declines_keeps_the_state_on_a_rescue_ref_and_the_stage_lock
     )
     result = a.cli("run", "--stage", STAGE, *bump_cmd(a, scripts["bump"]))
     assert result.code == 1
-    line = one_error_line(result.err)
+    line = error_line(result.err)
     assert "declined the push to main: a server-side hook refused it" in line
     assert "main is protected \\x1b[31mby policy" in line and "\x1b" not in result.err
     assert "host may restrict" not in line
@@ -168,14 +169,14 @@ def test_a_hook_that_declines_keeps_the_state_on_a_rescue_ref_and_the_stage_lock
     assert status.code == 0 and f"its state rescued to {rescue}" in status.out
     assert f"rescued state waiting on {rescue}" in status.out
     held = b.cli("run", "--stage", STAGE, *bump_cmd(b, scripts["bump"]))
-    assert held.code == 1 and "its state rescued to" in one_error_line(held.err)
+    assert held.code == 1 and "its state rescued to" in error_line(held.err)
     listed = b.cli("rescue", "list", "--json")
     assert listed.code == 0, listed.output
     [row] = json.loads(listed.out)
     assert row["stage"] == STAGE and row["commit"] == head and "exited 0" in row["subject"]
 
     still = b.cli("rescue", "land", "--stage", STAGE)  # the hook still declines
-    assert still.code == 1 and "declined" in one_error_line(still.err)
+    assert still.code == 1 and "declined" in error_line(still.err)
     assert team.remote_git("rev-parse", rescue).strip() == head
 
     hook.unlink()  # the admins lift the protection
@@ -202,7 +203,7 @@ def test_when_the_rescue_ref_is_refused_too_the_lock_stays_and_break_says_so(
     )
     result = a.cli("run", "--stage", STAGE, *bump_cmd(a, scripts["bump"]))
     assert result.code == 1
-    line = one_error_line(result.err)
+    line = error_line(result.err)
     assert "refused the rescue ref too" in line and str(a.root) in line
     assert "lock release --stage prod" in line
     assert REF in team.lock_refs()
@@ -226,7 +227,7 @@ def test_after_a_break_a_waiting_rescued_state_still_stops_the_next_deploy(
     assert broken.code == 0 and "rescued state waiting" in broken.err
     assert "may be unsaved" not in broken.err
     refused = b.cli("run", "--stage", STAGE, *bump_cmd(b, scripts["bump"]))
-    assert refused.code == 1 and "land it first" in one_error_line(refused.err)
+    assert refused.code == 1 and "land it first" in error_line(refused.err)
     assert REF not in team.lock_refs()  # its lock was released; the rescue ref stays
     assert any("/rescue/" in ref for ref in team.lock_refs())
     assert b.cli("rescue", "land", "--stage", STAGE).code == 0
@@ -243,7 +244,7 @@ def test_a_branch_kept_locked_on_the_server_ends_at_the_push_deadline_on_a_rescu
     install_hook(team, "pre-receive", f'touch "{stuck}"\nexit 0\n')
     result = a.cli("run", "--stage", STAGE, "--push-timeout", "2", *bump_cmd(a, scripts["bump"]))
     assert result.code == 1
-    line = one_error_line(result.err)
+    line = error_line(result.err)
     assert "was still rejected after 2s" in line and "--push-timeout" in line
     head = a.git("rev-parse", "HEAD").strip()
     assert f"sst-vault rescue land --stage prod {head[:12]}" in line
@@ -266,7 +267,7 @@ def test_a_hook_that_declines_lock_refs_is_named_as_such(tmp_path: Path) -> None
     )
     result = a.cli("lock", "acquire", "--stage", STAGE)
     assert result.code == 1
-    line = one_error_line(result.err)
+    line = error_line(result.err)
     assert "a server-side hook declined it" in line and "not allowed here" in line
     assert "host may restrict" not in line
 
@@ -412,7 +413,7 @@ def test_a_foreign_lock_never_crashes_and_can_be_broken(
     if "evil" in message:
         assert "\\x1b[31mevil\\x0d\\x0aError: fake" in b.cli("lock", "status", "--stage", STAGE).out
     held = b.cli("run", "--stage", STAGE, *bump_cmd(b, scripts["bump"]))
-    assert held.code == 1 and "is held by" in one_error_line(held.err)
+    assert held.code == 1 and "is held by" in error_line(held.err)
     assert "\x1b" not in held.err
     broken = b.cli("lock", "break", "--stage", STAGE)
     assert broken.code == 0, broken.output
@@ -467,7 +468,7 @@ def test_lock_timeout_is_a_deadline_when_the_host_refuses_to_replace_an_expired_
         timeout=120,
     )
     assert proc.returncode == 1
-    line = one_error_line(proc.stderr)
+    line = error_line(proc.stderr)
     assert "refused to replace it" in line and "lock break --stage prod" in line
     tries = len(pushes.read_text().splitlines())
     assert 1 <= tries < 60  # bounded by the deadline (the bug: 325 pushes in 25 s)
@@ -487,11 +488,11 @@ def test_in_ci_a_missing_remote_named_in_the_config_is_an_error(
     before = a.git("rev-parse", "HEAD")
     result = a.cli("run", "--stage", STAGE, *bump_cmd(a, scripts["bump"]), env=ci)
     assert result.code == 2
-    line = one_error_line(result.err)
+    line = error_line(result.err)
     assert "no git remote named 'upstream'" in line and "--no-lock --no-push" in line
     assert a.git("rev-parse", "HEAD") == before and not a.state_file("app", STAGE).exists()
     only_push = a.cli("run", "--stage", STAGE, "--no-lock", *bump_cmd(a, scripts["bump"]), env=ci)
-    assert only_push.code == 2 and "--no-push" in one_error_line(only_push.err)
+    assert only_push.code == 2 and "--no-push" in error_line(only_push.err)
     both = a.cli(
         "run", "--stage", STAGE, "--no-lock", "--no-push", *bump_cmd(a, scripts["bump"]), env=ci
     )
@@ -513,7 +514,7 @@ def test_connection_refused_is_kept_in_the_message(
     ):
         result = a.cli(*args)
         assert result.code == 1
-        assert "Connection refused" in one_error_line(result.err), result.err
+        assert "Connection refused" in error_line(result.err), result.err
 
 
 def test_a_planted_rescue_ref_that_changes_other_files_is_never_landed(tmp_path: Path) -> None:
@@ -528,6 +529,6 @@ def test_a_planted_rescue_ref_that_changes_other_files_is_never_landed(tmp_path:
     assert listed.code == 0 and "prod planted" in listed.out
     landed = member.cli("rescue", "land", "--stage", STAGE)
     assert landed.code == 1
-    assert "not prod's state: not landed" in one_error_line(landed.err)
+    assert "not prod's state: not landed" in error_line(landed.err)
     assert team.remote_git("rev-parse", "main").strip() != planted
     assert ".github-workflow.yml" not in team.remote_git("ls-tree", "--name-only", "main")

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import sstfake
 from conftest import VaultProject, make_project
-from helpers import deploy
+from helpers import deploy, error_line
 from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, make_team, run_all
-from test_lock import one_error_line
 
 
 @pytest.fixture
@@ -171,7 +170,7 @@ def test_kill_9_leaves_the_lock_which_break_clears_without_losing_pushes(
     status = b.cli("lock", "status", "--stage", STAGE)
     assert status.code == 0 and "locked by" in status.out and " ago)" in status.out
     held = b.cli("run", "--stage", STAGE, "--", *bump_cmd(b, bump))
-    assert held.code == 1 and "is held by" in one_error_line(held.err)
+    assert held.code == 1 and "is held by" in error_line(held.err)
     assert "broken" not in held.err
     broken = b.cli("lock", "break", "--stage", STAGE)
     assert broken.code == 0 and "held by" in broken.err
@@ -207,7 +206,7 @@ def test_push_race_on_the_same_stage_is_refused_and_keeps_the_commit(
     cmd = ["sh", "-c", f'{" ".join(bump_cmd(a, bump))} && {sys.executable} -c "{racer}"']
     result = a.cli("run", "--stage", STAGE, "--", *cmd)
     assert result.code == 1
-    line = one_error_line(result.err)
+    line = error_line(result.err)
     assert "changed infra/state/" in line and "diverged" in line and "is kept" in line
     assert "exited 0" in a.git("log", "-1", "--format=%s")  # a's state is in its local commit
     head = a.git("rev-parse", "HEAD").strip()
@@ -223,7 +222,7 @@ def test_push_race_on_the_same_stage_is_refused_and_keeps_the_commit(
     assert f"its state rescued to {rescue}" in status.out and "rescued state waiting" in status.out
     # Landing it would undo b's deploy: refused, nothing changed; dropping it frees the stage.
     land = b.cli("rescue", "land", "--stage", STAGE)
-    assert land.code == 1 and "landing it would undo" in one_error_line(land.err)
+    assert land.code == 1 and "landing it would undo" in error_line(land.err)
     assert team.remote_git("rev-parse", rescue).strip() == head
     dropped = b.cli("rescue", "drop", "--stage", STAGE, head[:12])
     assert dropped.code == 0, dropped.output
@@ -265,7 +264,7 @@ def test_unreachable_remote_on_push_keeps_the_commit_and_reports_the_lock(
         cmd = ["sh", "-c", f'{" ".join(bump_cmd(a, bump))} && {sys.executable} -c "{cut}"']
         result = a.cli("run", "--stage", STAGE, "--", *cmd)
         assert result.code == 1
-        line = one_error_line(result.err)
+        line = error_line(result.err)
         assert "committed locally as" in line and "stays held" in line
         assert "git fetch from origin failed" in line or "git push to origin failed" in line
         assert "exited 0" in a.git("log", "-1", "--format=%s")
@@ -286,7 +285,7 @@ def test_usage_errors_release_the_lock(tmp_path: Path) -> None:
     team = make_team(tmp_path)
     a = team.clone("a")
     missing = a.cli("run", "--stage", STAGE, "--", "no-such-command-xyz")
-    assert missing.code == 2 and "cannot run 'no-such-command-xyz'" in one_error_line(missing.err)
+    assert missing.code == 2 and "cannot run 'no-such-command-xyz'" in error_line(missing.err)
     assert team.lock_refs() == []
     assert a.cli("run", "--stage", "bad/stage", "--", "true").code == 2
     assert a.cli("run", "--stage", STAGE).code == 2
@@ -331,7 +330,7 @@ def test_a_vault_failure_after_the_command_says_where_the_state_is(tmp_path: Pat
     before = team.remote_git("rev-parse", "main")
     result = a.cli("run", "--stage", STAGE, "--", sys.executable, "-c", corrupt)
     assert result.code == 1
-    line = one_error_line(result.err)
+    line = error_line(result.err)
     assert "is not valid JSON" in line and f"still in {a.home / 'state'}" in line
     assert "sst-vault commit prod --push" in line
     assert path.read_text() == "{not json"  # left for the user to fix, not thrown away
