@@ -9,28 +9,35 @@ Use the library the way the CLI does: open a project, then move state in one dir
     sync.prepare(project, ["prod"])   # repo -> SST home, before `sst deploy`
     sync.commit(project, ["prod"])    # SST home -> repo, after it
 
-Where things live, one module each: the file format in `envelope` (its docstring is the
-specification), where the secret comes from and the key id in `keys` (keys belong in
-SST_VAULT_KEY in CI and in the OS keyring on a laptop, never in an argument or a file in the
-repo), every path the tool touches in `paths`, symlink-proof file I/O in `safefs`, git in
-`gitstore`, the cross-machine deploy lock in `lock`, and `sst-vault run` in `runner`.
+The map, one idea per module, in layers; a module imports only from its own layer or a lower
+one (tests/test_architecture.py holds the code to it, and to README's "Layout"):
 
-Who can read the vault is decided by the signed key record (`keyrecord`: its docstring is the
-specification) and the order of checks in `trust` (record, pins, this machine's memory, the
-record's git history, then the data key); `sst-vault.toml` holds settings only. The secret
-variables leave the process environment first thing (`keyenv`).
-
-The operations, one idea each: `sync` is the face of `prepare`, `commit` and `status` (each
-its own module, over the sync `records` and `stagefiles`, the stage's files and locks);
-`sealing` is the one way a vault file is written; `versions`, `diff`, `log` and `rollback`
-review and undo through git history, `rendering` shows checkpoints and masked secrets;
-`gitsetup` owns how this clone's git shows vault files (attribute and ignore blocks, the diff
-driver). The CLI (`cli.main`, shared options in `cli.options`) sits on top; README's
-"Layout" lists every module by layer.
+- Operations. Moving state: `prepare`, `commit`, `status` (`sync` is their face) over the
+  sync `records`, a stage's files and locks in `stagefiles`, and `sealing`, the one way a
+  vault file is written. Reviewing and undoing: `versions`, `diff`, `log`, `rollback`,
+  `rendering` (checkpoints and masked secrets for display). Setting up: `init`, `gitsetup`
+  (how this clone's git shows vault files), `migrate`, `scan`, `doctor`. The team: `team`
+  (recipients, rotation, upgrade), `pins` (a member's key into the keyring, accepting a new
+  vault identity). Deploying: `lock` (the cross-machine deploy lock on the remote), `runner`
+  (`sst-vault run`), `rescue` (states that could not reach the branch), `resolve` and
+  `worktree` (what git's index says about vault files: conflicts, uncommitted, stale locks).
+- Project and keys. `project` (the open vault: config, SST home, verified keys), `config`
+  (`sst-vault.toml`, settings only), `keys` (where the secret comes from: keys belong in
+  SST_VAULT_KEY in CI and in the OS keyring on a laptop, never in an argument or a file in the
+  repo), `keyenv` (the secret variables leave the process environment first thing),
+  `oskeyring` (every keyring call), `keyrecord` (the signed key record: its docstring is the
+  specification) and `trust` (the order of checks: record, pins, this machine's memory, the
+  record's git history, then the data key). Who can read the vault is decided there;
+  `sst-vault.toml` is never trusted for it.
+- Git, files and format. `gitstore` (the only place git starts), `safefs` (symlink-proof,
+  all-or-nothing file changes with a journal), `paths` (every path the tool touches),
+  `envelope` (the file format: its docstring is the specification), `jsoncheck` (the state
+  JSON check), `printable` (text from others, escaped for a terminal).
+- `errors`: one hierarchy; every failure is a `vault.errors.VaultError` carrying a one-line
+  hint, and `cli.main` maps it to an exit code.
 
 Do not decrypt into the SST home yourself, and do not copy vault files between stages: every
-file is bound to its app, stage and kind, and `sync` writes only after everything verified.
-Every failure is a `vault.errors.VaultError` carrying a one-line hint.
+file is bound to its app, stage and kind, and `prepare` writes only after everything verified.
 
 This module imports nothing, so that `sst-vault --help` stays fast. `__version__` is the one
 place the version lives (pyproject.toml reads it; the release procedure is in CHANGELOG.md).
