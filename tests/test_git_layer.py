@@ -13,6 +13,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import VaultProject, git
 from helpers import (
     add_remote,
@@ -24,6 +25,9 @@ from helpers import (
     key_id,
     wipe_home,
 )
+
+from vault.errors import ConfigError, GitError
+from vault.gitstore import GitNotFoundError, GitStore
 
 
 def spy_on_git(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, str], Path]:
@@ -141,3 +145,54 @@ def test_a_git_command_that_fails_is_one_error_line_naming_it_and_why(
     assert "\x1b" not in result.err
     hook.unlink()
     assert p.cli("commit", "prod").code == 0
+
+
+def test_without_git_on_path_commit_says_to_install_it(committed: VaultProject, tmp_path: Path):
+    empty = tmp_path / "no-git-here"
+    empty.mkdir()
+    deploy(committed, "prod", "v2")
+    was = before(committed)
+    result = committed.cli("commit", "prod", env=dict(committed.env, PATH=str(empty)))
+    assert_refused(result, 2, "git is not installed", "install git", project=committed, was=was)
+
+
+# --- repository discovery, through the library -------------------------------------------
+
+
+def test_discovery_finds_the_top_and_git_dir_and_refuses_what_it_cannot_use(
+    vault_project: VaultProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The same messages GitPython's discovery gave: outside a repository, a bare one; plus a
+    git directory that is not a work tree, and a detached HEAD for committing."""
+    p = vault_project
+    for name, value in p.env.items():  # this test's HOME and git config, as the CLI gets them
+        monkeypatch.setenv(name, value)
+    sub = p.root / "infra"
+    store = GitStore(sub)
+    assert store.top == p.root.resolve() and store.git_dir == (p.root / ".git").resolve()
+    assert store.relative(sub / "x") == "infra/x" and store.current_branch() == "main"
+    assert store.head() == p.git("rev-parse", "HEAD").strip()
+    with pytest.raises(ConfigError, match="is outside the repository"):
+        store.relative(tmp_path)
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for where in (outside, tmp_path / "missing"):
+        with pytest.raises(ConfigError, match="is not inside a git repository") as info:
+            GitStore(where)
+        assert info.value.hint == "run `git init` there first"
+    bare = tmp_path / "bare.git"
+    git("init", "-q", "--bare", str(bare), cwd=tmp_path, env=p.env)
+    with pytest.raises(ConfigError, match="the repository is bare"):
+        GitStore(bare)
+    with pytest.raises(ConfigError, match="inside a git directory"):
+        GitStore(p.root / ".git")
+
+    p.git("checkout", "-q", "--detach")
+    with pytest.raises(GitError, match="HEAD is detached") as detached:
+        store.current_branch()
+    assert detached.value.hint == "check out a branch before committing state"
+
+    monkeypatch.setenv("PATH", str(outside))
+    with pytest.raises(GitNotFoundError):
+        GitStore(p.root)
