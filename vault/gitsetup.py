@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from vault import envelope, safefs
 from vault.envelope import Header
 from vault.errors import ConfigError, FileFormatError, VaultError, WrongKeyError
-from vault.gitstore import git_env, git_run
+from vault.gitstore import git_env, run_git
 from vault.paths import CONFIG_NAME
 from vault.rendering import SecretsUnreadable, open_sst_secrets, render_app, render_secrets
 from vault.versions import Version, history_key, open_version
@@ -131,15 +131,14 @@ def check_driver(root: Path, command: str) -> DriverCheck:
 def register_diff_driver(root: Path) -> str:
     """Write `diff.sst-vault.textconv` (and `binary`) into the repository's own config."""
     command = driver_command()
-    git_run(root, "config", "--local", f"diff.{DRIVER}.textconv", command)
+    run_git(root, "config", "--local", f"diff.{DRIVER}.textconv", command)
     # binary: `git diff --no-textconv`, format-patch and apply treat vault files as binary.
-    git_run(root, "config", "--local", f"diff.{DRIVER}.binary", "true")
+    run_git(root, "config", "--local", f"diff.{DRIVER}.binary", "true")
     return command
 
 
 def registered_driver(root: Path) -> str | None:
-    proc = git_run(root, "config", "--get", f"diff.{DRIVER}.textconv", check=False)
-    value = proc.stdout.decode().strip()
+    value = run_git(root, "config", "--get", f"diff.{DRIVER}.textconv", check=False).out.strip()
     return value or None
 
 
@@ -263,9 +262,9 @@ def _project_for(app: str, cwd: Path, sst_home: Path | None) -> Project:
             return project
     except ConfigError:
         pass
-    proc = git_run(cwd, "ls-files", "-z", "--", f"*{CONFIG_NAME}", check=False)
-    top = git_run(cwd, "rev-parse", "--show-toplevel", check=False).stdout.decode().strip()
-    for rel in proc.stdout.decode().split("\0"):
+    proc = run_git(cwd, "ls-files", "-z", "--", f"*{CONFIG_NAME}", check=False)
+    top = run_git(cwd, "rev-parse", "--show-toplevel", check=False).out.strip()
+    for rel in proc.out.split("\0"):
         if rel and Path(rel).name == CONFIG_NAME:
             try:
                 project = Project.open(Path(top or cwd) / Path(rel).parent, sst_home)

@@ -1,10 +1,24 @@
-"""Where vault files are stored: the current branch of the project's git repository.
+"""Where vault files are stored, and the one way sst-vault runs git.
 
-This is the one seam for the storage location (DESIGN.md: a later mode keeps vault files on a
-dedicated state branch). Everything here runs real git through GitPython; it stages exactly
-the paths it is given and never runs `git add .`. The secret key never reaches git: it was
-taken out of this process's environment when the CLI started (`vault.keyenv.take_environment`),
-and every git child gets `git_env()`, which drops any `SST_VAULT_KEY*` variable as well.
+Storage: the current branch of the project's git repository. This is the one seam for the
+storage location (DESIGN.md: a later mode keeps vault files on a dedicated state branch). It
+stages exactly the paths it is given and never runs `git add .`.
+
+Running git: every git process in `vault/` is started by `run_git` (or `iter_blobs`, which
+streams through `git cat-file --batch` on the same launcher), with one environment policy,
+`git_env()`: no `SST_VAULT_KEY*` variable (the key was already taken out of this process's
+environment when the CLI started, `vault.keyenv.take_environment`; this is the second wall),
+`GIT_TERMINAL_PROMPT=0` (a CI job fails instead of hanging on a credential prompt), and for the
+commands that write commits a fallback identity when git has none (a bare CI runner). One error
+mapping, `git_failure`, turns a failed command into one `GitError` line that names the git
+command and git's own reason (escaped: it may quote a remote or a hook), or into the message
+for a failure the user fixes outside git (a stale lock file, a full disk).
+
+Plain subprocess, no GitPython, for every job: `import git` costs 130-180 ms, more than the
+whole `--help` and `prepare` budgets (DESIGN.md's performance goals), and each of GitPython's
+paths (`execute`, its object database, its config reader) would need its own environment and
+error policy. Repository discovery is one `git rev-parse`; reading a blob is `git cat-file`;
+history reads stream many blobs through one `cat-file --batch`.
 
 Pushing never forces and never resets: when the remote branch moved, its commits are fetched
 and ours rebased onto them, unless the remote changed a file ours change too (two deploys of
@@ -29,20 +43,24 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vault.errors import ConfigError, GitError, RefusedError, UsageError
 from vault.printable import printable, remote_lines
 
-if TYPE_CHECKING:
-    import git
-
 # Commits made by sst-vault when the user has no git identity (a bare CI runner).
 FALLBACK_NAME = "sst-vault"
 FALLBACK_EMAIL = "sst-vault@localhost"
+IDENTITY_VARS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
+# The git commands that write a commit object, so need an identity (merge: a non-ff merge;
+# rebase --autostash and stash: the stash commit). Only these pay for the identity check.
+IDENTITY_VERBS = frozenset(
+    {"commit", "commit-tree", "cherry-pick", "rebase", "merge", "revert", "stash", "am", "tag"}
+)
+SECRET_PREFIX = "SST_VAULT_KEY"  # SST_VAULT_KEY, SST_VAULT_KEY_FILE, SST_VAULT_KEY_ID
 # How long a push keeps rebasing and retrying while others push to the same branch.
 DEFAULT_PUSH_TIMEOUT = 600.0
 ENV_PUSH_TIMEOUT = "SST_VAULT_PUSH_TIMEOUT"
@@ -61,49 +79,183 @@ TRANSIENT = (
 REACH_HINT = "check the network and your git credentials for that remote, then retry"
 
 
-# --- git plumbing that returns bytes ------------------------------------------------------
+# --- the runner: one environment, one launcher, one error mapping -------------------------
 
 
-def git_env() -> dict[str, str]:
-    """The environment for git children: never any sst-vault secret."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SST_VAULT_KEY")}
-    env.setdefault("GIT_TERMINAL_PROMPT", "0")
+class GitNotFoundError(ConfigError):
+    """No `git` executable on PATH."""
+
+
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every git child (and of what git starts: hooks, the diff driver):
+    this process's environment and `extra`, never an sst-vault secret, never a prompt."""
+    env = {**os.environ, **(extra or {})}
+    for name in [k for k in env if k.startswith(SECRET_PREFIX)]:
+        del env[name]
+    env["GIT_TERMINAL_PROMPT"] = "0"
     return env
+
+
+def _verb(args: Iterable[str]) -> str:
+    """The git subcommand among `args` ("commit" in `-c x=y commit …`), for messages."""
+    rest = list(args)
+    first = rest[0] if rest else ""
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-c", "-C") else rest[1:]
+    return rest[0] if rest else first
+
+
+def _launch(
+    cwd: Path | str, args: tuple[str, ...], env: Mapping[str, str] | None, **popen: object
+) -> subprocess.Popen[bytes]:
+    """Start `git ARGS` in `cwd` under the environment policy: the one place git is started."""
+    extra = dict(env or {})
+    if _verb(args) in IDENTITY_VERBS and not all(v in extra for v in IDENTITY_VARS):
+        extra = {**fallback_identity(cwd), **extra}
+    try:
+        return subprocess.Popen(["git", *args], cwd=cwd, env=git_env(extra), **popen)  # type: ignore[call-overload]
+    except FileNotFoundError as exc:
+        if exc.filename == "git" or Path(cwd).is_dir():
+            raise GitNotFoundError(
+                "git is not installed (no `git` on PATH)", "install git, then retry"
+            ) from None
+        raise
+
+
+@dataclass
+class GitResult:
+    """What one git command did: exit code, stdout as bytes, stderr as text."""
+
+    code: int
+    stdout: bytes
+    err: str
+    args: tuple[str, ...] = ()
+
+    @cached_property
+    def out(self) -> str:
+        """stdout as text: a foreign ref or message need not be UTF-8."""
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def verb(self) -> str:
+        return _verb(self.args)
+
+    @property
+    def reason(self) -> str:
+        """Why git failed, on one escaped line, for one-line errors.
+
+        The fatal:/error: line first, with the lines that continue it: git says "unable to
+        connect to host:" and puts "errno=Connection refused" on the next line.
+        """
+        lines = [ln.strip() for ln in self.err.splitlines() if ln.strip()]
+        for i, line in enumerate(lines):
+            if line.startswith(("fatal:", "error:")):
+                parts = [line.split(":", 1)[1].strip()]
+                for more in lines[i + 1 :]:
+                    if more.startswith(("fatal:", "error:", "hint:", "remote:", "To ")):
+                        break
+                    parts.append(more)
+                return printable(" ".join(parts))
+        said = [ln for ln in lines if not ln.startswith(("hint:", "warning:"))]
+        if said:
+            return printable(said[0])
+        return printable(lines[-1]) if lines else f"exit status {self.code}"
+
+    @property
+    def said(self) -> str:
+        """What something other than git printed before git's own fatal:/error: line (a hook's
+        message), escaped, on one line; "" when nothing did."""
+        lines = [ln.strip() for ln in self.err.splitlines() if ln.strip()]
+        own = ("fatal:", "error:", "hint:", "warning:", "remote:", "To ")
+        if not any(ln.startswith(("fatal:", "error:")) for ln in lines):
+            return ""
+        first = next(i for i, ln in enumerate(lines) if ln.startswith(("fatal:", "error:")))
+        return printable(" / ".join(ln for ln in lines[:first] if not ln.startswith(own)))
+
+
+def git_failure(result: GitResult, where: Path | str) -> GitError:
+    """The one error for a git command that failed: the command and git's own reason, or the
+    message for a failure fixed outside git (a lock file in the way, a full disk)."""
+    known = known_git_failure(f"{result.err}\n{result.out}", where)
+    if known is not None:
+        return known
+    said = f" ({result.said})" if result.said else ""
+    return GitError(f"git {result.verb} failed: {result.reason}{said}")
+
+
+def run_git(
+    cwd: Path | str,
+    *args: str,
+    input: bytes | str | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    where: Path | str | None = None,
+) -> GitResult:
+    """Run `git ARGS` in `cwd` and wait; `git_failure` (naming `where`) when `check` fails."""
+    data = input.encode() if isinstance(input, str) else input
+    stdin = subprocess.DEVNULL if data is None else subprocess.PIPE
+    proc = _launch(cwd, args, env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with proc:
+        try:
+            out, err = proc.communicate(data)
+        except BaseException:  # as subprocess.run: an interrupt does not wait for git
+            proc.kill()
+            raise
+    result = GitResult(proc.returncode, out, err.decode(errors="replace"), args)
+    if check and result.code != 0:
+        raise git_failure(result, where or cwd)
+    return result
 
 
 def git_run(
     top: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run git in `top` with `git_env()` (plus `env`), output as bytes; GitError when `check`."""
-    proc = subprocess.run(
-        ["git", *args],
-        cwd=top,
-        env={**git_env(), **(env or {})},
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
+    """`run_git` for callers that read bytes from a CompletedProcess (the same runner)."""
+    result = run_git(top, *args, check=check, env=env)
+    return subprocess.CompletedProcess(
+        ["git", *args], result.code, result.stdout, result.err.encode()
     )
-    if check and proc.returncode != 0:
-        reason = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise GitError(f"git {args[0]} failed: {reason[-1] if reason else proc.returncode}")
-    return proc
+
+
+def fallback_identity(cwd: Path | str) -> dict[str, str]:
+    """{} when git has a user name and email for `cwd`, else the sst-vault identity.
+
+    Asks git itself (includes, `includeIf`, GIT_CONFIG_GLOBAL all count), plus GIT_AUTHOR_NAME
+    and GIT_AUTHOR_EMAIL from the environment, as the commit would.
+    """
+    got = run_git(cwd, "config", "--get-regexp", r"^user\.(name|email)$", check=False)
+    found: dict[str, str] = {}
+    for line in got.out.splitlines():
+        key, _, value = line.partition(" ")
+        found[key.lower()] = value.strip()
+    name = found.get("user.name") or os.environ.get("GIT_AUTHOR_NAME")
+    email = found.get("user.email") or os.environ.get("GIT_AUTHOR_EMAIL")
+    if name and email:
+        return {}
+    return {
+        "GIT_AUTHOR_NAME": FALLBACK_NAME,
+        "GIT_AUTHOR_EMAIL": FALLBACK_EMAIL,
+        "GIT_COMMITTER_NAME": FALLBACK_NAME,
+        "GIT_COMMITTER_EMAIL": FALLBACK_EMAIL,
+    }
 
 
 def resolve_commit(top: Path, rev: str) -> str:
     """The full commit id of `rev`, or a usage error naming it."""
     if not rev or rev.startswith("-"):
         raise UsageError(f"invalid revision {rev!r}", "give a commit, branch or tag")
-    proc = git_run(top, "rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
-    if proc.returncode != 0:
+    proc = run_git(top, "rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
+    if proc.code != 0:
         raise UsageError(
             f"unknown revision {rev!r}", "see `sst-vault log STAGE` or `git log` for commits"
         )
-    return proc.stdout.decode().strip()
+    return proc.out.strip()
 
 
 def show_blob(top: Path, commit: str, rel: str) -> bytes | None:
-    """The bytes of `rel` in `commit` (already resolved), or None when it was not there."""
-    proc = git_run(top, "cat-file", "blob", f"{commit}:{rel}", check=False)
-    return proc.stdout if proc.returncode == 0 else None
+    """The bytes of `rel` in `commit`, or None when it was not there."""
+    proc = run_git(top, "cat-file", "blob", f"{commit}:{rel}", check=False)
+    return proc.stdout if proc.code == 0 else None
 
 
 def iter_blobs(
@@ -116,10 +268,10 @@ def iter_blobs(
     wanted = list(dict.fromkeys(shas))
     if not wanted:
         return
-    proc = subprocess.Popen(
-        ["git", "cat-file", "--batch"],
-        cwd=top,
-        env=git_env(),
+    proc = _launch(
+        top,
+        ("cat-file", "--batch"),
+        None,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -193,6 +345,24 @@ class DivergedError(RefusedError):
     """The remote changed the same state this clone committed: never rebased, never forced."""
 
 
+def diverged(theirs: str, path: str, who: str, outcome: str, hint: str) -> DivergedError:
+    """The one message for two writers of one stage's state (a push, a rescued state landing):
+    which side changed which file in which commit, and what was therefore not done."""
+    return DivergedError(
+        f"{theirs} changed {printable(path)} too (commit {printable(who)}): "
+        f"two writers diverged, {outcome}",
+        hint,
+    )
+
+
+def unrelated(theirs: str, ours: str) -> DivergedError:
+    """Two histories with no common commit: most likely the wrong remote."""
+    return DivergedError(
+        f"{theirs} shares no history with {ours}",
+        "check that `remote` in sst-vault.toml names the right repository",
+    )
+
+
 class PushRefusedError(GitError):
     """The remote refuses the branch update for good (a protection rule, a hook), unmoved."""
 
@@ -220,31 +390,6 @@ def push_timeout(env: dict[str, str] | None = None) -> float:
             f"unset it or set e.g. {ENV_PUSH_TIMEOUT}=600",
         )
     return value
-
-
-@dataclass
-class GitResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def reason(self) -> str:
-        """Why git failed, on one escaped line, for one-line errors.
-
-        The fatal:/error: line first, with the lines that continue it: git says "unable to
-        connect to host:" and puts "errno=Connection refused" on the next line.
-        """
-        lines = [ln.strip() for ln in self.err.splitlines() if ln.strip()]
-        for i, line in enumerate(lines):
-            if line.startswith(("fatal:", "error:")):
-                parts = [line.split(":", 1)[1].strip()]
-                for more in lines[i + 1 :]:
-                    if more.startswith(("fatal:", "error:", "hint:", "remote:", "To ")):
-                        break
-                    parts.append(more)
-                return printable(" ".join(parts))
-        return printable(lines[-1]) if lines else f"exit status {self.code}"
 
 
 @dataclass
@@ -285,83 +430,17 @@ def porcelain_reason(out: str) -> str:
     return "rejected"
 
 
-def _verb(args: tuple[str, ...]) -> str:
-    """The git subcommand among `args` ("commit" in `-c x=y commit …`), for messages."""
-    rest = list(args)
-    while rest and rest[0].startswith("-"):
-        rest = rest[2:] if rest[0] in ("-c", "-C") else rest[1:]
-    return rest[0] if rest else (args[0] if args else "")
-
-
 class GitStore:
     """The git repository that holds a project's vault files."""
 
     def __init__(self, project: Path) -> None:
-        import git
-
-        try:
-            self.repo: git.Repo = git.Repo(project, search_parent_directories=True)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            raise ConfigError(
-                f"{project} is not inside a git repository", "run `git init` there first"
-            ) from None
-        if self.repo.bare or self.repo.working_tree_dir is None:
-            raise ConfigError(f"{project}: the repository is bare", "use a clone with a work tree")
-        self.top = Path(self.repo.working_tree_dir).resolve()
+        self.top, self.git_dir = _discover(project)
 
     def relative(self, path: Path) -> str:
         try:
             return path.resolve().relative_to(self.top).as_posix()
         except ValueError:
             raise ConfigError(f"{path} is outside the repository {self.top}") from None
-
-    @property
-    def git_dir(self) -> Path:
-        return Path(self.repo.git_dir)
-
-    def _run(self, *args: str, **kwargs: object) -> str:
-        import git
-
-        try:
-            return self.repo.git.execute(  # type: ignore[call-overload]
-                ["git", *args], env={**git_env(), **self._env()}, **kwargs
-            )  # type: ignore[call-overload]
-        except git.GitCommandError as exc:
-            locked = known_git_failure(f"{exc.stderr}\n{exc.stdout}", self.git_dir)
-            if locked is not None:
-                raise locked from None
-            detail = (exc.stderr or exc.stdout or "").strip().splitlines()
-            last = detail[-1].strip() if detail else str(exc.status)
-            raise GitError(
-                f"git {_verb(args)} failed: {last.removeprefix('stderr: ').strip(chr(39))}"
-            ) from None
-
-    def _env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        if not self._has_identity():
-            env.update(
-                GIT_AUTHOR_NAME=FALLBACK_NAME,
-                GIT_AUTHOR_EMAIL=FALLBACK_EMAIL,
-                GIT_COMMITTER_NAME=FALLBACK_NAME,
-                GIT_COMMITTER_EMAIL=FALLBACK_EMAIL,
-            )
-        return env
-
-    def _has_identity(self) -> bool:
-        if getattr(self, "_identity", None) is None:
-            # Ask git itself: GitPython's config reader misses GIT_CONFIG_GLOBAL and includeIf.
-            name = self._config("user.name") or os.environ.get("GIT_AUTHOR_NAME")
-            email = self._config("user.email") or os.environ.get("GIT_AUTHOR_EMAIL")
-            self._identity = bool(name and email)
-        return bool(self._identity)
-
-    def _config(self, key: str) -> str:
-        import git
-
-        try:
-            return str(self.repo.git.config("--get", key)).strip()
-        except git.GitCommandError:
-            return ""
 
     def commit_paths(self, paths: Iterable[Path], message: str) -> str | None:
         """Stage and commit exactly `paths` (other staged work stays staged, uncommitted).
@@ -374,32 +453,29 @@ class GitStore:
         present = [r for r in rel if (self.top / r).exists()]
         # Only a missing path needs ls-files: it is a candidate when tracked (a deletion).
         tracked = (
-            set(self._run("ls-files", "--", *rel).splitlines()) if len(present) < len(rel) else ()
+            set(self.git("ls-files", "--", *rel).out.splitlines())
+            if len(present) < len(rel)
+            else ()
         )
         # Ciphertext does not compress: storing it uncompressed saves most of `git add`.
         if present:
-            self._run("-c", "core.loosecompression=0", "add", "--", *present)
+            self.git("-c", "core.loosecompression=0", "add", "--", *present)
         candidates = [r for r in rel if r in tracked or r in present]
         if not candidates:
             return None  # an empty pathspec would mean every staged path
-        changed = self._run("diff", "--cached", "--name-only", "--", *candidates).splitlines()
+        changed = self.git("diff", "--cached", "--name-only", "--", *candidates).out.splitlines()
         if not changed:
             return None
         # --only: commit these paths alone, whatever else the user has staged. The blobs are
         # already stored by `add` above, so commit only writes trees and the commit object.
-        self._run("commit", "--quiet", "--no-verify", "--only", "-m", message, "--", *changed)
-        from git.refs.symbolic import SymbolicReference
-
-        # Read from the ref files: `head.commit` would start a `git cat-file` to type the id.
-        return str(SymbolicReference.dereference_recursive(self.repo, "HEAD"))
+        self.git("commit", "--quiet", "--no-verify", "--only", "-m", message, "--", *changed)
+        return self.head()
 
     def current_branch(self) -> str:
-        try:
-            return self.repo.active_branch.name
-        except TypeError:
-            raise GitError(
-                "HEAD is detached", "check out a branch before committing state"
-            ) from None
+        ref = self.git("symbolic-ref", "--quiet", "HEAD", check=False)
+        if ref.code != 0 or not ref.out.strip():
+            raise GitError("HEAD is detached", "check out a branch before committing state")
+        return ref.out.strip().removeprefix("refs/heads/")
 
     def push(
         self, remote: str = "origin", protect: Iterable[str] = (), timeout: float | None = None
@@ -492,28 +568,8 @@ class GitStore:
         check: bool = True,
         env: dict[str, str] | None = None,
     ) -> GitResult:
-        """Run git in the work tree without the secret key in its environment."""
-        full_env = git_env()
-        full_env.update(self._env())
-        full_env.update(env or {})
-        env = full_env
-        # A CI job must fail, not hang, when a remote asks for credentials.
-        env.setdefault("GIT_TERMINAL_PROMPT", "0")
-        proc = subprocess.run(
-            ["git", *args],
-            cwd=self.top,
-            env=env,
-            input=input,
-            capture_output=True,
-            text=True,
-            errors="replace",  # a foreign ref or message need not be UTF-8
-        )
-        result = GitResult(proc.returncode, proc.stdout, proc.stderr)
-        if check and proc.returncode != 0:
-            raise known_git_failure(proc.stderr, self.git_dir) or GitError(
-                f"git {_verb(args)} failed: {result.reason}"
-            )
-        return result
+        """`run_git` in the work tree (a lock file or a full disk named in `git_dir`)."""
+        return run_git(self.top, *args, input=input, check=check, env=env, where=self.git_dir)
 
     def has_remote(self, name: str) -> bool:
         return self.git("remote", check=False).out.split().count(name) > 0
@@ -582,20 +638,16 @@ class GitStore:
             return "fast-forward"
         base = self.git("merge-base", head, remote_sha, check=False).out.strip()
         if not base:
-            raise DivergedError(
-                f"{remote}/{branch} shares no history with the local {branch}",
-                "check that `remote` in sst-vault.toml names the right repository",
-            )
+            raise unrelated(f"{remote}/{branch}", f"the local {branch}")
         local = set(self._changed(base, head))
         theirs = set(self._changed(base, remote_sha))
         clash = sorted(theirs & (local | set(protect)))
         if clash:
-            who = self.git(
-                "log", "-1", "--format=%h by %an (%s)", f"{base}..{remote_sha}", "--", *clash
-            ).out.strip()
-            raise DivergedError(
-                f"{remote}/{branch} changed {clash[0]} too (commit {who}): two writers diverged, "
-                f"so nothing was rebased or pushed",
+            raise diverged(
+                f"{remote}/{branch}",
+                clash[0],
+                self.last_commit(f"{base}..{remote_sha}", clash),
+                "so nothing was rebased or pushed",
                 f"your commit {head[:12]} is kept on the local {branch}; compare both states "
                 f"(`sst-vault status`), keep one with `git rebase {remote}/{branch}`, "
                 "then refresh with `sst refresh`",
@@ -608,6 +660,10 @@ class GitStore:
                 f"your commit {head[:12]} is kept; rebase by hand, then push",
             )
         return "rebased"
+
+    def last_commit(self, span: str, paths: Iterable[str]) -> str:
+        """The newest commit in `span` touching `paths`: "<short id> by <author> (<subject>)"."""
+        return self.git("log", "-1", "--format=%h by %an (%s)", span, "--", *paths).out.strip()
 
     def _changed(self, old: str, new: str) -> list[str]:
         out = self.git("diff", "--name-only", "-z", "--no-renames", old, new).out
@@ -638,10 +694,31 @@ class GitStore:
 
     def show(self, rev: str, path: Path) -> bytes | None:
         """The bytes of `path` at `rev`, or None when it did not exist there."""
-        import git
+        return show_blob(self.top, rev, self.relative(path))
 
-        try:
-            blob = self.repo.commit(rev).tree / self.relative(path)
-        except (KeyError, ValueError, git.BadName):
-            return None
-        return blob.data_stream.read()
+
+def _discover(project: Path) -> tuple[Path, Path]:
+    """The work tree's top and the git directory of the repository around `project`."""
+    outside = ConfigError(f"{project} is not inside a git repository", "run `git init` there first")
+    if not project.is_dir():
+        raise outside
+    found = run_git(
+        project,
+        "rev-parse",
+        "--is-bare-repository",
+        "--absolute-git-dir",
+        "--show-toplevel",
+        check=False,
+    )
+    lines = found.out.splitlines()
+    if lines[:1] == ["true"]:
+        raise ConfigError(f"{project}: the repository is bare", "use a clone with a work tree")
+    if len(lines) == 2 and found.code != 0:
+        raise ConfigError(
+            f"{project} is inside a git directory, not a work tree", "use the work tree above it"
+        )
+    if found.code != 0 or len(lines) != 3:
+        if "not a git repository" in found.err or not found.err.strip():
+            raise outside
+        raise git_failure(found, project)
+    return Path(lines[2]).resolve(), Path(lines[1])

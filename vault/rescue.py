@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vault.errors import GitError, RefusedError, UsageError
-from vault.gitstore import DivergedError, GitStore, porcelain_status
+from vault.gitstore import GitStore, diverged, porcelain_status, unrelated
 from vault.lock import DeployLock, LockInfo, rescue_root
 from vault.paths import KINDS, check_stage
 from vault.printable import printable
@@ -165,10 +165,7 @@ def _apply(store: GitStore, item: Rescued, files: list[str], remote: str, branch
     """Cherry-pick the rescued commits onto HEAD unless the branch changed the same files."""
     base = store.git("merge-base", "HEAD", item.sha, check=False).out.strip()
     if not base:
-        raise DivergedError(
-            f"{item.ref} shares no history with {branch}",
-            "check that `remote` in sst-vault.toml names the right repository",
-        )
+        raise unrelated(item.ref, branch)
     theirs = set(store.git("diff", "--name-only", "--no-renames", base, "HEAD").out.split())
     ours = set(store.git("diff", "--name-only", "--no-renames", base, item.sha).out.split())
     foreign = sorted(ours - set(files))
@@ -182,12 +179,11 @@ def _apply(store: GitStore, item: Rescued, files: list[str], remote: str, branch
         )
     clash = sorted(theirs & ours)
     if clash:
-        who = store.git(
-            "log", "-1", "--format=%h by %an (%s)", f"{base}..HEAD", "--", *clash
-        ).out.strip()
-        raise DivergedError(
-            f"since {item.id} was rescued, {remote}/{branch} changed {clash[0]} too "
-            f"(commit {printable(who)}): landing it would undo that deploy",
+        raise diverged(
+            f"since {item.id} was rescued, {remote}/{branch}",
+            clash[0],
+            store.last_commit(f"{base}..HEAD", clash),
+            "and landing it would undo that deploy",
             f"compare `git diff HEAD {item.sha[:12]} -- {' '.join(files)}`; if the branch's state "
             f"is right: `sst-vault rescue drop --stage {item.stage} {item.id}`; to keep the "
             f"rescued one: `git checkout {item.sha[:12]} -- {' '.join(clash)}`, commit, push, "

@@ -25,14 +25,17 @@ import binascii
 import fnmatch
 import os
 import re
-import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from vault.envelope import MAGIC
 from vault.errors import UsageError
 from vault.paths import KINDS
+
+if TYPE_CHECKING:
+    from vault.gitstore import GitResult
 
 HEAD_SIZE = 64 * 1024
 SKIP_DIRS = {".git", "node_modules", ".sst"}  # when walking a folder that is not a git repo
@@ -181,15 +184,15 @@ def _is_sst_secret(head: bytes) -> bool:
 # --- the work tree --------------------------------------------------------------------------
 
 
-def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    from vault.gitstore import git_run
+def _git(cwd: Path, *args: str) -> GitResult:
+    from vault.gitstore import run_git
 
-    return git_run(cwd, *args, check=False)
+    return run_git(cwd, *args, check=False)
 
 
 def git_top(path: Path) -> Path | None:
     proc = _git(path, "rev-parse", "--show-toplevel")
-    return Path(proc.stdout.decode().strip()) if proc.returncode == 0 else None
+    return Path(proc.stdout.decode().strip()) if proc.code == 0 else None
 
 
 def _read_head(path: Path) -> bytes | None:
@@ -230,7 +233,7 @@ def scan_tree(path: Path) -> list[Finding]:
     for rel, file in _tree_files(path):
         if file is None:
             proc = _git(path, "cat-file", "blob", f":./{rel}")
-            head = proc.stdout[:HEAD_SIZE] if proc.returncode == 0 else None
+            head = proc.stdout[:HEAD_SIZE] if proc.code == 0 else None
         elif file.is_symlink() or not file.is_file():
             continue
         else:
@@ -299,7 +302,7 @@ def scan_history(path: Path) -> list[Finding]:
         "--",
         path.name if path.is_file() else ".",
     )
-    if proc.returncode != 0:
+    if proc.code != 0:
         return []  # a repository without commits has no history to scan
     versions: list[tuple[str, str, str]] = []  # (commit, path from the top, blob)
     for record in proc.stdout.decode(errors="surrogateescape").split("\x1e")[1:]:

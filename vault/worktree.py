@@ -7,17 +7,16 @@ taking either side silently drops the other runner's state; `sst-vault resolve` 
 A git process killed mid-commit leaves `index.lock` or a ref's `.lock` behind, after which every
 commit fails: `run` checks before it deploys, and every message names the file.
 
-Plain `git` subprocesses, no GitPython: `status` stays fast.
+git runs through `gitstore.run_git` (its one environment and error policy).
 """
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault.errors import ConflictError
-from vault.gitstore import git_run, lock_file_error
+from vault.gitstore import GitNotFoundError, GitResult, lock_file_error, run_git
 from vault.paths import KINDS, VAULT_SUFFIX
 from vault.project import Project
 
@@ -28,16 +27,13 @@ _UNMERGED = {"DD", "AU", "UD", "UA", "DU", "AA", "UU"}
 CONFLICT_MARKER = b"<<<<<<< "
 
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
+def _git(root: Path, *args: str) -> GitResult | None:
     try:
         # `git status` would otherwise refresh the index under index.lock, which makes a commit
         # that another process runs at this moment fail.
-        proc = git_run(root, *args, check=False, env={"GIT_OPTIONAL_LOCKS": "0"})
-    except OSError:
+        return run_git(root, *args, check=False, env={"GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, GitNotFoundError):
         return None  # no git: nothing to say about the index
-    return subprocess.CompletedProcess(
-        proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace")
-    )
 
 
 @dataclass
@@ -53,9 +49,9 @@ def tree_state(project: Project) -> TreeState:
     """Read the index once for every vault file (no repository: nothing to report)."""
     state = TreeState()
     info = _git(project.root, "rev-parse", "--show-prefix", "--git-dir", "--git-common-dir")
-    if info is None or info.returncode != 0:
+    if info is None or info.code != 0:
         return state
-    prefix, git_dir, common = ([*info.stdout.split("\n"), "", "", ""])[:3]
+    prefix, git_dir, common = ([*info.out.split("\n"), "", "", ""])[:3]
     state.git_dir = (project.root / git_dir).resolve()
     state.common_dir = (project.root / common).resolve()
     state_dir = project.config.state_dir
@@ -69,10 +65,10 @@ def tree_state(project: Project) -> TreeState:
         "--",
         state_dir,
     )
-    if out is None or out.returncode != 0:
+    if out is None or out.code != 0:
         return state
     base = f"{prefix}{state_dir}/"
-    for item in out.stdout.split("\0"):
+    for item in out.out.split("\0"):
         if len(item) < 4:
             continue
         xy, path = item[:2], item[3:]
