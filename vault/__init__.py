@@ -2,12 +2,13 @@
 
 Use the library the way the CLI does: open a project, then move state in one direction.
 
+    from vault.commit import commit
+    from vault.prepare import prepare
     from vault.project import Project
-    from vault import sync
 
-    project = Project.open()          # finds sst-vault.toml upward
-    sync.prepare(project, ["prod"])   # repo -> SST home, before `sst deploy`
-    sync.commit(project, ["prod"])    # SST home -> repo, after it
+    project = Project.open()     # finds sst-vault.toml upward
+    prepare(project, ["prod"])   # repo -> SST home, before `sst deploy`
+    commit(project, ["prod"])    # SST home -> repo, after it
 
 Where things live, one module each: the file format in `envelope` (its docstring is the
 specification), where the secret comes from and the key id in `keys` (keys belong in

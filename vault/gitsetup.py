@@ -1,7 +1,7 @@
 """How this clone's git shows vault files: the attribute and ignore blocks, the diff driver.
 
 `init` and `migrate` append the blocks to `.gitattributes` and `.gitignore`; `commit` stages
-those files only while HEAD lacks the blocks (`sync.own_files`). The diff driver
+those files only while HEAD lacks the blocks (`commit.own_files`). The diff driver
 (`sst-vault textconv`) is registered in the clone's own git config by `init` and `setup-git`,
 and `doctor` checks that git can run it.
 

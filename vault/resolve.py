@@ -47,7 +47,9 @@ class ResolveReport:
 def resolve(project: Project, stage: str, side: str) -> ResolveReport:
     """Keep `side` ("ours" or "theirs") of every vault file of `stage`; stage the result."""
     from vault.gitstore import GitStore, git_run
-    from vault.sync import repo_lock, seal_to_repo, writer_name
+    from vault.records import writer_name
+    from vault.sealing import seal_to_repo
+    from vault.stagefiles import repo_lock
     from vault.worktree import CONFLICT, tree_state
 
     stage = check_stage(stage)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from vault import sync
+from vault.commit import commit
 from vault.errors import ConfigError, GitError, RefusedError, UsageError, VaultError
 from vault.gitstore import (
     DivergedError,
@@ -50,8 +50,10 @@ from vault.lock import (
     rescue_root,
 )
 from vault.paths import KINDS, check_stage
+from vault.prepare import prepare
 from vault.printable import printable
 from vault.project import Project
+from vault.stagefiles import repo_lock
 
 ENV_TIMINGS = "SST_VAULT_TIMINGS"  # "1": print how long each phase took, on stderr
 # Seconds the command gets after SIGTERM, once sst-vault has died, before SIGKILL.
@@ -321,7 +323,7 @@ def run(
     # stage or a stale git lock file is refused before the lock is even taken.
     from vault.worktree import check_can_commit
 
-    with sync.repo_lock(project, store.git_dir):
+    with repo_lock(project, store.git_dir):
         check_can_commit(project, [stage], "run")
     remote: str | None = project.config.remote
     if not store.has_remote(remote):
@@ -426,7 +428,7 @@ class _Run:
         if self.remote:
             self.store.pull(self.remote)
         timings.mark("pull")
-        sync.prepare(self.project, [self.stage], missing_ok=True)
+        prepare(self.project, [self.stage], missing_ok=True)
         timings.mark("prepare")
         env = command_environment()
         self.result.code = self.signals.spawn(self.command, env)
@@ -460,7 +462,7 @@ class _Run:
         if len(summary) > 100:
             summary = summary[:99] + "…"
         try:
-            report = sync.commit(
+            report = commit(
                 project,
                 [stage],
                 # [skip ci]: this push must not start another deploy pipeline.

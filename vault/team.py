@@ -88,8 +88,8 @@ def list_recipients(project: Project) -> dict[str, str]:
 
 def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
     """Wrap the vault's data key to one more age public key, and commit that."""
+    from vault.commit import own_files
     from vault.gitstore import GitStore
-    from vault.sync import own_files
 
     require_age(project, "recipients add")
     config_mod.check_recipient_name(name)
@@ -195,8 +195,10 @@ def _reseal_all(
 ) -> None:
     """Re-seal every stage's files under `new_key` and replace them together with `extra`
     (repo-relative parts and bytes: the wrapped key, the record, the config), then commit."""
+    from vault.commit import own_files
     from vault.gitstore import GitStore
-    from vault.sync import Records, home_lock, own_files
+    from vault.records import Records
+    from vault.stagefiles import home_lock
 
     store = GitStore(project.root)
     writer = _writer()
@@ -353,7 +355,7 @@ def _reseal(
         # unlinked temporary file beside the SST home's own (plaintext) state.
         with tempfile.SpooledTemporaryFile(SPOOL_SIZE, dir=project.home.bookkeeping) as plain:
             envelope.open_(handle, plain, old_key, path, **meta)
-            from vault.sync import seal_to_repo
+            from vault.sealing import seal_to_repo
 
             new, pending = seal_to_repo(
                 project, new_key, stage, kind, plain, serial=old.serial + 1, writer=writer
@@ -397,7 +399,7 @@ def _rotation_message(report: RotationReport) -> str:
 
 
 def _writer() -> str:
-    from vault.sync import writer_name
+    from vault.records import writer_name
 
     return writer_name()
 
