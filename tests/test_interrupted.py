@@ -75,6 +75,12 @@ def journals(p: VaultProject) -> list[Path]:
     return sorted(folder.glob("txn-*")) if folder.exists() else []
 
 
+def repo_journals(p: VaultProject) -> list[Path]:
+    """The journals of `change.Change` swaps of vault files, in the git directory."""
+    folder = p.root / ".git" / "sst-vault-journal"
+    return sorted(folder.glob("txn-*")) if folder.exists() else []
+
+
 @pytest.fixture
 def two_versions(vault_project: VaultProject, tmp_path: Path):
     """A laptop home synced at v1, and v2 committed (new passphrase, state and secrets)."""
@@ -156,10 +162,12 @@ def test_commit_killed_half_way_is_finished_by_the_next_commit(vault_project: Va
     assert head(p) == before
 
     kill_at(p, "txn-replaced-1", "commit", "prod")  # one vault file replaced
+    assert repo_journals(p)  # the swap was journaled
     states = dict(_rows(p))
     assert temp_files(p.root) == []  # status removed what both kills left
-    assert states[("prod", "passphrase")] == "uncommitted", states
-    assert states[("prod", "app")] == "home ahead", states
+    # Rolled forward by status (change.Change journals its swap): never a mixed stage.
+    assert states == {("prod", kind): "uncommitted" for kind in KINDS}, states
+    assert not repo_journals(p)
 
     result = p.cli("commit", "prod")
     assert result.code == 0, result.output

@@ -376,12 +376,12 @@ class GitStore:
         tracked = (
             set(self._run("ls-files", "--", *rel).splitlines()) if len(present) < len(rel) else ()
         )
-        # Ciphertext does not compress: storing it uncompressed saves most of `git add`.
-        if present:
-            self._run("-c", "core.loosecompression=0", "add", "--", *present)
         candidates = [r for r in rel if r in tracked or r in present]
         if not candidates:
             return None  # an empty pathspec would mean every staged path
+        # Ciphertext does not compress: storing it uncompressed saves most of `git add`. A
+        # tracked path that is gone is staged as a deletion (`add` of a removed file does that).
+        self._run("-c", "core.loosecompression=0", "add", "--", *candidates)
         changed = self._run("diff", "--cached", "--name-only", "--", *candidates).splitlines()
         if not changed:
             return None

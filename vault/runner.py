@@ -28,9 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from vault.commit import commit
 from vault.errors import ConfigError, GitError, RefusedError, UsageError, VaultError
@@ -46,7 +45,6 @@ from vault.lock import (
     DeployLock,
     LockBrokenError,
     LockInfo,
-    holding,
     rescue_root,
 )
 from vault.paths import KINDS, check_stage
@@ -572,44 +570,6 @@ class _Run:
                 self.info(f"{broken}; check that nobody else deployed {lock.stage} meanwhile")
             elif quiet:
                 self.info(f"sst-vault: released the deploy lock of {lock.name}")
-
-
-T = TypeVar("T")
-
-
-def locked_change(
-    project: Project,
-    stages: Iterable[str] | None,
-    change: Callable[[Project], T],
-    *,
-    command: str,
-    lock_timeout: float = 0,
-    lock_ttl: int = DEFAULT_TTL,
-    info: Callable[[str], None] = lambda _msg: None,
-) -> T:
-    """`change` (which commits) between a pull and a push, under the stages' deploy locks.
-
-    What `rollback --push`, `rotate --push` and `recipients remove --push` do, so that they
-    never race a `run` of the stages they re-seal. `stages` None: every stage in the repo as
-    the remote has it. `change` gets the project as the pull left it (recipients or keys
-    someone else pushed meanwhile must not be lost).
-    """
-    project.keys  # noqa: B018 - a missing or wrong key must stop us before any lock is taken
-    store = GitStore(project.root)
-    remote = project.config.remote
-    store.require_remote(remote)
-    branch = store.current_branch()
-    if stages is None:
-        store.pull(remote)
-        stages = Project.open(project.root, project.home.root).repo.stages()
-    with holding(
-        project, stages, store, timeout=lock_timeout, ttl=lock_ttl, command=command, info=info
-    ):
-        store.pull(remote)
-        result = change(Project.open(project.root, project.home.root))
-        if store.unpushed(remote, branch):
-            store.push(remote)
-    return result
 
 
 def rescue_ref(project: Project, stage: str, sha: str) -> str:

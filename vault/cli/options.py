@@ -69,20 +69,19 @@ def maybe_locked(
     lock_timeout: float,
     lock_ttl: int | None,
 ) -> T:
-    """`change(project)` as it is, or with --push under `runner.locked_change`."""
+    """`change(project)` as it is, or with --push under the deploy locks (`change.pushed`)."""
     project = ctx.project()
     if not push:
         return change(project)
-    from vault.lock import DEFAULT_TTL
-    from vault.runner import locked_change
+    from vault.change import pushed
 
-    return locked_change(
+    return pushed(
         project,
         stages,
         change,
         command=command,
         lock_timeout=lock_timeout,
-        lock_ttl=DEFAULT_TTL if lock_ttl is None else lock_ttl,
+        lock_ttl=lock_ttl,
         info=ctx.info,
     )
 
