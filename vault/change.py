@@ -152,8 +152,10 @@ class Change:
                 paths += own_files(self.project, self.store)
             commit = self.store.commit_paths(paths, message)
         except BaseException:
-            touched = [self.store.relative(p) for p in [*self._written, *self._dropped]]
-            if touched:  # what `git add` staged goes too (best effort: the index may be locked)
+            # What `git add` staged goes too, own files included (best effort: the index may be
+            # locked; a path the user had staged before is unstaged, its file left as it is).
+            touched = sorted({self.store.relative(p) for p in paths})
+            if touched:
                 self.store.git("reset", "-q", "--", *touched, check=False)
             for path, data, mode in removed:
                 with contextlib.suppress(OSError):
