@@ -24,7 +24,6 @@ from vault.sealing import Remedies, validate_state
 class Migrated:
     stage: str
     kind: str
-    source: Path
     action: str  # "sealed", "already in the vault"
     serial: int
 
@@ -95,9 +94,7 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
             current = open_version(project, work.read(stage, kind), stage)
             serial = current.header.serial + 1 if current.header else 1
             if current.plain == data:
-                report.migrated.append(
-                    Migrated(stage, kind, path, "already in the vault", serial - 1)
-                )
+                report.migrated.append(Migrated(stage, kind, "already in the vault", serial - 1))
                 continue
             if current.plain is not None and not force:
                 raise RefusedError(
@@ -105,10 +102,10 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
                     "compare them (`sst-vault diff` after `prepare`), remove the outdated one, "
                     "or pass --force to replace the vault file with the plaintext",
                 )
-            plan.append((stage, kind, path, data, serial))
-        for stage, kind, path, data, serial in plan:
+            plan.append((stage, kind, data, serial))
+        for stage, kind, data, serial in plan:
             change.seal(stage, kind, io.BytesIO(data), key=key, serial=serial)
-            report.migrated.append(Migrated(stage, kind, path, "sealed", serial))
+            report.migrated.append(Migrated(stage, kind, "sealed", serial))
         state_dir = project.config.state_dir
         blocks = {".gitattributes": [gitattributes_block(state_dir)]}
         blocks[".gitignore"] = [gitignore_block(state_dir)]

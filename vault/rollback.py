@@ -37,7 +37,6 @@ class RollbackAction:
 class RollbackReport:
     stage: str
     rev: str
-    commit_id: str
     actions: list[RollbackAction] = field(default_factory=list)
     commit: str | None = None
 
@@ -54,7 +53,7 @@ def rollback(project: Project, stage: str, rev: str) -> RollbackReport:
     with Change(project) as change:
         top = change.store.top
         commit_id = resolve_commit(top, rev)
-        report = RollbackReport(stage, rev, commit_id)
+        report = RollbackReport(stage, rev)
         dirty = git_run(
             top,
             "status",

@@ -51,7 +51,6 @@ class RotationReport:
     files: list[Resealed] = field(default_factory=list)
     removed: str | None = None
     commit: str | None = None
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def stages(self) -> list[str]:

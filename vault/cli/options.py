@@ -118,8 +118,6 @@ def show_rotation(ctx: Context, report, *, pushed: bool) -> None:  # vault.team.
     if report.commit:
         after = " and pushed it." if pushed else ". Next: git push."
         ctx.info(f"Committed {report.commit[:12]}{after}")
-    for warning in report.warnings:
-        ctx.info(f"Warning: {warning}")
     if report.backend == "age":
         who = f"{report.removed}'s key" if report.removed else "the old data key"
         ctx.info(
