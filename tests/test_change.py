@@ -9,12 +9,6 @@ commits that git refuses (a signing program that fails).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,37 +20,14 @@ from helpers import (
     copied_vault_project,  # noqa: F401 (a fixture)
     deploy,
     head,
+    holding_flock,
     key_id,
+    kill_at,
     public_of,
     temp_files,
 )
 
 KINDS = ("passphrase", "app", "secret")
-
-
-@contextmanager
-def holding(lock_file: Path) -> Iterator[None]:
-    """Another process holds `lock_file`'s flock (as a running sst-vault would) until the end."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys\n"
-            f"fd = os.open({str(lock_file)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        yield
-    finally:
-        holder.communicate("", timeout=10)
 
 
 def member(project: VaultProject, home: Path) -> VaultProject:
@@ -107,30 +78,13 @@ def test_every_change_honours_both_local_locks(two_commits, command: str, lock: 
     args = COMMANDS[command](first, carol)
     env = {**p.env, "SST_VAULT_LOCAL_LOCK_WAIT": "0.3"}
     was = before(p)
-    with holding(lock_file):
+    with holding_flock(lock_file):
         result = p.cli(*args, env=env)
     assert_refused(result, 1, f"another sst-vault process is using {lock}", project=p, was=was)
     assert temp_files(p.root, p.home) == []
     # Once the holder is gone, the same command goes through.
     done = p.cli(*args)
     assert done.code == 0, done.output
-
-
-def kill_at(p: VaultProject, step: str, *args: str) -> None:
-    """Run `sst-vault ARGS` until it stops itself at `step`, then SIGKILL it there."""
-    env = {**p.env, "SST_VAULT_TEST_PAUSE": step}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vault", "--sst-home", str(p.home), *args],
-        cwd=p.root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    _pid, status = os.waitpid(proc.pid, os.WUNTRACED)
-    assert os.WIFSTOPPED(status), proc.stderr.read() if proc.stderr else ""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
 
 
 def prepared_from_scratch(p: VaultProject, home: Path, *stages: str) -> dict[str, bytes]:
