@@ -154,13 +154,9 @@ def rotate(
         recipients = dict(trusted.record.recipients if recipients is None else recipients)
         _refuse_lockout(project, recipients, removed)
         new_key = keys.data_file_key(keys.new_data_key())
+        writer = writer_name()
         record = keyrecord.append(
-            trusted.record,
-            trusted.data_key,
-            new_key.secret,
-            new_key.key_id,
-            recipients,
-            writer_name(),
+            trusted.record, trusted.data_key, new_key.secret, new_key.key_id, recipients, writer
         )
         extra = [
             (project.repo.data_key_parts, keys.wrap_data_key(new_key.secret, recipients.values())),
@@ -204,6 +200,8 @@ def _reseal_all(
         report.files = [r for r, _, _ in resealed]
         # fernet, every file already under the newest key: nothing changed, no commit.
         report.commit = change.commit(message or _rotation_message(report))
+        if not resealed:
+            return
         # This home was in sync with what was just re-sealed: it still is, at the new serial.
         records = Records(project)
         for item, old, new in resealed:
