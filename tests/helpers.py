@@ -10,14 +10,18 @@ files SST writes (through `sstfake`), a clone is a real `git clone` of a bare re
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,3 +287,63 @@ def other_home(project: VaultProject, home: Path) -> VaultProject:
 
 def run_git(args: list[str], cwd: Path, env: dict[str, str]) -> bytes:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True).stdout
+
+
+# --- other processes: one stopped at a pause point, one holding a lock ------------------------
+
+
+def spawn_paused(p: VaultProject, step: str, *args: str) -> subprocess.Popen:
+    """Run `sst-vault ARGS` until it stops itself (SIGSTOP) at the pause point `step`.
+
+    The process stays stopped: the caller kills it (`kill_at`) or continues it (SIGCONT).
+    Fails if it exited before reaching `step`.
+    """
+    env = {**p.env, "SST_VAULT_TEST_PAUSE": step}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vault", "--sst-home", str(p.home), *args],
+        cwd=p.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _pid, status = os.waitpid(proc.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        raise AssertionError(f"exited ({proc.returncode}) before pausing: {proc.stderr.read()}")
+    return proc
+
+
+def kill_at(p: VaultProject, step: str, *args: str) -> None:
+    """Run `sst-vault ARGS` until it reaches `step`, then SIGKILL it there."""
+    proc = spawn_paused(p, step, *args)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+@contextlib.contextmanager
+def holding_flock(lock_file: Path) -> Iterator[None]:
+    """Another process holds `lock_file`'s flock (as a running sst-vault would) until the end."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"fd = os.open({str(lock_file)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("", timeout=10)

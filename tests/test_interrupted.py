@@ -25,45 +25,14 @@ from helpers import (
     copied_vault_project,  # noqa: F401 (a fixture)
     deploy,
     head,
+    kill_at,
     other_home,
+    spawn_paused,
     stage_key,
     temp_files,
 )
 
 KINDS = ("passphrase", "app", "secret")
-
-
-def spawn(p: VaultProject, *args: str, pause: str | None = None) -> subprocess.Popen:
-    env = dict(p.env)
-    if pause:
-        env["SST_VAULT_TEST_PAUSE"] = pause
-    return subprocess.Popen(
-        [sys.executable, "-m", "vault", "--sst-home", str(p.home), *args],
-        cwd=p.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_paused(proc: subprocess.Popen) -> None:
-    """Block until the process stopped itself at its pause point (fail if it exited instead)."""
-    _pid, status = os.waitpid(proc.pid, os.WUNTRACED)
-    if not os.WIFSTOPPED(status):
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        raise AssertionError(f"exited ({proc.returncode}) before pausing: {proc.stderr.read()}")
-
-
-def kill_at(p: VaultProject, step: str, *args: str) -> None:
-    """Run `sst-vault ARGS` until it reaches `step`, then SIGKILL it there."""
-    proc = spawn(p, *args, pause=step)
-    wait_paused(proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    proc.stdout.close()
-    proc.stderr.close()
 
 
 def home_versions(p: VaultProject, stage: str = "prod") -> dict[str, bytes]:
@@ -72,6 +41,12 @@ def home_versions(p: VaultProject, stage: str = "prod") -> dict[str, bytes]:
 
 def journals(p: VaultProject) -> list[Path]:
     folder = p.home / ".sst-vault" / "journal"
+    return sorted(folder.glob("txn-*")) if folder.exists() else []
+
+
+def repo_journals(p: VaultProject) -> list[Path]:
+    """The journals of `change.Change` swaps of vault files, in the git directory."""
+    folder = p.root / ".git" / "sst-vault-journal"
     return sorted(folder.glob("txn-*")) if folder.exists() else []
 
 
@@ -156,10 +131,12 @@ def test_commit_killed_half_way_is_finished_by_the_next_commit(vault_project: Va
     assert head(p) == before
 
     kill_at(p, "txn-replaced-1", "commit", "prod")  # one vault file replaced
+    assert repo_journals(p)  # the swap was journaled
     states = dict(_rows(p))
     assert temp_files(p.root) == []  # status removed what both kills left
-    assert states[("prod", "passphrase")] == "uncommitted", states
-    assert states[("prod", "app")] == "home ahead", states
+    # Rolled forward by status (change.Change journals its swap): never a mixed stage.
+    assert states == {("prod", kind): "uncommitted" for kind in KINDS}, states
+    assert not repo_journals(p)
 
     result = p.cli("commit", "prod")
     assert result.code == 0, result.output
@@ -213,8 +190,7 @@ def test_lock_file_appearing_during_commit_is_named_and_nothing_changes(
     assert p.cli("commit", "prod").code == 0
     before, repo_before = head(p), p.snapshot_repo()
     deploy(p, "prod", "v2")
-    proc = spawn(p, "commit", "prod", pause="commit-git")
-    wait_paused(proc)  # sealed and in place, git not run yet
+    proc = spawn_paused(p, "commit-git", "commit", "prod")  # sealed and in place, no git yet
     ref_lock = p.root / ".git" / "refs" / "heads" / "main.lock"
     ref_lock.write_bytes(b"")
     proc.send_signal(signal.SIGCONT)

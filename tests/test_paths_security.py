@@ -21,6 +21,7 @@ from helpers import (
     copied_vault_project,  # noqa: F401 (a fixture)
     deploy,
     head,
+    holding_flock,
     other_home,
     temp_files,
     tree_state,
@@ -312,29 +313,12 @@ def test_local_lock_wait_is_bounded(committed: VaultProject):
     """A process holding the home lock makes another one wait, then fail with BusyError."""
     p = committed
     lock = p.home / ".sst-vault" / "lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time\n"
-            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with holding_flock(lock):
         env = {**p.env, "SST_VAULT_LOCAL_LOCK_WAIT": "0.3"}
         home = p.snapshot_home()
         assert_refused(p.cli("prepare", "prod", "--force", env=env), 1, "another sst-vault")
         assert_refused(p.cli("commit", "prod", env=env), 1, "another sst-vault")
         assert p.snapshot_home() == home
-    finally:
-        holder.communicate("", timeout=10)
 
 
 # --- the SST home's default location --------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from conftest import VaultProject, git, make_project, needs, new_key
 from helpers import (
     assert_refused,
+    before,
     commit_count,
     deploy,
     head,
@@ -283,18 +284,21 @@ def test_failed_rotation_changes_nothing(vault_project, tmp_path):
     assert temp_files(ci.root, ci.home) == []
 
 
-def test_failed_git_commit_leaves_a_consistent_rotation(vault_project, tmp_path):
+def test_failed_git_commit_puts_the_whole_rotation_back(vault_project, tmp_path):
+    """change.Change: the new files stay revocable until git has them, so a commit that fails
+    (here: a signing program that refuses) leaves the vault exactly as it was."""
     ci = vault_project
     files = deploy_two(ci)
-    commit = head(ci)
+    bob = public_of(member(ci, tmp_path, "bob"))
+    old_id = key_id(ci)
+    was = before(ci)
     ci.git("config", "commit.gpgsign", "true")
     ci.git("config", "gpg.program", "false")
-    result = ci.cli("rotate")
-    line = assert_refused(result, 1, "new files are in place", "commit")
-    assert "git commit" in line
-    assert head(ci) == commit
+    assert_refused(ci.cli("rotate"), 1, "commit", project=ci, was=was)
+    assert_refused(ci.cli("recipients", "add", "bob", bob), 1, "commit", project=ci, was=was)
     ci.git("config", "commit.gpgsign", "false")
-    # Every file and the data key moved together: the working tree opens as one vault.
+    # Every file and the data key went back together: the working tree opens as the old vault.
+    assert key_id(ci) == old_id
     result = fresh_prepare(ci, "prod", "dev")
     assert result.code == 0, result.output
     assert ci.snapshot_home() == files

@@ -2,25 +2,28 @@
 
 Use the library the way the CLI does: open a project, then move state in one direction.
 
+    from vault.commit import commit
+    from vault.prepare import prepare
     from vault.project import Project
-    from vault import sync
 
-    project = Project.open()          # finds sst-vault.toml upward
-    sync.prepare(project, ["prod"])   # repo -> SST home, before `sst deploy`
-    sync.commit(project, ["prod"])    # SST home -> repo, after it
+    project = Project.open()     # finds sst-vault.toml upward
+    prepare(project, ["prod"])   # repo -> SST home, before `sst deploy`
+    commit(project, ["prod"])    # SST home -> repo, after it
 
 The map, one idea per module, in layers; a module imports only from its own layer or a lower
 one (tests/test_architecture.py holds the code to it, and to README's "Layout"):
 
-- Operations. Moving state: `prepare`, `commit`, `status` (`sync` is their face) over the
-  sync `records`, a stage's files and locks in `stagefiles`, and `sealing`, the one way a
-  vault file is written. Reviewing and undoing: `versions`, `diff`, `log`, `rollback`,
-  `rendering` (checkpoints and masked secrets for display). Setting up: `init`, `gitsetup`
-  (how this clone's git shows vault files), `migrate`, `scan`, `doctor`. The team: `team`
-  (recipients, rotation, upgrade), `pins` (a member's key into the keyring, accepting a new
-  vault identity). Deploying: `lock` (the cross-machine deploy lock on the remote), `runner`
-  (`sst-vault run`), `rescue` (states that could not reach the branch), `resolve` and
-  `worktree` (what git's index says about vault files: conflicts, uncommitted, stale locks).
+- Operations. Moving state: `prepare`, `commit`, `status` over the sync `records` and a
+  stage's files and locks in `stagefiles`. Writing the repository: `change`, the one unit
+  every writing command goes through (locks, seal, verify, swap, commit, push), and `sealing`,
+  the one way a vault file is written. Reviewing and undoing: `versions`, `diff`, `log`,
+  `rollback`, `rendering` (checkpoints and masked secrets for display). Setting up: `init`,
+  `gitsetup` (how this clone's git shows vault files), `migrate`, `scan`, `doctor`. The team:
+  `team` (recipients, rotation, upgrade), `keyimport` (a member's key into the keyring),
+  `trustchange` (accepting a new vault identity). Deploying: `lock` (the cross-machine deploy
+  lock on the remote), `runner` (`sst-vault run`), `rescue` (states that could not reach the
+  branch), `resolve` and `worktree` (what git's index says about vault files: conflicts,
+  uncommitted, stale locks).
 - Project and keys. `project` (the open vault: config, SST home, verified keys), `config`
   (`sst-vault.toml`, settings only), `keys` (where the secret comes from: keys belong in
   SST_VAULT_KEY in CI and in the OS keyring on a laptop, never in an argument or a file in the

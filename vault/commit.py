@@ -1,7 +1,8 @@
 """`commit`: seal a stage's SST home files into the work tree and commit exactly those files.
 
-Holds the home's and the repository's locks; refuses to overwrite a newer vault file (or a
-diverged stage) without --force; the new vault files stay revocable until git has them.
+What changes is decided here: which kinds differ from the vault files, refusing to overwrite a
+newer vault file (or a diverged stage) without --force, the JSON check, the message. How it is
+written, swapped in, committed and pushed, under which locks, is `change.Change`'s.
 """
 
 from __future__ import annotations
@@ -9,21 +10,19 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vault import envelope, safefs
+from vault.change import Change
 from vault.envelope import FileKey
 from vault.errors import RefusedError, UsageError, from_os_error
 from vault.paths import KINDS
 from vault.project import Project
-from vault.records import Records, writer_name
+from vault.records import Records
 from vault.sealing import (
     COMMIT_COMPRESSION_LEVEL,
     FROM_HOME,
     OVERLAP_MIN,
     Validation,
-    seal_to_repo,
     validate_state,
 )
 from vault.stagefiles import (
@@ -31,14 +30,9 @@ from vault.stagefiles import (
     HomeFile,
     diverged,
     home_changed,
-    home_lock,
     read_repo_header,
     repo_file_opens,
-    repo_lock,
 )
-
-if TYPE_CHECKING:
-    from vault.gitstore import GitStore
 
 
 @dataclass
@@ -47,37 +41,6 @@ class CommitReport:
     commit: str | None = None
     pushed: bool = False
     pushed_earlier: int = 0  # with nothing to commit: earlier local commits the push carried
-
-    @property
-    def written(self) -> list[FileAction]:
-        return [a for a in self.actions if a.action == "written"]
-
-
-def own_files(project: Project, store: GitStore | None = None) -> list[Path]:
-    """sst-vault's own files that commit may stage besides vault files.
-
-    `.gitattributes` and `.gitignore` are shared with the user: they are taken only while the
-    work tree has the entries `init` wrote and HEAD does not yet (the vault's first commit), so
-    the user's own uncommitted lines there are never swept into later state commits.
-    """
-    from vault.gitsetup import gitattributes_block, gitignore_block
-    from vault.gitstore import GitStore
-
-    files = [project.repo.config_file]
-    if project.config.backend == "age":
-        files += [project.repo.data_key_file, project.repo.record_file]
-    state_dir = project.config.state_dir
-    for name, block in (
-        (".gitattributes", gitattributes_block(state_dir)),
-        (".gitignore", gitignore_block(state_dir)),
-    ):
-        path = project.root / name
-        if not path.is_file() or block.encode() not in path.read_bytes():
-            continue
-        store = store or GitStore(project.root)
-        if block.encode() not in (store.show("HEAD", path) or b""):
-            files.append(path)
-    return [f for f in files if f.is_file()]
 
 
 def commit(
@@ -90,60 +53,42 @@ def commit(
     push_timeout: float | None = None,
 ) -> CommitReport:
     """Encrypt the stages' SST files into the repo and commit exactly those files."""
-    from vault.gitstore import GitStore
     from vault.worktree import check_can_commit
 
-    store = GitStore(project.root)
     report = CommitReport()
     key = project.keys.sealing
-    writer = writer_name()
-    with home_lock(project), repo_lock(project, store.git_dir):
+    with Change(project) as change:
         # Before anything is sealed: an unmerged vault file or a stale git lock would make
         # this commit drop a side or fail half-way.
         check_can_commit(project, stages, "commit")
         records = Records(project)
-        with safefs.Transaction() as txn:
-            for stage in stages:
-                for kind in KINDS:
-                    try:
-                        action = _seal_one(project, records, txn, key, stage, kind, writer, force)
-                    except OSError as exc:  # disk full, read-only: name the vault file
-                        raise from_os_error(exc, project.repo.vault_file(kind, stage)) from None
-                    report.actions.append(action)
-            if not any(a.action != "absent" for a in report.actions):
-                names = ", ".join(stages)
-                raise UsageError(
-                    f"no SST state for {names} in {project.home.root / 'state'}",
-                    "deploy or `sst secret set` first, or check --sst-home and the stage name",
-                )
-            # The new vault files stay revocable until git has them: a failed git commit (disk
-            # full, a lock file) puts the old ones back, so the work tree never holds state
-            # that is neither committed nor refused.
-            txn.commit(keep=True)
-            safefs.pause_point("commit-git")
-            paths = [
-                project.repo.vault_file(a.kind, a.stage)
-                for a in report.actions
-                if a.action != "absent"
-            ]
-            try:
-                report.commit = store.commit_paths(
-                    paths + own_files(project, store), _message(project, report, message)
-                )
-            except BaseException:
-                written = [
-                    store.relative(project.repo.vault_file(a.kind, a.stage)) for a in report.written
-                ]
-                if written:  # what `git add` staged goes too (best effort: the index may be locked)
-                    store.git("reset", "-q", "--", *written, check=False)
-                raise
+        for stage in stages:
+            for kind in KINDS:
+                try:
+                    action = _seal_one(project, records, change, key, stage, kind, force)
+                except OSError as exc:  # disk full, read-only: name the vault file
+                    raise from_os_error(exc, project.repo.vault_file(kind, stage)) from None
+                report.actions.append(action)
+        if not any(a.action != "absent" for a in report.actions):
+            names = ", ".join(stages)
+            raise UsageError(
+                f"no SST state for {names} in {project.home.root / 'state'}",
+                "deploy or `sst secret set` first, or check --sst-home and the stage name",
+            )
+        # Unchanged vault files too (a commit killed before git left them uncommitted), and
+        # sst-vault's own files even when no state changed (the vault's first commit).
+        present = [
+            project.repo.vault_file(a.kind, a.stage) for a in report.actions if a.action != "absent"
+        ]
+        report.commit = change.commit(_message(project, report, message), also=present, always=True)
         records.save()
         if push:
             if report.commit is None:  # what the push carries, for "nothing changed" to say
+                store = change.store
                 report.pushed_earlier = store.unpushed(
                     project.config.remote, store.current_branch()
                 )
-            store.push(project.config.remote, timeout=push_timeout)
+            change.push(push_timeout)
             report.pushed = True
     return report
 
@@ -151,11 +96,10 @@ def commit(
 def _seal_one(
     project: Project,
     records: Records,
-    txn: safefs.Transaction,
+    change: Change,
     key: FileKey,
     stage: str,
     kind: str,
-    writer: str,
     force: bool,
 ) -> FileAction:
     home = HomeFile(project, stage, kind)
@@ -197,8 +141,8 @@ def _seal_one(
             )
         serial = max(header.serial if header else 0, record.serial if record else 0) + 1
         options = dict(
+            key=key,
             serial=serial,
-            writer=writer,
             level=COMMIT_COMPRESSION_LEVEL,
             fingerprint=home_fp,
             size=size,
@@ -208,14 +152,12 @@ def _seal_one(
             data = handle.read()
             validate_state(kind, data, home.path)
             # seal raises ChangedWhileReading unless what it read is what was fingerprinted.
-            sealed, pending = seal_to_repo(project, key, stage, kind, io.BytesIO(data), **options)
+            sealed = change.seal(stage, kind, io.BytesIO(data), **options)
         else:
             # JSON is checked in a thread on the very chunks that are sealed, while zlib and the
             # cipher (which release the GIL) run here; nothing is pending unless it passed.
             with Validation(kind, home.path, FROM_HOME) as validation:
-                sealed, pending = seal_to_repo(
-                    project,
-                    key,
+                sealed = change.seal(
                     stage,
                     kind,
                     validation.tee(handle),
@@ -223,7 +165,6 @@ def _seal_one(
                     workers=min(os.cpu_count() or 1, 4),
                     **options,
                 )
-        txn.add(pending)
         records.set(stage, kind, sealed, "commit")
         return FileAction(stage, kind, "written", serial)
 

@@ -246,11 +246,11 @@ def _git_check(project: Project) -> tuple[Check, GitStore]:
 
 def _attributes_check(project: Project) -> list[Check]:
     from vault.gitsetup import DRIVER
-    from vault.gitstore import git_run
+    from vault.gitstore import run_git
 
     sample = project.repo.vault_file("app", "doctor")
     rel = os.path.relpath(sample, project.root)
-    out = git_run(project.root, "check-attr", "text", "merge", "diff", "--", rel).stdout.decode()
+    out = run_git(project.root, "check-attr", "text", "merge", "diff", "--", rel).out
     values = {}
     for line in out.splitlines():
         parts = line.rsplit(": ", 2)
@@ -281,7 +281,7 @@ def _attributes_check(project: Project) -> list[Check]:
     else:
         result.append(Check(FAIL, "git attributes", f"*.vault: diff={values.get('diff')}", hint))
     ignored = (
-        git_run(
+        run_git(
             project.root,
             "check-ignore",
             "-q",
@@ -290,7 +290,7 @@ def _attributes_check(project: Project) -> list[Check]:
             os.path.relpath(
                 project.root / project.config.state_dir / "app" / "x.json", project.root
             ),
-        ).returncode
+        ).code
         == 0
     )
     if ignored:

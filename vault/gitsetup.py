@@ -1,7 +1,7 @@
 """How this clone's git shows vault files: the attribute and ignore blocks, the diff driver.
 
 `init` and `migrate` append the blocks to `.gitattributes` and `.gitignore`; `commit` stages
-those files only while HEAD lacks the blocks (`sync.own_files`). The diff driver
+those files only while HEAD lacks the blocks (`change.own_files`). The diff driver
 (`sst-vault textconv`) is registered in the clone's own git config by `init` and `setup-git`,
 and `doctor` checks that git can run it.
 
@@ -59,13 +59,21 @@ def gitignore_block(state_dir: str) -> str:
 def append_block(path: Path, block: str) -> bool:
     """Append `block` to a text file unless it holds it already; True if the file changed."""
     current = path.read_text() if path.is_file() else ""
-    if block in current:
+    text = with_block(current, block)
+    if text == current:
         return False
+    safefs.write_atomic(path.parent, (path.name,), text.encode(), 0o644)
+    return True
+
+
+def with_block(current: str, block: str) -> str:
+    """A text file's contents with `block` appended, unless they hold it already."""
+    if block in current:
+        return current
     if current and not current.endswith("\n"):
         current += "\n"
     separator = "\n" if current else ""
-    safefs.write_atomic(path.parent, (path.name,), (current + separator + block).encode(), 0o644)
-    return True
+    return current + separator + block
 
 
 # --- the git diff driver ----------------------------------------------------------------------

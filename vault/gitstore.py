@@ -207,16 +207,6 @@ def run_git(
     return result
 
 
-def git_run(
-    top: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """`run_git` for callers that read bytes from a CompletedProcess (the same runner)."""
-    result = run_git(top, *args, check=check, env=env)
-    return subprocess.CompletedProcess(
-        ["git", *args], result.code, result.stdout, result.err.encode()
-    )
-
-
 def fallback_identity(cwd: Path | str) -> dict[str, str]:
     """{} when git has a user name and email for `cwd`, else the sst-vault identity.
 
@@ -457,12 +447,12 @@ class GitStore:
             if len(present) < len(rel)
             else ()
         )
-        # Ciphertext does not compress: storing it uncompressed saves most of `git add`.
-        if present:
-            self.git("-c", "core.loosecompression=0", "add", "--", *present)
         candidates = [r for r in rel if r in tracked or r in present]
         if not candidates:
             return None  # an empty pathspec would mean every staged path
+        # Ciphertext does not compress: storing it uncompressed saves most of `git add`. A
+        # tracked path that is gone is staged as a deletion (`add` of a removed file does that).
+        self.git("-c", "core.loosecompression=0", "add", "--", *candidates)
         changed = self.git("diff", "--cached", "--name-only", "--", *candidates).out.splitlines()
         if not changed:
             return None

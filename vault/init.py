@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +144,7 @@ def running_in_ci() -> bool:
 
 
 def _user() -> str:
-    try:
-        return "".join(c for c in getpass.getuser() if c.isalnum() or c in "._-") or "me"
-    except (KeyError, OSError):
-        return "me"
+    """The login name as a recipient name (`check_recipient_name`'s characters only)."""
+    from vault.records import user_name
+
+    return "".join(c for c in user_name("me") if c.isalnum() or c in "._-") or "me"

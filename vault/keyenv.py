@@ -20,7 +20,7 @@ _taken: dict[str, str] = {}
 def take_environment() -> None:
     """Move SST_VAULT_KEY and SST_VAULT_KEY_FILE out of os.environ, before any child starts.
 
-    The CLI calls this first thing, so no child (git, GitPython's helpers, the command under
+    The CLI calls this first thing, so no child (git, the command under
     `run`) can inherit the key or learn where the key file is. The values stay in this module.
     A process re-executed by `reexec_without_secrets` finds them in the pipe `SST_VAULT_KEY_FD`
     names instead, and closes it.

@@ -27,7 +27,6 @@ recording that ref in a new lock commit so `status` and `break` can say a state 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import random
@@ -44,6 +43,7 @@ from vault.gitstore import GitStore, porcelain_reason, porcelain_status
 from vault.paths import check_stage
 from vault.printable import printable, remote_lines
 from vault.project import Project
+from vault.records import user_name
 
 LOCK_VERSION = 1
 # A lock older than this is presumed dead (its job was killed) and may be taken over. Six
@@ -186,13 +186,6 @@ def ci_run_url(env: Mapping[str, str] | None = None) -> str | None:
         project = urllib.parse.quote(env.get("SYSTEM_TEAMPROJECT", ""))
         return f"{collection}/{project}/_build/results?buildId={env['BUILD_BUILDID']}"
     return None
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 class DeployLock:
@@ -387,7 +380,7 @@ class DeployLock:
         if len(command) > MAX_COMMAND:
             command = command[: MAX_COMMAND - 1] + "…"
         info = LockInfo(
-            user=_user(),
+            user=user_name(),
             host=socket.gethostname(),
             pid=os.getpid(),
             command=command,

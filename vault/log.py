@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from vault import envelope
 from vault.errors import FileFormatError, VaultError
-from vault.gitstore import git_run, iter_blobs
+from vault.gitstore import iter_blobs, run_git
 from vault.paths import KINDS, check_stage
 from vault.rendering import resource_count
 from vault.versions import history_key, repo_rel
@@ -57,7 +57,7 @@ def log(project: Project, stage: str, max_count: int | None = None) -> LogReport
     top = GitStore(project.root).top
     rels = {repo_rel(project, top, project.repo.vault_parts(k, stage)): k for k in KINDS}
     fmt = "%x1e%H%x1f%an%x1f%ae%x1f%aI%x1f%s"
-    out = git_run(
+    out = run_git(
         top,
         "log",
         "--reverse",
@@ -68,7 +68,7 @@ def log(project: Project, stage: str, max_count: int | None = None) -> LogReport
         "--diff-merges=first-parent",
         "--",
         *rels,
-    ).stdout.decode(errors="replace")
+    ).out
     entries: list[LogEntry] = []
     app_blobs: list[str | None] = []  # the app file's blob at each entry
     new_blobs: list[dict[str, str]] = []  # kind -> blob written by each entry

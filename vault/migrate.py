@@ -2,9 +2,9 @@
 
 Each plaintext file is sealed into its vault file and verified to open to the same bytes
 before anything is removed; then the plaintext leaves the tree and the index and one commit
-records both. History is not rewritten (that is the user's call, with git filter-repo): the
-report says how many commits still hold the plaintext, so the CLI can tell the user to treat
-the secrets in it as leaked.
+records both, as one `change.Change` (a failed commit puts the plaintext back). History is not
+rewritten (that is the user's call, with git filter-repo): the report says how many commits
+still hold the plaintext, so the CLI can tell the user to treat the secrets in it as leaked.
 """
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vault import safefs
+from vault.change import Change
 from vault.errors import RefusedError, UsageError
 from vault.paths import KINDS, check_stage, check_state_dir
 from vault.project import Project
-from vault.sealing import Remedies, seal_to_repo, validate_state
+from vault.sealing import Remedies, validate_state
 
 
 @dataclass
 class Migrated:
     stage: str
     kind: str
-    source: Path
     action: str  # "sealed", "already in the vault"
     serial: int
 
@@ -73,14 +72,10 @@ FROM_RECIPE = Remedies(
 
 def migrate(project: Project, source: str | None = None, *, force: bool = False) -> MigrateReport:
     """Seal the recipe's plaintext files, remove them from tree and index, commit."""
-    from vault.commit import own_files
-    from vault.gitsetup import append_block, gitattributes_block, gitignore_block
-    from vault.gitstore import GitStore
-    from vault.records import writer_name
+    from vault.gitsetup import gitattributes_block, gitignore_block, with_block
     from vault.versions import WORK, Side, open_version
 
     source_dir = check_state_dir(source or project.config.state_dir)
-    store = GitStore(project.root)
     report = MigrateReport(source_dir)
     found, report.skipped = find_plaintext(project, source_dir)
     if not found:
@@ -89,9 +84,9 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
             "nothing to migrate; `sst-vault scan` looks for plaintext anywhere in the repo",
         )
     key = project.keys.sealing
-    writer = writer_name()
-    work = Side(project, store.top, WORK)
-    with safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
+    with Change(project) as change:
+        store = change.store
+        work = Side(project, store.top, WORK)
         plan = []
         for stage, kind, path in found:
             data = path.read_bytes()
@@ -99,9 +94,7 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
             current = open_version(project, work.read(stage, kind), stage)
             serial = current.header.serial + 1 if current.header else 1
             if current.plain == data:
-                report.migrated.append(
-                    Migrated(stage, kind, path, "already in the vault", serial - 1)
-                )
+                report.migrated.append(Migrated(stage, kind, "already in the vault", serial - 1))
                 continue
             if current.plain is not None and not force:
                 raise RefusedError(
@@ -109,52 +102,39 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
                     "compare them (`sst-vault diff` after `prepare`), remove the outdated one, "
                     "or pass --force to replace the vault file with the plaintext",
                 )
-            plan.append((stage, kind, path, data, serial))
-        with safefs.Transaction() as txn:
-            for stage, kind, path, data, serial in plan:
-                _, pending = seal_to_repo(
-                    project, key, stage, kind, io.BytesIO(data), serial=serial, writer=writer
-                )
-                txn.add(pending)
-                report.migrated.append(Migrated(stage, kind, path, "sealed", serial))
-            txn.commit()
+            plan.append((stage, kind, data, serial))
+        for stage, kind, data, serial in plan:
+            change.seal(stage, kind, io.BytesIO(data), key=key, serial=serial)
+            report.migrated.append(Migrated(stage, kind, "sealed", serial))
         state_dir = project.config.state_dir
-        blocks = [
-            (".gitattributes", gitattributes_block(state_dir)),
-            (".gitignore", gitignore_block(state_dir)),
-        ]
+        blocks = {".gitattributes": [gitattributes_block(state_dir)]}
+        blocks[".gitignore"] = [gitignore_block(state_dir)]
         if source_dir != state_dir:
-            blocks.append((".gitignore", gitignore_block(source_dir)))
-        touched = {name for name, block in blocks if append_block(project.root / name, block)}
+            blocks[".gitignore"].append(gitignore_block(source_dir))
+        for name, wanted in blocks.items():
+            path = project.root / name
+            was = text = path.read_text() if path.is_file() else ""
+            for block in wanted:
+                text = with_block(text, block)
+            if text != was:
+                change.put((name,), text.encode())
         plain_rels = [store.relative(p) for _, _, p in found]
         report.purge_globs = [f"{source_dir}/{k}/*.json" for k in KINDS]
-        in_head = store.git(
-            "ls-tree", "-r", "--name-only", "HEAD", "--", *plain_rels, check=False
-        ).out.split("\n")
-        in_head = [r for r in in_head if r]
         report.history_commits = int(
             store.git("rev-list", "--count", "--all", "--", *plain_rels, check=False).out.strip()
             or 0
         )
-        store.git("rm", "--cached", "--quiet", "--ignore-unmatch", "--", *plain_rels)
         for _, _, path in found:
-            path.unlink(missing_ok=True)
-        vault_files = [project.repo.vault_file(m.kind, m.stage) for m in report.migrated]
-        own = [f for f in own_files(project, store) if f.exists()]
-        own += [project.root / name for name in touched]
-        add = sorted({store.relative(p) for p in [*vault_files, *own]})
-        store.git("-c", "core.loosecompression=0", "add", "--", *add)
+            change.drop(path)
         stages = sorted({m.stage for m in report.migrated})
         message = (
             f"sst-vault: migrate {project.app} state ({', '.join(stages)}) from plaintext\n\n"
             f"Sealed {len(plan)} file(s) from {source_dir}; the plaintext files are removed.\n"
             "Earlier commits still hold them."
         )
-        paths = [*add, *in_head]
-        if store.git("diff", "--cached", "--name-only", "--", *paths).out.strip():
-            # --only: these paths alone, whatever else the user has staged.
-            store.git("commit", "--quiet", "--no-verify", "--only", "-m", message, "--", *paths)
-            report.commit = store.head()
+        # Vault files already sealed by an earlier, interrupted migrate are committed too.
+        vault_files = [project.repo.vault_file(m.kind, m.stage) for m in report.migrated]
+        report.commit = change.commit(message, also=vault_files)
     return report
 
 

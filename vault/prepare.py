@@ -30,6 +30,7 @@ from vault.stagefiles import (
     home_lock,
     read_repo_header,
     repo_changed,
+    repo_lock,
 )
 
 
@@ -51,7 +52,9 @@ def prepare(
     refuse_conflicts(project, stages, "prepare", quick=True)
     # One journaled transaction for every file of every stage and the records that describe
     # them: a kill at any point leaves the home as it was or, once journaled, rolled forward.
-    with home_lock(project), safefs.Transaction(home_journal(project)) as txn:
+    # The repository's lock too (after the home's, the one order of `change.Change`): a change
+    # swapping a stage's vault files meanwhile must not hand us half of them.
+    with home_lock(project), repo_lock(project), safefs.Transaction(home_journal(project)) as txn:
         records = Records(project)
         plan: list[tuple[str, str, Header, BinaryIO, FileKey]] = []
         backups: list[tuple[HomeFile, str]] = []

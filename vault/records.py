@@ -75,19 +75,28 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def writer_name() -> str:
-    import getpass  # with socket, only where a file is written: they cost start-up time
-    import socket
+def user_name(default: str = "unknown") -> str:
+    """The login name of whoever runs sst-vault (`default` where the system has none): the one
+    way the writer of a vault file, the holder of a deploy lock and `init`'s first member are
+    named."""
+    import getpass  # only where it is used: it costs start-up time
 
     try:
-        user = getpass.getuser()
+        return getpass.getuser() or default
     except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+        return default
+
+
+def writer_name() -> str:
+    """`user@host`: who wrote a vault file (its clear header) or a key record entry."""
+    import socket
+
+    return f"{user_name()}@{socket.gethostname()}"
 
 
 __all__ = [
     "Records",
     "SyncRecord",
+    "user_name",
     "writer_name",
 ]

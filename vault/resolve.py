@@ -46,8 +46,10 @@ class ResolveReport:
 
 def resolve(project: Project, stage: str, side: str) -> ResolveReport:
     """Keep `side` ("ours" or "theirs") of every vault file of `stage`; stage the result."""
-    from vault.gitstore import GitStore, git_run
-    from vault.sync import repo_lock, seal_to_repo, writer_name
+    from vault.gitstore import GitStore, run_git
+    from vault.records import writer_name
+    from vault.sealing import seal_to_repo
+    from vault.stagefiles import repo_lock
     from vault.worktree import CONFLICT, tree_state
 
     stage = check_stage(stage)
@@ -113,17 +115,17 @@ def resolve(project: Project, stage: str, side: str) -> ResolveReport:
                 report.files.append(Resolved(kind, "resealed", serial))
             txn.commit()
         if remove:
-            git_run(top, "rm", "-q", "--force", "--ignore-unmatch", "--", *remove)
+            run_git(top, "rm", "-q", "--force", "--ignore-unmatch", "--", *remove)
         if add:
-            git_run(top, "add", "--", *add)
+            run_git(top, "add", "--", *add)
     return report
 
 
 def _blob(top: Path, rev: str, rel: str) -> bytes | None:
-    from vault.gitstore import git_run
+    from vault.gitstore import run_git
 
-    proc = git_run(top, "cat-file", "blob", f"{rev}:{rel}", check=False)
-    return proc.stdout if proc.returncode == 0 else None
+    proc = run_git(top, "cat-file", "blob", f"{rev}:{rel}", check=False)
+    return proc.stdout if proc.code == 0 else None
 
 
 def _serial(project: Project, raw: bytes, label: str, stage: str, kind: str) -> int:

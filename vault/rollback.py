@@ -2,7 +2,8 @@
 
 History is never rewritten: the old plaintext is sealed again under the current key with
 serials above the current ones, so every clone sees a newer state. Only versions under the
-vault's current keys are restored (an older key may be known to a removed member).
+vault's current keys are restored (an older key may be known to a removed member). The files
+are written and committed as one `change.Change` (its locks, its all-or-nothing swap).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vault import envelope, safefs
+from vault import envelope
+from vault.change import Change
 from vault.envelope import FileKey
 from vault.errors import RefusedError, UsageError, WrongKeyError
-from vault.gitstore import git_run, resolve_commit
+from vault.gitstore import resolve_commit, run_git
 from vault.paths import KINDS, check_stage
-from vault.records import Records, writer_name
-from vault.sealing import seal_to_repo
+from vault.records import Records
 from vault.versions import WORK, Side, Version, open_version, repo_rel
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ class RollbackAction:
 class RollbackReport:
     stage: str
     rev: str
-    commit_id: str
     actions: list[RollbackAction] = field(default_factory=list)
     commit: str | None = None
 
@@ -48,30 +48,27 @@ def rollback(project: Project, stage: str, rev: str) -> RollbackReport:
     with a serial above the current one, so every clone sees a newer state and `prepare`
     applies it.
     """
-    from vault.gitstore import GitStore
-
     stage = check_stage(stage)
-    store = GitStore(project.root)
-    commit_id = resolve_commit(store.top, rev)
-    report = RollbackReport(stage, rev, commit_id)
     key = project.keys.sealing
-    paths = {k: project.repo.vault_file(k, stage) for k in KINDS}
-    with safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
-        dirty = git_run(
-            store.top,
+    with Change(project) as change:
+        top = change.store.top
+        commit_id = resolve_commit(top, rev)
+        report = RollbackReport(stage, rev)
+        dirty = run_git(
+            top,
             "status",
             "--porcelain",
             "--",
-            *(repo_rel(project, store.top, project.repo.vault_parts(k, stage)) for k in KINDS),
-        ).stdout.decode()
+            *(repo_rel(project, top, project.repo.vault_parts(k, stage)) for k in KINDS),
+        ).out
         if dirty.strip():
             raise RefusedError(
                 f"the vault files of {stage} have uncommitted changes",
                 f"commit them (`sst-vault commit {stage}`) or restore them with "
                 "`git checkout -- <file>` first",
             )
-        old_side = Side(project, store.top, commit_id, rev)
-        work_side = Side(project, store.top, WORK)
+        old_side = Side(project, top, commit_id, rev)
+        work_side = Side(project, top, WORK)
         olds = {k: old_side.read(stage, k) for k in KINDS}
         if all(v.raw is None for v in olds.values()):
             raise UsageError(
@@ -79,24 +76,11 @@ def rollback(project: Project, stage: str, rev: str) -> RollbackReport:
                 f"see `sst-vault log {stage}` for its commits",
             )
         records = Records(project)
-        writer = writer_name()
-        with safefs.Transaction() as txn:
-            for kind in KINDS:
-                report.actions.append(
-                    _restore_one(
-                        project,
-                        records,
-                        txn,
-                        key,
-                        stage,
-                        olds[kind],
-                        work_side.read(stage, kind),
-                        writer,
-                    )
-                )
-            if not any(a.action == "restored" for a in report.actions):
-                return report
-            txn.commit()
+        for kind in KINDS:
+            current = work_side.read(stage, kind)
+            report.actions.append(
+                _restore_one(project, records, change, key, stage, olds[kind], current)
+            )
         restored = [a for a in report.actions if a.action == "restored"]
         summary = ", ".join(f"{a.kind} serial {a.from_serial} as {a.serial}" for a in restored)
         # `--to 1a2b3c4d` names the commit already: say it once; a branch, tag or HEAD~2 is
@@ -105,19 +89,19 @@ def rollback(project: Project, stage: str, rev: str) -> RollbackReport:
             commit_id[:12] if commit_id.startswith(rev.lower()) else f"{rev} ({commit_id[:12]})"
         )
         message = f"sst-vault: roll back {project.app}/{stage} to {target}\n\n{summary}"
-        report.commit = store.commit_paths([paths[a.kind] for a in restored], message)
+        # Nothing restored: no commit (Change.commit returns None without touching anything).
+        report.commit = change.commit(message, own=False)
     return report
 
 
 def _restore_one(
     project: Project,
     records: Records,
-    txn: safefs.Transaction,
+    change: Change,
     key: FileKey,
     stage: str,
     old: Version,
     current: Version,
-    writer: str,
 ) -> RollbackAction:
     kind = old.kind
     if old.raw is None:
@@ -145,10 +129,7 @@ def _restore_one(
             return RollbackAction(kind, "unchanged", cur_header.serial, old.header.serial)
     record = records.get(stage, kind)
     serial = max(current_serial, record.serial if record else 0, old.header.serial) + 1
-    _, pending = seal_to_repo(
-        project, key, stage, kind, io.BytesIO(old.plain), serial=serial, writer=writer
-    )
-    txn.add(pending)
+    change.seal(stage, kind, io.BytesIO(old.plain), key=key, serial=serial)
     return RollbackAction(kind, "restored", serial, old.header.serial)
 
 

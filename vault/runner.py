@@ -28,11 +28,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from vault import sync
+from vault.commit import commit
 from vault.errors import ConfigError, GitError, RefusedError, UsageError, VaultError
 from vault.gitstore import (
     DivergedError,
@@ -46,12 +45,13 @@ from vault.lock import (
     DeployLock,
     LockBrokenError,
     LockInfo,
-    holding,
     rescue_root,
 )
 from vault.paths import KINDS, check_stage
+from vault.prepare import prepare
 from vault.printable import printable
 from vault.project import Project
+from vault.stagefiles import repo_lock
 
 ENV_TIMINGS = "SST_VAULT_TIMINGS"  # "1": print how long each phase took, on stderr
 # Seconds the command gets after SIGTERM, once sst-vault has died, before SIGKILL.
@@ -321,7 +321,7 @@ def run(
     # stage or a stale git lock file is refused before the lock is even taken.
     from vault.worktree import check_can_commit
 
-    with sync.repo_lock(project, store.git_dir):
+    with repo_lock(project, store.git_dir):
         check_can_commit(project, [stage], "run")
     remote: str | None = project.config.remote
     if not store.has_remote(remote):
@@ -426,7 +426,7 @@ class _Run:
         if self.remote:
             self.store.pull(self.remote)
         timings.mark("pull")
-        sync.prepare(self.project, [self.stage], missing_ok=True)
+        prepare(self.project, [self.stage], missing_ok=True)
         timings.mark("prepare")
         env = command_environment()
         self.result.code = self.signals.spawn(self.command, env)
@@ -460,7 +460,7 @@ class _Run:
         if len(summary) > 100:
             summary = summary[:99] + "…"
         try:
-            report = sync.commit(
+            report = commit(
                 project,
                 [stage],
                 # [skip ci]: this push must not start another deploy pipeline.
@@ -570,44 +570,6 @@ class _Run:
                 self.info(f"{broken}; check that nobody else deployed {lock.stage} meanwhile")
             elif quiet:
                 self.info(f"sst-vault: released the deploy lock of {lock.name}")
-
-
-T = TypeVar("T")
-
-
-def locked_change(
-    project: Project,
-    stages: Iterable[str] | None,
-    change: Callable[[Project], T],
-    *,
-    command: str,
-    lock_timeout: float = 0,
-    lock_ttl: int = DEFAULT_TTL,
-    info: Callable[[str], None] = lambda _msg: None,
-) -> T:
-    """`change` (which commits) between a pull and a push, under the stages' deploy locks.
-
-    What `rollback --push`, `rotate --push` and `recipients remove --push` do, so that they
-    never race a `run` of the stages they re-seal. `stages` None: every stage in the repo as
-    the remote has it. `change` gets the project as the pull left it (recipients or keys
-    someone else pushed meanwhile must not be lost).
-    """
-    project.keys  # noqa: B018 - a missing or wrong key must stop us before any lock is taken
-    store = GitStore(project.root)
-    remote = project.config.remote
-    store.require_remote(remote)
-    branch = store.current_branch()
-    if stages is None:
-        store.pull(remote)
-        stages = Project.open(project.root, project.home.root).repo.stages()
-    with holding(
-        project, stages, store, timeout=lock_timeout, ttl=lock_ttl, command=command, info=info
-    ):
-        store.pull(remote)
-        result = change(Project.open(project.root, project.home.root))
-        if store.unpushed(remote, branch):
-            store.push(remote)
-    return result
 
 
 def rescue_ref(project: Project, stage: str, sha: str) -> str:

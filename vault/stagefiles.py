@@ -17,7 +17,7 @@ from typing import BinaryIO
 from vault import envelope, safefs
 from vault.envelope import FileKey, Header
 from vault.errors import ConflictError, FileFormatError, RefusedError, UsageError, from_os_error
-from vault.paths import HOME_JOURNAL_PARTS, check_stage
+from vault.paths import HOME_JOURNAL_PARTS, REPO_JOURNAL_NAME, check_stage
 from vault.project import Project
 from vault.records import SyncRecord
 
@@ -49,23 +49,46 @@ def home_lock(project: Project) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def repo_lock(project: Project, git_dir: Path) -> Iterator[None]:
-    """Hold the repository's file lock, after removing temporary files a kill left there.
+def repo_journal(project: Project, git_dir: Path) -> safefs.Journal:
+    """The journal of a `change.Change`'s files, in the git directory (never in the work tree)."""
+    return safefs.Journal(git_dir, (REPO_JOURNAL_NAME,), project.root)
 
-    Vault files need no journal: each is replaced whole, git holds the previous versions, and
-    a commit killed half-way is completed by the next `commit` (status shows `uncommitted`).
+
+@contextlib.contextmanager
+def repo_lock(project: Project, git_dir: Path | None = None) -> Iterator[None]:
+    """Hold the repository's file lock, after finishing whatever a killed process left there.
+
+    A journal left by a kill half-way through a change's swap is rolled forward first (so no
+    stage, and no data key, is left mixed from two versions), then temporary files are removed.
+    A change killed after its swap but before git committed it is completed by the next
+    `commit` (status shows `uncommitted`). Without `git_dir` the git directory is found without
+    starting git (`prepare` takes this lock, and its start-up time is a goal).
     """
+    if git_dir is None:
+        git_dir = _git_dir(project)
     with safefs.exclusive(git_dir / "sst-vault.lock", "the repository"):
+        repo_journal(project, git_dir).recover()
         safefs.sweep_temp(project.root, project.repo.temp_folders)
         yield
 
 
-def recover(project: Project, git_dir: Path | None = None) -> None:
-    """Finish a killed prepare or commit now, if one left a journal or temporary files.
+def _git_dir(project: Project) -> Path:
+    from vault.worktree import git_dir_nearby
+
+    found = git_dir_nearby(project.root)
+    if found is None:
+        from vault.gitstore import GitStore
+
+        found = GitStore(project.root).git_dir
+    return found
+
+
+def recover(project: Project, git_dir: Path | None = None) -> bool:
+    """Finish a killed prepare or change now, if one left a journal or temporary files.
 
     For read-only commands (`status`): the locks are taken only when there is work, so a
-    clean home is never written to.
+    clean home is never written to. True when the work tree may have changed (a journaled
+    change of the repository was rolled forward): what git said about it is stale.
     """
     home = project.home
     if home.root.is_dir() and (
@@ -73,9 +96,13 @@ def recover(project: Project, git_dir: Path | None = None) -> None:
     ):
         with home_lock(project):
             pass
-    if git_dir is not None and safefs.find_temp(project.root, project.repo.temp_folders):
+    if git_dir is None:
+        return False
+    journaled = bool(repo_journal(project, git_dir).pending())
+    if journaled or safefs.find_temp(project.root, project.repo.temp_folders):
         with repo_lock(project, git_dir):
             pass
+    return journaled
 
 
 def resolve_stages(

@@ -63,7 +63,8 @@ def status(
 
     stages = [check_stage(s) for s in stages]
     tree = tree_state(project)
-    recover(project, tree.git_dir)
+    if recover(project, tree.git_dir):
+        tree = tree_state(project)  # a killed change was just rolled forward
     records = Records(project)
     if not stages:
         stages = sorted(

@@ -10,9 +10,10 @@ what was in them must be treated as known to that person, and the report names t
 fernet backend: the Fernet key is the secret itself. `rotate` re-seals every file under the
 newest key (the first in SST_VAULT_KEY); the older keys listed after it still open old revisions.
 
-Every change here is all or nothing: new files are written beside the old ones, swapped in
-together by `safefs.Transaction` (a failure part-way puts the old ones back), then committed
-as one commit of exactly those files. Nothing is pushed.
+Every change here is one `change.Change`: new files are sealed and verified beside the old
+ones, swapped in together (journaled; a failure part-way, or a failed git commit, puts the old
+ones back), then committed as one commit of exactly those files, under the SST home's and the
+repository's locks. Nothing is pushed here (`change.pushed` does that for --push).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from vault import config as config_mod
 from vault import envelope, keyrecord, keys, safefs, trust
+from vault.change import Change
 from vault.envelope import FileKey, Header
-from vault.errors import ConfigError, GitError, RefusedError, UsageError, WrongKeyError
+from vault.errors import ConfigError, RefusedError, UsageError, WrongKeyError
 from vault.paths import CONFIG_NAME, KINDS
 from vault.project import Project
+from vault.records import Records, writer_name
 
 SPOOL_SIZE = 8 * 1024 * 1024  # plaintext above this goes to an unlinked file in the SST home
 
@@ -49,7 +51,6 @@ class RotationReport:
     files: list[Resealed] = field(default_factory=list)
     removed: str | None = None
     commit: str | None = None
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def stages(self) -> list[str]:
@@ -88,9 +89,6 @@ def list_recipients(project: Project) -> dict[str, str]:
 
 def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
     """Wrap the vault's data key to one more age public key, and commit that."""
-    from vault.gitstore import GitStore
-    from vault.sync import own_files
-
     require_age(project, "recipients add")
     config_mod.check_recipient_name(name)
     public = keys.canonical_recipient(public, name)  # ssh-ed25519 keys lose their comment
@@ -107,24 +105,17 @@ def add_recipient(project: Project, name: str, public: str) -> RecipientChange:
     data_key = trusted.sealing
     recipients = {**current, name: public}
     record = keyrecord.append(
-        trusted.record, data_key.secret, data_key.secret, data_key.key_id, recipients, _writer()
+        trusted.record, data_key.secret, data_key.secret, data_key.key_id, recipients, writer_name()
     )
-    store = GitStore(project.root)
-    with safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
-        with safefs.Transaction() as swap:  # repo files: git restores them, no journal
-            swap.add(
-                _pending(
-                    project.root,
-                    project.repo.data_key_parts,
-                    keys.wrap_data_key(data_key.secret, recipients.values()),
-                )
-            )
-            swap.add(_pending(project.root, project.repo.record_parts, record.dumps()))
-            swap.commit()
-        trust.remember(project.home, project.app, record)
-        commit = _commit(
-            project, store, own_files(project, store), f"sst-vault: add recipient {name}"
+    with Change(project) as change:
+        change.put(
+            project.repo.data_key_parts, keys.wrap_data_key(data_key.secret, recipients.values())
         )
+        change.put(project.repo.record_parts, record.dumps())
+        commit = change.commit(f"sst-vault: add recipient {name}")
+        # Only once git has it: a failed commit puts the old record back, and this machine
+        # must not remember an entry the work tree no longer holds.
+        trust.remember(project.home, project.app, record)
     return RecipientChange(name, public, data_key.key_id, commit)
 
 
@@ -163,8 +154,9 @@ def rotate(
         recipients = dict(trusted.record.recipients if recipients is None else recipients)
         _refuse_lockout(project, recipients, removed)
         new_key = keys.data_file_key(keys.new_data_key())
+        writer = writer_name()
         record = keyrecord.append(
-            trusted.record, trusted.data_key, new_key.secret, new_key.key_id, recipients, _writer()
+            trusted.record, trusted.data_key, new_key.secret, new_key.key_id, recipients, writer
         )
         extra = [
             (project.repo.data_key_parts, keys.wrap_data_key(new_key.secret, recipients.values())),
@@ -195,30 +187,21 @@ def _reseal_all(
 ) -> None:
     """Re-seal every stage's files under `new_key` and replace them together with `extra`
     (repo-relative parts and bytes: the wrapped key, the record, the config), then commit."""
-    from vault.gitstore import GitStore
-    from vault.sync import Records, home_lock, own_files
-
-    store = GitStore(project.root)
-    writer = _writer()
     resealed: list[tuple[Resealed, Header, Header]] = []
-    with home_lock(project), safefs.exclusive(store.git_dir / "sst-vault.lock", "the repository"):
-        with safefs.Transaction() as swap:  # repo files: git restores them, no journal
-            for stage in sorted(project.repo.stages()):
-                for kind in KINDS:
-                    done = _reseal(project, current, new_key, stage, kind, writer, swap)
-                    if done:
-                        old, new = done
-                        resealed.append((Resealed(stage, kind, old.serial, new.serial), old, new))
-            for parts, data in extra:
-                swap.add(_pending(project.root, parts, data))
-            if not swap.pending:
-                return  # fernet, every file already under the newest key
-            swap.commit()
+    with Change(project) as change:
+        for stage in sorted(project.repo.stages()):
+            for kind in KINDS:
+                done = _reseal(project, current, new_key, stage, kind, change)
+                if done:
+                    old, new = done
+                    resealed.append((Resealed(stage, kind, old.serial, new.serial), old, new))
+        for parts, data in extra:
+            change.put(parts, data)
         report.files = [r for r, _, _ in resealed]
-        paths = [project.repo.vault_file(r.kind, r.stage) for r in report.files]
-        report.commit = _commit(
-            project, store, paths + own_files(project, store), message or _rotation_message(report)
-        )
+        # fernet, every file already under the newest key: nothing changed, no commit.
+        report.commit = change.commit(message or _rotation_message(report))
+        if not resealed:
+            return
         # This home was in sync with what was just re-sealed: it still is, at the new serial.
         records = Records(project)
         for item, old, new in resealed:
@@ -261,7 +244,7 @@ def upgrade(project: Project, recipients: dict[str, str] | None = None) -> Rotat
     _refuse_lockout(project, recipients, None)
     new_key = keys.data_file_key(keys.new_data_key())
     record = keyrecord.first_entry(
-        project.app, new_key.secret, new_key.key_id, recipients, _writer()
+        project.app, new_key.secret, new_key.key_id, recipients, writer_name()
     )
     legacy = keys.VaultKeys(old_key, {old_key.key_id: old_key}, source.origin)
     config = dataclasses.replace(project.config, legacy_recipients={})
@@ -325,8 +308,7 @@ def _reseal(
     new_key: FileKey,
     stage: str,
     kind: str,
-    writer: str,
-    swap: safefs.Transaction,
+    change: Change,
 ) -> tuple[Header, Header] | None:
     parts = project.repo.vault_parts(kind, stage)
     path = project.repo.vault_file(kind, stage)
@@ -353,30 +335,8 @@ def _reseal(
         # unlinked temporary file beside the SST home's own (plaintext) state.
         with tempfile.SpooledTemporaryFile(SPOOL_SIZE, dir=project.home.bookkeeping) as plain:
             envelope.open_(handle, plain, old_key, path, **meta)
-            from vault.sync import seal_to_repo
-
-            new, pending = seal_to_repo(
-                project, new_key, stage, kind, plain, serial=old.serial + 1, writer=writer
-            )
-            swap.add(pending)
+            new = change.seal(stage, kind, plain, key=new_key, serial=old.serial + 1)
     return old, new
-
-
-def _pending(root: Path, parts: tuple[str, ...], data: bytes) -> safefs.PendingFile:
-    with safefs.AtomicWriter(root, parts, 0o644) as out:
-        out.write(data)
-        return out.finish()
-
-
-def _commit(project: Project, store, paths: list[Path], message: str) -> str | None:
-    try:
-        return store.commit_paths(paths, message)
-    except GitError as exc:
-        raise GitError(
-            f"the new files are in place, but the commit failed ({exc.message})",
-            f"fix git, then commit them: git add -A -- {CONFIG_NAME} {project.config.state_dir}"
-            " && git commit",
-        ) from None
 
 
 def _rotation_message(report: RotationReport) -> str:
@@ -394,12 +354,6 @@ def _rotation_message(report: RotationReport) -> str:
     if report.removed:
         lines += ["", f"Commits before this one still open for {report.removed}'s key."]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _writer() -> str:
-    from vault.sync import writer_name
-
-    return writer_name()
 
 
 __all__ = [

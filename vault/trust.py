@@ -145,10 +145,10 @@ def history_versions(top: Path) -> list[tuple[str, bytes | None]]:
     Any folder, not only the current `state_dir`: a writer who moves the vault and edits
     `state_dir` in sst-vault.toml must not hide the record's past from the check.
     """
-    from vault.gitstore import git_run, iter_blobs
+    from vault.gitstore import iter_blobs, run_git
 
     pattern = f":(top,glob)**/{RECORD_NAME}"
-    proc = git_run(
+    proc = run_git(
         top,
         "log",
         "--format=%x00%H",
@@ -159,7 +159,7 @@ def history_versions(top: Path) -> list[tuple[str, bytes | None]]:
         pattern,
     )
     specs: list[tuple[str, str]] = []
-    for chunk in proc.stdout.decode(errors="replace").split("\0")[1:]:
+    for chunk in proc.out.split("\0")[1:]:
         lines = [ln for ln in chunk.splitlines() if ln.strip()]
         if lines:
             specs += [(lines[0], f"{lines[0]}:{path}") for path in lines[1:]]
@@ -168,11 +168,11 @@ def history_versions(top: Path) -> list[tuple[str, bytes | None]]:
 
 
 def last_change(top: Path, rel: str) -> Change | None:
-    from vault.gitstore import git_run
+    from vault.gitstore import run_git
 
-    proc = git_run(top, "log", "-1", "--format=%H%x00%an%x00%as%x00%s", "--", rel, check=False)
-    fields = proc.stdout.decode(errors="replace").strip().split("\0")
-    if proc.returncode != 0 or len(fields) != 4:
+    proc = run_git(top, "log", "-1", "--format=%H%x00%an%x00%as%x00%s", "--", rel, check=False)
+    fields = proc.out.strip().split("\0")
+    if proc.code != 0 or len(fields) != 4:
         return None
     return Change(*fields)
 

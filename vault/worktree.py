@@ -107,7 +107,7 @@ _IN_PROGRESS = (
 )
 
 
-def _git_dir_nearby(root: Path) -> Path | None:
+def git_dir_nearby(root: Path) -> Path | None:
     """The git directory above `root`, found without running git (None: ask git)."""
     for folder in (root, *root.parents):
         dot = folder / ".git"
@@ -130,7 +130,7 @@ def operation_in_progress(project: Project) -> bool:
     Unmerged index entries exist only then, so `prepare` (whose start-up time is a goal) asks
     git's index only in that case; conflict markers in a file are caught when it is read.
     """
-    git_dir = _git_dir_nearby(project.root)
+    git_dir = git_dir_nearby(project.root)
     if git_dir is None:
         return True  # unknown layout: ask git
     return any((git_dir / name).exists() for name in _IN_PROGRESS)
@@ -177,7 +177,7 @@ def stale_locks(state: TreeState) -> list[Path]:
 def check_can_commit(project: Project, stages: list[str], command: str) -> None:
     """Refuse before anything changes when the state could not be committed afterwards.
 
-    Call it holding the repository's file lock (`sync.repo_lock`): a lock file of another
+    Call it holding the repository's file lock (`stagefiles.repo_lock`): a lock file of another
     sst-vault's running commit must not look stale.
     """
     state = refuse_conflicts(project, stages, command)

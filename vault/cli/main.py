@@ -11,7 +11,7 @@ from vault.cli.context import Context
 from vault.errors import EXIT_REFUSED, EXIT_USAGE, ReportedFailure, VaultError
 
 # name: (module under vault.cli.commands, attribute, short help, hidden). Commands are imported
-# only when invoked, so `sst-vault --help` and `prepare` never load GitPython or keyring
+# only when invoked, so `sst-vault --help` and `prepare` never load keyring
 # modules they do not use. tests/test_cli.py checks the short help against each command.
 COMMANDS: dict[str, tuple[str, str, str, bool]] = {
     "init": (

@@ -69,20 +69,19 @@ def maybe_locked(
     lock_timeout: float,
     lock_ttl: int | None,
 ) -> T:
-    """`change(project)` as it is, or with --push under `runner.locked_change`."""
+    """`change(project)` as it is, or with --push under the deploy locks (`change.pushed`)."""
     project = ctx.project()
     if not push:
         return change(project)
-    from vault.lock import DEFAULT_TTL
-    from vault.runner import locked_change
+    from vault.change import pushed
 
-    return locked_change(
+    return pushed(
         project,
         stages,
         change,
         command=command,
         lock_timeout=lock_timeout,
-        lock_ttl=DEFAULT_TTL if lock_ttl is None else lock_ttl,
+        lock_ttl=lock_ttl,
         info=ctx.info,
     )
 
@@ -119,8 +118,6 @@ def show_rotation(ctx: Context, report, *, pushed: bool) -> None:  # vault.team.
     if report.commit:
         after = " and pushed it." if pushed else ". Next: git push."
         ctx.info(f"Committed {report.commit[:12]}{after}")
-    for warning in report.warnings:
-        ctx.info(f"Warning: {warning}")
     if report.backend == "age":
         who = f"{report.removed}'s key" if report.removed else "the old data key"
         ctx.info(

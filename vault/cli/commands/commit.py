@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from vault import sync
 from vault.cli.context import Context, pass_context
 from vault.cli.options import push_timeout_option
 
@@ -40,9 +39,12 @@ def commit_cmd(
     Example:
       sst deploy --stage prod && sst-vault commit prod --push
     """
+    from vault.commit import commit
+    from vault.stagefiles import resolve_stages
+
     project = ctx.project()
-    names = sync.resolve_stages(project, stages, all_, source="home")
-    report = sync.commit(
+    names = resolve_stages(project, stages, all_, source="home")
+    report = commit(
         project, names, message=message, push=push, force=force, push_timeout=push_timeout
     )
     for action in report.actions:

@@ -150,7 +150,7 @@ def import_cmd(click_ctx: click.Context, file: Path | None, replace: bool) -> No
       sst-vault key import --file ~/bob.key && shred -u ~/bob.key
       pbpaste | sst-vault key import
     """
-    from vault import pins
+    from vault import keyimport
 
     if click_ctx.args:  # refused without echoing them: it may be the secret itself
         raise UsageError(
@@ -170,7 +170,7 @@ def import_cmd(click_ctx: click.Context, file: Path | None, replace: bool) -> No
         text, origin = click.prompt("Secret key", hide_input=True, err=True), "the prompt"
     else:
         text, origin = sys.stdin.read(), "stdin"
-    report = pins.import_key(project, text, origin, replace=replace)
+    report = keyimport.import_key(project, text, origin, replace=replace)
     for warning in report.warnings:
         ctx.info(f"Warning: {warning}")
     if report.unchanged:
@@ -241,10 +241,9 @@ def forget_cmd(ctx: Context, yes: bool) -> None:
     Example:
       sst-vault key export-public && sst-vault key forget
     """
-    from vault import pins
+    from vault import keyimport, oskeyring
 
     project = ctx.project()
-    from vault import oskeyring
 
     stored = oskeyring.get(project.config.vault_id)
     if stored is None:
@@ -257,7 +256,7 @@ def forget_cmd(ctx: Context, yes: bool) -> None:
         f"Delete the key of vault {project.config.vault_id} ({project.app}) from the OS keyring?",
         "pass --yes to delete the key",
     )
-    pins.forget(project)
+    keyimport.forget(project)
     ctx.info(f"Deleted the key of vault {project.config.vault_id} from the OS keyring.")
 
 
@@ -276,10 +275,10 @@ def trust_cmd(ctx: Context, yes: bool) -> None:
     Example:
       sst-vault key trust        # shows the commit, asks before accepting
     """
-    from vault import pins
+    from vault import trustchange
 
     project = ctx.project()
-    info = pins.trust_info(project)
+    info = trustchange.trust_info(project)
     if info.remembered == info.identity:
         ctx.info(f"This machine already trusts the vault {info.identity}.")
         click.echo(f"SST_VAULT_PIN={info.identity}")
@@ -297,7 +296,7 @@ def trust_cmd(ctx: Context, yes: bool) -> None:
     if info.uncommitted:
         click.echo(f"Warning: {path} has changes in this working tree that are not committed.")
     _confirm(yes, f"Trust the vault {info.identity}?", f"pass --yes to trust {info.identity}")
-    pins.accept(project)
+    trustchange.accept(project)
     ctx.info(f"This machine now trusts the vault {info.identity}.")
     click.echo(f"SST_VAULT_PIN={info.identity}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from vault import sync
 from vault.cli.context import Context, pass_context
 
 
@@ -28,9 +27,12 @@ def prepare_cmd(ctx: Context, stages: tuple[str, ...], all_: bool, force: bool) 
     Example:
       sst-vault prepare prod && sst deploy --stage prod
     """
+    from vault.prepare import prepare
+    from vault.stagefiles import resolve_stages
+
     project = ctx.project()
-    names = sync.resolve_stages(project, stages, all_, source="repo")
-    report = sync.prepare(project, names, force=force)
+    names = resolve_stages(project, stages, all_, source="repo")
+    report = prepare(project, names, force=force)
     for action in report.actions:
         line = f"{action.stage} {action.kind}: {action.action} (serial {action.serial})"
         if action.backup:

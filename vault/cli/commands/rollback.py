@@ -42,7 +42,8 @@ def rollback_cmd(
       sst-vault log prod
       sst-vault rollback prod --to 1a2b3c4d --push --prepare
     """
-    from vault import rollback, sync
+    from vault import rollback
+    from vault.prepare import prepare
 
     report = maybe_locked(
         ctx,
@@ -66,7 +67,7 @@ def rollback_cmd(
     else:
         ctx.info(f"Committed {report.commit[:12]}" + (" and pushed it" if push else ""))
     if then_prepare:
-        result = sync.prepare(project, [report.stage])
+        result = prepare(project, [report.stage])
         for action in result.actions:
             ctx.info(f"{action.stage} {action.kind}: {action.action} (serial {action.serial})")
     elif report.commit is not None:

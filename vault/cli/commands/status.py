@@ -7,7 +7,6 @@ from dataclasses import asdict
 
 import click
 
-from vault import sync
 from vault.cli.context import Context, pass_context
 from vault.errors import RefusedError
 from vault.paths import home_from_sst_binary, same_folder
@@ -46,8 +45,10 @@ def status_cmd(ctx: Context, stages: tuple[str, ...], as_json: bool, verify: boo
       sst-vault status --json | jq '.[] | select(.state != "in sync")'
       sst-vault status --verify prod
     """
+    from vault.status import DAMAGED, status
+
     project = ctx.project()
-    rows = sync.status(project, stages, verify=verify)
+    rows = status(project, stages, verify=verify)
     if ctx.verbose:
         ctx.info(f"SST home: {project.home.root}")
         reported = home_from_sst_binary()
@@ -66,7 +67,7 @@ def status_cmd(ctx: Context, stages: tuple[str, ...], as_json: bool, verify: boo
             click.echo(
                 f"{r.stage:<{width}}  {r.kind:<10}  {r.state:<10}  ({serial}{synced}){problem}"
             )
-    damaged = [r for r in rows if r.state == sync.DAMAGED]
+    damaged = [r for r in rows if r.state == DAMAGED]
     if damaged:
         names = ", ".join(f"{r.stage} {r.kind}" for r in damaged)
         raise RefusedError(

@@ -1,14 +1,11 @@
-"""A developer's keyring entry of a vault (import, forget) and accepting a re-created vault.
+"""A member's key in this machine's OS keyring: import (once it opens the vault), forget.
 
-The secret is stored under username `vault:<vault_id>` (`vault.keys`), only after it proved to
-open this vault through every trust check (`vault.trust`), and never over a different key
-already there unless asked to.
-
-Trust itself needs no keyring: this machine remembers the vault's identity and the newest key
-record entry it accepted (`vault.trust`), for keys from the keyring and from variables alike.
-A member's rotation or recipient change is a signed entry and is accepted without asking;
-only a different vault identity (the vault re-created, or a writer's forgery) stops every
-command until `sst-vault key trust` has shown the commit that changed it and the user agreed.
+The secret is stored under username `vault:<vault_id>` (`vault.oskeyring`), only after it
+proved to open this vault through every trust check (`vault.trust`), and never over a
+different key already there unless asked to. Trust itself needs no keyring: this machine
+remembers the vault's identity and the newest key record entry it accepted (`vault.trust`),
+for keys from the keyring and from variables alike; reviewing a changed identity is
+`vault.trustchange`'s.
 """
 
 from __future__ import annotations
@@ -109,39 +106,4 @@ def forget(project: Project) -> bool:
     return had_key
 
 
-@dataclass
-class TrustInfo:
-    identity: str  # the vault identity of the verified record in the work tree
-    remembered: str | None  # what this machine accepted before (None: nothing yet)
-    entry: int  # the newest entry of the record
-    recipients: dict[str, str]
-    change: trust.Change | None  # the last commit of the key record
-    uncommitted: bool  # the key record differs from HEAD in this working tree
-
-
-def trust_info(project: Project) -> TrustInfo:
-    """What `key trust` shows before asking: the record as verified, minus this machine's
-    memory (which is what the user is about to overrule)."""
-    from vault.gitstore import git_run
-    from vault.team import require_age
-
-    require_age(project, "key trust")
-    memory = trust.recall(project.home, project.app)
-    # Every check but the memory's identity: the record verifies, the data key matches it,
-    # the pins agree, and it neither went back nor forked along history.
-    trusted = project.verify_record(accept_identity=True, remember=False)
-    label = project.record_label
-    changed = git_run(project.root, "status", "--porcelain", "--", label, check=False)
-    return TrustInfo(
-        trusted.record.identity,
-        memory.identity if memory else None,
-        trusted.record.newest.seq,
-        trusted.record.recipients,
-        trust.last_change(project.root, label),
-        bool(changed.stdout.strip()),
-    )
-
-
-def accept(project: Project) -> None:
-    """Remember the vault's current identity on this machine (after the user reviewed it)."""
-    project.verify_record(accept_identity=True)
+__all__ = ["ImportReport", "forget", "import_key"]

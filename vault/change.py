@@ -1,0 +1,239 @@
+"""One change of the vault's files, committed as one commit: the HOW of every command that
+writes the repository (commit, rollback, rotate, recipients add and remove, migrate, key upgrade).
+
+An operation states only WHAT changes: the files it seals, the files of sst-vault's own it
+writes, the plaintext it drops, and the message. `Change` does the rest, the same way for all:
+
+    with Change(project) as change:                        # the locks; killed work finished
+        change.seal(stage, kind, source, key=key, serial=n)  # sealed beside, read back, verified
+        change.put(project.repo.record_parts, data)          # the data key, record, config…
+        commit = change.commit("sst-vault: …")               # swapped in, committed; or None
+
+Locks, always in this order, outermost first:
+1. with --push (`pushed`), the deploy locks of the stages the change re-seals, taken before the
+   pull: the change works on the remote's newest vault, and no `run` of those stages deploys
+   between this pull and this push;
+2. the SST home's file lock (`stagefiles.home_lock`): the sync records and this machine's trust
+   memory live in the home, and a change updates them once its commit is made;
+3. the repository's file lock (`stagefiles.repo_lock`): the vault files, the wrapped data key,
+   the key record and git's index.
+Why this order: a lock that may be waited on for minutes (the deploy lock, on the remote) is
+never waited for while a local one is held, because a `run` on this machine that holds that
+deploy lock takes the local locks in its own prepare and commit, and neither could go on. The
+two local locks are taken home first by every command (`prepare` and `status`'s repair too), so
+no two processes ever hold the one the other waits for.
+
+What every operation gets alike:
+- nothing is replaced before every new file was sealed, read back and authenticated to the bytes
+  it was sealed from (`sealing.seal_to_repo`); leaving the block with an error discards them all;
+- the files are replaced together and journaled in the git directory (`safefs.Transaction`): a
+  kill -9 half-way is rolled forward by the next command that takes the repository's lock, so
+  the work tree never holds a stage, or a data key and its files, from two versions;
+- they stay revocable until git has them: when the commit fails (a hook, a full disk, a lock
+  file, a signing program) the old files are put back and unstaged, so the work tree never holds
+  a change that is neither committed nor refused (a kill -9 between the swap and the commit
+  leaves the new files whole and uncommitted: `status` says so and the next commit takes them);
+- exactly the paths the change wrote or dropped, and sst-vault's own files, are committed
+  (`GitStore.commit_paths`), never `git add .`; the user's other staged work stays staged;
+- no commit, and no rewritten file, when nothing changed: `commit` returns None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import stat
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from vault import safefs
+from vault.envelope import FileKey, Header
+from vault.project import Project
+from vault.records import writer_name
+from vault.sealing import seal_to_repo
+from vault.stagefiles import home_lock, repo_journal, repo_lock
+
+if TYPE_CHECKING:
+    from vault.gitstore import GitStore
+
+T = TypeVar("T")
+
+
+class Change:
+    """Seal, swap in and commit a set of repository files as one change (see the module)."""
+
+    def __init__(self, project: Project) -> None:
+        from vault.gitstore import GitStore
+
+        self.project = project
+        self.store: GitStore = GitStore(project.root)
+        self.writer = writer_name()
+        self._written: list[Path] = []
+        self._dropped: list[Path] = []
+        self._txn: safefs.Transaction | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Change:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(home_lock(self.project))
+            stack.enter_context(repo_lock(self.project, self.store.git_dir))
+            journal = repo_journal(self.project, self.store.git_dir)
+            self._txn = stack.enter_context(safefs.Transaction(journal))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stack.__exit__(*exc_info)
+
+    @property
+    def txn(self) -> safefs.Transaction:
+        assert self._txn is not None, "use Change as a context manager"
+        return self._txn
+
+    @property
+    def changed(self) -> bool:
+        """Whether the change has anything to swap in or drop yet."""
+        return bool(self._written or self._dropped)
+
+    def seal(
+        self,
+        stage: str,
+        kind: str,
+        source: BinaryIO,
+        *,
+        key: FileKey,
+        serial: int,
+        **options: Any,
+    ) -> Header:
+        """Seal `source` as the stage's vault file (verified, not yet in place); its header."""
+        sealed, pending = seal_to_repo(
+            self.project, key, stage, kind, source, serial=serial, writer=self.writer, **options
+        )
+        self.txn.add(pending)
+        self._written.append(self.project.repo.vault_file(kind, stage))
+        return sealed
+
+    def put(self, parts: tuple[str, ...], data: bytes) -> None:
+        """Write one of sst-vault's own files (parts below the project folder), not yet in place."""
+        with safefs.AtomicWriter(self.project.root, parts, 0o644) as out:
+            out.write(data)
+            self.txn.add(out.finish())
+        self._written.append(self.project.root.joinpath(*parts))
+
+    def drop(self, path: Path) -> None:
+        """Remove `path` from the work tree and the index with this commit (migrate's plaintext).
+
+        It stays where it is until the swap; a failed commit puts it back.
+        """
+        self._dropped.append(path)
+
+    def commit(
+        self, message: str, *, also: Iterable[Path] = (), own: bool = True, always: bool = False
+    ) -> str | None:
+        """Swap every new file in together, then commit exactly the paths written and dropped,
+        `also`, and (`own`) sst-vault's own files; the commit id, or None when nothing changed.
+
+        `always`: commit `also` and the own files even when this change wrote nothing (the
+        `commit` command takes sst-vault's own files alone: the vault's first commit).
+        """
+        if not self.changed and not always:
+            return None
+        txn = self.txn
+        txn.commit(keep=True)
+        safefs.pause_point("commit-git")
+        removed: list[tuple[Path, bytes, int]] = []
+        paths = [*self._written, *self._dropped, *also]
+        try:
+            for path in self._dropped:
+                # Held in memory (migrate read each one whole to seal it) until git has the change.
+                removed.append((path, path.read_bytes(), stat.S_IMODE(path.stat().st_mode)))
+                path.unlink()
+            if own:
+                paths += own_files(self.project, self.store)
+            commit = self.store.commit_paths(paths, message)
+        except BaseException:
+            # What `git add` staged goes too, own files included (best effort: the index may be
+            # locked; a path the user had staged before is unstaged, its file left as it is).
+            touched = sorted({self.store.relative(p) for p in paths})
+            if touched:
+                self.store.git("reset", "-q", "--", *touched, check=False)
+            for path, data, mode in removed:
+                with contextlib.suppress(OSError):
+                    safefs.write_atomic(path.parent, (path.name,), data, mode)
+            raise  # leaving the block puts the old files back (Transaction.undo)
+        txn.release()  # git has them: an error after this point must not undo the files
+        self._written.clear()
+        self._dropped.clear()
+        return commit
+
+    def push(self, timeout: float | None = None) -> None:
+        """Push the current branch (rebasing over others' pushes), still under the locks."""
+        self.store.push(self.project.config.remote, timeout=timeout)
+
+
+def own_files(project: Project, store: GitStore | None = None) -> list[Path]:
+    """sst-vault's own files that a change commits besides vault files.
+
+    `.gitattributes` and `.gitignore` are shared with the user: they are taken only while the
+    work tree has the entries `init` wrote and HEAD does not yet (the vault's first commit), so
+    the user's own uncommitted lines there are never swept into later state commits.
+    """
+    from vault.gitsetup import gitattributes_block, gitignore_block
+    from vault.gitstore import GitStore
+
+    files = [project.repo.config_file]
+    if project.config.backend == "age":
+        files += [project.repo.data_key_file, project.repo.record_file]
+    state_dir = project.config.state_dir
+    for name, block in (
+        (".gitattributes", gitattributes_block(state_dir)),
+        (".gitignore", gitignore_block(state_dir)),
+    ):
+        path = project.root / name
+        if not path.is_file() or block.encode() not in path.read_bytes():
+            continue
+        store = store or GitStore(project.root)
+        if block.encode() not in (store.show("HEAD", path) or b""):
+            files.append(path)
+    return [f for f in files if f.is_file()]
+
+
+def pushed(
+    project: Project,
+    stages: Iterable[str] | None,
+    operation: Callable[[Project], T],
+    *,
+    command: str,
+    lock_timeout: float = 0,
+    lock_ttl: int | None = None,
+    info: Callable[[str], None] = lambda _msg: None,
+) -> T:
+    """`operation` (a `Change`) between a pull and a push, under the stages' deploy locks.
+
+    What `rollback --push`, `rotate --push` and `recipients remove --push` do, so that they
+    never race a `run` of the stages they re-seal. `stages` None: every stage in the repo as
+    the remote has it. `operation` gets the project as the pull left it (recipients or keys
+    someone else pushed meanwhile must not be lost). The deploy locks come first, before the
+    local locks `Change` takes (see the module's locking order).
+    """
+    from vault.gitstore import GitStore
+    from vault.lock import DEFAULT_TTL, holding
+
+    project.keys  # noqa: B018 - a missing or wrong key must stop us before any lock is taken
+    store = GitStore(project.root)
+    remote = project.config.remote
+    store.require_remote(remote)
+    branch = store.current_branch()
+    if stages is None:
+        store.pull(remote)
+        stages = Project.open(project.root, project.home.root).repo.stages()
+    ttl = DEFAULT_TTL if lock_ttl is None else lock_ttl
+    with holding(project, stages, store, timeout=lock_timeout, ttl=ttl, command=command, info=info):
+        store.pull(remote)
+        result = operation(Project.open(project.root, project.home.root))
+        if store.unpushed(remote, branch):
+            store.push(remote)
+    return result
+
+
+__all__ = ["Change", "own_files", "pushed"]
