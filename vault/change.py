@@ -1,5 +1,6 @@
 """One change of the vault's files, committed as one commit: the HOW of every command that
-writes the repository (commit, rollback, rotate, recipients add and remove, migrate, key upgrade).
+writes the repository (commit, rollback, rotate, recipients add and remove, migrate, key upgrade;
+`resolve` stages its change for the merge in progress instead of committing it).
 
 An operation states only WHAT changes: the files it seals, the files of sst-vault's own it
 writes, the plaintext it drops, and the message. `Change` does the rest, the same way for all:
@@ -121,9 +122,9 @@ class Change:
         self._written.append(self.project.root.joinpath(*parts))
 
     def drop(self, path: Path) -> None:
-        """Remove `path` from the work tree and the index with this commit (migrate's plaintext).
-
-        It stays where it is until the swap; a failed commit puts it back.
+        """Remove `path` from the work tree and the index with this change (migrate's plaintext,
+        the side `resolve` did not keep). It stays where it is until the swap; a failed commit
+        puts it back. A path that is already gone is dropped from the index alone.
         """
         self._dropped.append(path)
 
@@ -138,24 +139,49 @@ class Change:
         """
         if not self.changed and not always:
             return None
+        paths = [*self._written, *self._dropped, *also]
+
+        def record() -> str | None:
+            if own:  # after the swap: a change may write the data key or record for the first time
+                paths.extend(own_files(self.project, self.store))
+            return self.store.commit_paths(paths, message)
+
+        return self._swap_then(paths, record, unstage=True)
+
+    def stage(self) -> list[str]:
+        """Swap every new file in together and stage the paths written and dropped, uncommitted.
+
+        `resolve`'s way: a merge, rebase or cherry-pick in progress is concluded by the user's own
+        `git commit` or `--continue`. One `git add` writes the index once, so a failure leaves
+        the index as it was (its conflict entries included) and the old files are put back.
+        Returns the repo-relative paths staged.
+        """
+        paths = [*self._written, *self._dropped]
+        return self._swap_then(paths, lambda: self.store.stage_paths(paths), unstage=False)
+
+    def _swap_then(self, paths: list[Path], record: Callable[[], T], *, unstage: bool) -> T:
+        """Swap in, drop, then `record` the change in git; on any failure put everything back.
+
+        `unstage`: also unstage `paths` on failure (what a failed `git add` + `git commit` may
+        have staged); never while git's index holds a conflict that `git reset` would discard.
+        """
         txn = self.txn
         txn.commit(keep=True)
         safefs.pause_point("commit-git")
         removed: list[tuple[Path, bytes, int]] = []
-        paths = [*self._written, *self._dropped, *also]
         try:
             for path in self._dropped:
+                if not path.exists():
+                    continue
                 # Held in memory (migrate read each one whole to seal it) until git has the change.
                 removed.append((path, path.read_bytes(), stat.S_IMODE(path.stat().st_mode)))
                 path.unlink()
-            if own:
-                paths += own_files(self.project, self.store)
-            commit = self.store.commit_paths(paths, message)
+            result = record()
         except BaseException:
             # What `git add` staged goes too, own files included (best effort: the index may be
             # locked; a path the user had staged before is unstaged, its file left as it is).
             touched = sorted({self.store.relative(p) for p in paths})
-            if touched:
+            if unstage and touched:
                 self.store.git("reset", "-q", "--", *touched, check=False)
             for path, data, mode in removed:
                 with contextlib.suppress(OSError):
@@ -164,7 +190,7 @@ class Change:
         txn.release()  # git has them: an error after this point must not undo the files
         self._written.clear()
         self._dropped.clear()
-        return commit
+        return result
 
     def push(self, timeout: float | None = None) -> None:
         """Push the current branch (rebasing over others' pushes), still under the locks."""

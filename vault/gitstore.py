@@ -432,14 +432,13 @@ class GitStore:
         except ValueError:
             raise ConfigError(f"{path} is outside the repository {self.top}") from None
 
-    def commit_paths(self, paths: Iterable[Path], message: str) -> str | None:
-        """Stage and commit exactly `paths` (other staged work stays staged, uncommitted).
+    def stage_paths(self, paths: Iterable[Path]) -> list[str]:
+        """Stage exactly `paths` in git's index, in one `git add`; the repo-relative ones staged.
 
-        Returns the new commit id, or None when these paths do not differ from HEAD.
+        A tracked path that is gone is staged as a deletion (`add` of a removed file does that);
+        a path neither present nor tracked is left out (an empty pathspec would mean everything).
         """
         rel = sorted({self.relative(p) for p in paths})
-        if not rel:
-            return None
         present = [r for r in rel if (self.top / r).exists()]
         # Only a missing path needs ls-files: it is a candidate when tracked (a deletion).
         tracked = (
@@ -448,11 +447,19 @@ class GitStore:
             else ()
         )
         candidates = [r for r in rel if r in tracked or r in present]
+        if candidates:
+            # Ciphertext does not compress: storing it uncompressed saves most of `git add`.
+            self.git("-c", "core.loosecompression=0", "add", "--", *candidates)
+        return candidates
+
+    def commit_paths(self, paths: Iterable[Path], message: str) -> str | None:
+        """Stage and commit exactly `paths` (other staged work stays staged, uncommitted).
+
+        Returns the new commit id, or None when these paths do not differ from HEAD.
+        """
+        candidates = self.stage_paths(paths)
         if not candidates:
-            return None  # an empty pathspec would mean every staged path
-        # Ciphertext does not compress: storing it uncompressed saves most of `git add`. A
-        # tracked path that is gone is staged as a deletion (`add` of a removed file does that).
-        self.git("-c", "core.loosecompression=0", "add", "--", *candidates)
+            return None
         changed = self.git("diff", "--cached", "--name-only", "--", *candidates).out.splitlines()
         if not changed:
             return None

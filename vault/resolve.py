@@ -19,7 +19,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vault import envelope, safefs
+from vault import envelope
 from vault.errors import ConflictError, RefusedError, UsageError, WrongKeyError
 from vault.paths import KINDS, check_stage
 from vault.project import Project
@@ -45,19 +45,21 @@ class ResolveReport:
 
 
 def resolve(project: Project, stage: str, side: str) -> ResolveReport:
-    """Keep `side` ("ours" or "theirs") of every vault file of `stage`; stage the result."""
-    from vault.gitstore import GitStore, run_git
-    from vault.records import writer_name
-    from vault.sealing import seal_to_repo
-    from vault.stagefiles import repo_lock
+    """Keep `side` ("ours" or "theirs") of every vault file of `stage`; stage the result.
+
+    Through `change.Change` like every write of the repository (its locks, its journal, all
+    files or none), staged rather than committed: the merge, rebase or cherry-pick in progress
+    is the user's to conclude.
+    """
+    from vault.change import Change
     from vault.worktree import CONFLICT, tree_state
 
     stage = check_stage(stage)
     if side not in SIDES:
         raise UsageError(f"unknown side {side!r}", "pass --ours or --theirs")
-    store = GitStore(project.root)
-    top = store.top
-    with repo_lock(project, store.git_dir):
+    with Change(project) as change:
+        store = change.store
+        top = store.top
         tree = tree_state(project)
         unmerged = [k for k in KINDS if tree.files.get((stage, k)) == CONFLICT]
         if not unmerged:
@@ -78,46 +80,26 @@ def resolve(project: Project, stage: str, side: str) -> ResolveReport:
         revs = {"ours": "HEAD", "theirs": theirs}
         report = ResolveReport(stage, side, revs[side])
         key = project.keys.sealing
-        writer = writer_name()
-        add: list[str] = []
-        remove: list[str] = []
-        with safefs.Transaction() as txn:
-            for kind in KINDS:
-                path = project.repo.vault_file(kind, stage)
-                rel = store.relative(path)
-                blobs = {s: _blob(top, revs[s], rel) for s in SIDES}
-                chosen, other = blobs[side], blobs["theirs" if side == "ours" else "ours"]
-                if chosen == other:
-                    if kind in unmerged:
-                        if chosen is None:
-                            remove.append(rel)
-                        else:
-                            txn.add(_pending(project, kind, stage, chosen))
-                            add.append(rel)
-                        report.files.append(Resolved(kind, "taken"))
-                    continue
-                if chosen is None:
-                    remove.append(rel)
-                    report.files.append(Resolved(kind, "removed"))
-                    continue
-                if other is None:
-                    txn.add(_pending(project, kind, stage, chosen))
-                    add.append(rel)
-                    report.files.append(Resolved(kind, "taken"))
-                    continue
+        for kind in KINDS:
+            path = project.repo.vault_file(kind, stage)
+            parts = project.repo.vault_parts(kind, stage)
+            rel = store.relative(path)
+            blobs = {s: _blob(top, revs[s], rel) for s in SIDES}
+            chosen, other = blobs[side], blobs["theirs" if side == "ours" else "ours"]
+            if chosen == other and kind not in unmerged:
+                continue
+            if chosen is None:
+                change.drop(path)
+                report.files.append(Resolved(kind, "taken" if other is None else "removed"))
+            elif chosen == other or other is None:
+                change.put(parts, chosen)
+                report.files.append(Resolved(kind, "taken"))
+            else:
                 serial = max(_serial(project, b, rel, stage, kind) for b in (chosen, other)) + 1
                 plain = _open(project, chosen, f"{revs[side]}:{rel}", stage, kind)
-                _, pending = seal_to_repo(
-                    project, key, stage, kind, io.BytesIO(plain), serial=serial, writer=writer
-                )
-                txn.add(pending)
-                add.append(rel)
+                change.seal(stage, kind, io.BytesIO(plain), key=key, serial=serial)
                 report.files.append(Resolved(kind, "resealed", serial))
-            txn.commit()
-        if remove:
-            run_git(top, "rm", "-q", "--force", "--ignore-unmatch", "--", *remove)
-        if add:
-            run_git(top, "add", "--", *add)
+        change.stage()
     return report
 
 
@@ -149,9 +131,3 @@ def _open(project: Project, raw: bytes, label: str, stage: str, kind: str) -> by
     out = io.BytesIO()
     envelope.open_(io.BytesIO(raw), out, key, label, app=project.app, stage=stage, kind=kind)
     return out.getvalue()
-
-
-def _pending(project: Project, kind: str, stage: str, raw: bytes) -> safefs.PendingFile:
-    with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
-        out.write(raw)
-        return out.finish()
