@@ -1033,10 +1033,6 @@ def _ahead(items: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
             box.put(exc)
 
     worker = threading.Thread(target=work, name="sst-vault-reader", daemon=True)
-    switch = sys.getswitchinterval()
-    # The worker takes the GIL back often (one AEAD call per 64 KiB): a short switch interval
-    # keeps the consumer from waiting 5 ms for it each time.
-    sys.setswitchinterval(min(switch, 0.0005))
     worker.start()
     try:
         while (item := box.get()) is not _END:
@@ -1049,7 +1045,6 @@ def _ahead(items: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
             with contextlib.suppress(queue.Empty):
                 box.get(timeout=0.01)
         worker.join()
-        sys.setswitchinterval(switch)
 
 
 _END = object()
