@@ -31,8 +31,8 @@ parts of a state that a deploy did not change keep their bytes and git stores th
                16 bytes are siv_i; 16 < len <= MAX_SEALED
     zlib_i = chunk i of the plaintext as one zlib stream (RFC 1950) with preset dictionary
              ZDICT_V2 (32768 bytes; SHA-256 in SECURITY.md), written by Python's zlib at level
-             9, or for files above 16 MiB by ISA-L's zlib at level 2 where installed, else
-             Python's at level 6 (deterministic in each case)
+             9 ("cdc" files up to 16 MiB), else by ISA-L's zlib at level 2 where installed,
+             else by Python's at level 6 (deterministic in each case)
     padding = zero bytes up to the next multiple of 2^min(16, max(9, bitlen(L) - 4)), L = the
              file's length through the last record (at most L / 8 and 64 KiB): versions of a
              file mostly have equal lengths, which lets `git gc` pair each with its neighbour
@@ -514,18 +514,22 @@ def _cut_seed(key: FileKey, header: Header) -> int:
     return seed or 1  # pyfastcdc reads 0 as "its public default table"
 
 
-# How chunks are compressed. Up to CDC_LARGE, with the stdlib's zlib at level 9 on every
-# platform: the small chunks need its thorough search of the preset dictionary (ISA-L's level 2
-# compresses them about 15% larger), and an unchanged chunk must compress to the same bytes at
-# every commit, or git stores it again, so no machine may differ. Above CDC_LARGE, where speed
-# matters more than a deploy's cost, with ISA-L's zlib (level 2) where installed, everywhere
-# the `isal` dependency has wheels, else the stdlib's at level 6: a team whose machines differ
-# there pays one copy of the state each time the writer's kind changes. Readers decode any.
+# How chunks are compressed. "cdc" chunks of files up to CDC_LARGE: with the stdlib's zlib at
+# level 9 on every platform: the small chunks need its thorough search of the preset dictionary
+# (ISA-L's level 2 compresses them about 15% larger), and an unchanged chunk must compress to
+# the same bytes at every commit, or git stores it again, so no machine may differ. Above
+# CDC_LARGE, where speed matters more than a deploy's cost, and "fixed" pieces (1 MiB, under a
+# fresh key: nothing to keep equal): with ISA-L's zlib (level 2) where installed, everywhere
+# the `isal` dependency has wheels, else the stdlib's at level 6; above CDC_LARGE a team whose
+# machines differ pays one copy of the state each time the writer's kind changes. Readers
+# decode any.
 CHUNK_LEVEL, CHUNK_LEVEL_LARGE_ISAL, CHUNK_LEVEL_LARGE_ZLIB = 9, 2, 6
 
 
-def _chunk_compressor(size: int) -> Callable[[bytes | memoryview], bytes]:
-    codec = _isal_zlib(MAX_SIZE) if size > CDC_LARGE else None
+def _chunk_compressor(size: int, chunking: str) -> Callable[[bytes | memoryview], bytes]:
+    # "fixed" pieces are 1 MiB, sealed under a fresh key: level 9 would buy them nothing.
+    thorough = size <= CDC_LARGE and chunking == CHUNKING_CDC
+    codec = None if thorough else _isal_zlib(MAX_SIZE)
     if codec is not None:
         isal = codec
 
@@ -536,9 +540,7 @@ def _chunk_compressor(size: int) -> Callable[[bytes | memoryview], bytes]:
         return compress
     # Loading a 32 KiB dictionary costs about as much as compressing a small chunk: load it
     # once and copy the primed state per chunk (the same bytes as a fresh compressor's).
-    primed = zlib.compressobj(
-        CHUNK_LEVEL if size <= CDC_LARGE else CHUNK_LEVEL_LARGE_ZLIB, zdict=ZDICT_V2
-    )
+    primed = zlib.compressobj(CHUNK_LEVEL if thorough else CHUNK_LEVEL_LARGE_ZLIB, zdict=ZDICT_V2)
 
     def compress_stdlib(piece: bytes | memoryview) -> bytes:
         comp = primed.copy()
@@ -621,7 +623,7 @@ def _seal_v2(
 
     chunk_key, manifest_key = _v2_keys(key, header)
     siv = AESSIV(chunk_key)
-    compress = _chunk_compressor(size)
+    compress = _chunk_compressor(size, header.chunking)
 
     def seal_one(piece: bytes | memoryview) -> bytes:
         return siv.encrypt(compress(piece), None)
