@@ -128,7 +128,7 @@ SIZE_GRANULE = 4096  # the clear header's `size` is rounded up to a multiple of 
 # worse one by one; with zlib level 9 and the 32 KiB ZDICT_V2 they still compress to about a
 # quarter (bench/README.md has the trade measured).
 CDC_AVG, CDC_MIN, CDC_MAX = 1024, 256, 4096
-# States above CDC_LARGE are cut 16x coarser and compressed faster (CHUNK_LEVEL_LARGE): far
+# States above CDC_LARGE are cut 16x coarser and compressed faster (CHUNK_LEVEL_LARGE_*): far
 # fewer chunks to compress, seal and open (speed at 100 MB); a deploy there costs a few 16 KiB
 # chunks instead.
 CDC_LARGE = 16 * 1024 * 1024
