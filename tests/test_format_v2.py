@@ -346,6 +346,11 @@ def test_the_preset_dictionary_is_the_one_specified_and_reproducible():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     assert module.zdict() == envelope.ZDICT_V2
+    # The recovery script carries its own copy (it must run without sst-vault): the same bytes.
+    spec = importlib.util.spec_from_file_location("recover", ROOT / "examples/recover.py")
+    recover = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recover)  # type: ignore[union-attr]
+    assert recover.ZDICT_V2 == envelope.ZDICT_V2
 
 
 def test_files_are_padded_with_zeros_to_a_unit_of_their_length():
