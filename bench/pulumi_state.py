@@ -298,3 +298,16 @@ def _redraw(rng: random.Random, c: int) -> int:
         if c in alphabet:
             return rng.choice(alphabet[:6] if alphabet is _LOWER and c < ord("g") else alphabet)
     return c
+
+
+def zdict() -> bytes:
+    """How format v2's preset dictionary (`vault.envelope.ZDICT_V2`) was made: reproducible.
+
+    A checkpoint of a neutral app and stage (not the bench's), cut before its closing lines, with
+    every run of 16 or more id-like characters removed (ids, hashes, tokens: noise in a
+    dictionary), its last 32 KiB (zlib's window; the end is what matches at the shortest
+    distances). tests/test_format_v2.py checks that this still gives the pinned bytes.
+    """
+    text = checkpoint(200_000, app="sst-app", stage="dev", seed=99)
+    text = text[: text.rindex(b'\n            ],\n            "metadata"')]
+    return re.sub(rb"[A-Za-z0-9+/=_-]{16,}", b"", text)[-32 * 1024 :]

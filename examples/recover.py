@@ -37,24 +37,46 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC, CHUNK, TAG = b"SSTVAULT", 64 * 1024, 16
-# Format v2's preset zlib dictionary (SECURITY.md gives its SHA-256).
-ZDICT_V2 = (
-    b'"ciphertext": "v1:"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270","'
-    b'plaintext": "sourceCodeHash": ""lastModified": ""etag": ""qualifiedArn": ""invokeArn": "ar'
-    b'n:aws:apigateway:"policy": "{\\"Statement\\":[{\\"Action\\":[\\"\\"Effect\\":\\"Allow\\",'
-    b'\\"Resource\\":[\\"arn:aws:\\"Version\\":\\"2012-10-17\\"}""assumeRolePolicy": ""managedPo'
-    b'licyArns": ["environment": {"variables": {"SST_RESOURCE_"architectures": [\n"arm64""handle'
-    b'r": ""memorySize": "runtime": "nodejs"timeout": "role": "arn:aws:iam::"region": "us-east-1'
-    b'""bucket": ""bucketDomainName": ".s3.amazonaws.com""hostedZoneId": ""forceDestroy": true"v'
-    b'ersionings": ["enabled": false"mfaDelete": false"tags": {"sst:app": ""sst:stage": ""tagsAl'
-    b'l": {"name": ""sst:aws:Function"sst:aws:Bucket"aws:lambda/function:Function"aws:iam/role:R'
-    b'ole"aws:s3/bucketV2:BucketV2"aws:iam/rolePolicy:RolePolicy"aws:cloudwatch/logGroup:LogGrou'
-    b'p"pulumi:providers:aws"pulumi:pulumi:Stack::default_6_66_2::"propertyDependencies": {"depe'
-    b'ndencies": ["created": "20"modified": "20"__defaults": [],"id": ""arn": "arn:aws:"parent":'
-    b' "urn:pulumi:"provider": "urn:pulumi:"outputs": {"inputs": {"custom": true,"custom": false'
-    b',"type": ""urn": "urn:pulumi:\n                    \n                },\n                {'
-    b"\n\n            ]\n\n                        \n                            \n             "
-    b"                   "
+# Format v2's preset zlib dictionary: 32768 bytes, zlib-compressed and base64 here
+# (SECURITY.md gives the SHA-256 of the 32768 bytes).
+ZDICT_V2 = zlib.decompress(
+    base64.b64decode(
+        "eNrtnVtz27YSgN/zKzqcPJ2pGNwJ4s25np5J2rTmycxJ7PHQEiyzlkiVF6Vqx//9LEhd7FoiJduiJRkZJpapJQhigd0F"
+        "9iNyPtCZo374+8UPDX8ckHL+PnHicKhP4POJc+L8CP/mk9H09yzL3fB75r4uulc6P3GunR/3qNTaQq9fbPbN9fI6OkmR"
+        "j4q8vsGdMI1N/eGHgiqqQTg874WqyDrfdZZ3iMKEMi486SNM1EURd/MoiVVNszjdpKePL0PChSm4TnJW3M/Qck2yUTxO"
+        "rvTR7dqGo6gf5vp7OLlR4+kjPNbjDMIs/5T0ootI98y9CSKig+AgARKKUDhcJiTyyNe6YtJkoG9WPQqH6nZt6q7OkiLt"
+        "6jfQsv8Os8umtlpIH0d/mbtiwnzOec0lY51m0BKm5Jcfj4J3x0HdDXQ8jtIkHuo4bxzOzjhMo/DcjvyHjfy6Hpr0+1Hc"
+        "f5PEF1G/WR8g/j5Jh6FRnRPoP/OGJzUXfEiTYlR2u3vVUOdhv6nTdi919yorhk1yqR5Hpqv+1GuSNCP3v6MeGIhbA5fQ"
+        "AElFmcLUpdzH1PvqbGRXR2FadXyngME8KgbFMFI9PVYK1N0JR6PyQznK388sjDoqelHCuLOqzDQZRz2d1pY6PTmTzcpb"
+        "gMxFWAzyM3EmxBlRq+yI0+QHupdRrrt5kZYj9dtpTctehnFvUFa2Vmyoh0k6mdqgWsmpdayXKeI8GjaKGRnwfE1it03Y"
+        "t9ONekA31bd7lexgFIAvwFIhz8UUSy5WuQNnuKY3ebFGdZZr1HShtfrnb9DuSv2c5NHFhIlVFe4WWZ6YgXkRDjK9QsgY"
+        "PXPPm0U79x9Bs75e/TjOw+7V/NsOiDrrqgYGvBcgaFihuOcKTxBvQ9XgACOjGspdhhiWtDXVvJxGCq/M+PicDKLupDw/"
+        "/agaFZanxSp9RXX2c67N2gqsujiKm+POs7Op3SqNTb0DMv51teOpG+Wjqp6Vm/5SxTiVZyYQcsGg7WCv8tnQw3JtrIH5"
+        "+htIv7u4AGtYCR8NBsn3Su6otOelELh3qt7qgc71L+e/l8JGAk5+jLJ85vLNqathBoLddDKanuhN4JmS3rn6oPOf4L4n"
+        "zqk5/ZuuQrdp8bNYEUpU6l/Vlf88d3p9er1O3Ok8/tTBqrBlFdZNj8rRXDuHiNeYZe1QoEbhMHYbCzhchn0s6PYCtfUc"
+        "4ZNHafPBsF409bCgZh89p/l7DMNU5wqCBniiIfMeLaxZFL4LgQ2DJg4QURwpjFzkC07RZuoRAWaK+Ap7rk8JQqRF9ZSh"
+        "TZYNX0GTgWHKdao+zz+1FNisuP3jhTWnDzTHs8pCk8G0DPozTPOdra8BQrMoXVQrZnj9Nap7P9Bay1IE14mFg0I3r3w0"
+        "1K7qYdHoUqe5WRYB6TGGvrjvSx6yQ7CZnDJhJqeCE474djzpJtb3yX3ptL/WLyZU/fWhnnQfTbVp6SoAVupNmIeDpM/k"
+        "o64QVKXvgiv1O4QFyCsXBaUrGaU+3kA/HhxmTZEgxalLsEdlm/qpXCl9dV7+9oVMT38hrfnRJfdux4lWt23MMyUwIXsL"
+        "7ixNJrXPXD1Z2G9OVVSdeDSa9mejlibPUhpIKLxsNtM7nzDNV049nQc3rPnezagbDsO/ktgkOrrQq9a4oMg6OjThxfqX"
+        "XiYZjNmvSawrN/iVHv36+jj48P5//zkO3jfPjesdbH+a/JpXzNntHtIcM0Fk1bwus0Y+Tscmedert+23DeRFWC2pzK65"
+        "Z87rdF8ySmD9sacYNhklnxEu8fYWKtZ2yU8eX81NSK0F/4dtro/GqnH30GhsX739Ipn4GiKdYsT8Rw3HZsXvQECGcQd7"
+        "JiGGfMWISzgh1N9ARbjUsDQzHkJdz8TLslUVvVzAJ6/mlMlCf+2EZavu305odiehXO/7wnQo2P0yBItsNNgc89GdnVk3"
+        "N00Qk1tjdxZ5a2c0yS+TmLqYOGtlsAmyEM4uQTht4XcrVt92GL9b1HgJfveQx1mO3y038DuL30mJsS8sfmfxu+eO37EO"
+        "lgHmEDkrzF0qKWsHv2uKmC1/t8/83d7OFyrs4JfU9CaODpS/MyMe5sqmeV0fY4HIBqrxy9m2rxBWnINqCJHC8neWvyvp"
+        "qrsM1i0y69dCp5Mp0fUHaFR3dTTWn3SWhX09J70+F/mM/bIQntWjJfGWvDLhBRhcIzEmWHqMcrFtEq/JJT43Em//fOhN"
+        "FuSoN4xijg8UxIODB+bND18R7CLmg01cXzsmdsUBwYohRalRroelBfEsiFeBePOE9M6AeJbDu6cfhVkmCTBV2FPcdxH1"
+        "pedvn8NrsL3PCcPbR0N9M+dfqZIcKITnmfcFEFcUQ6QJzSux2Ew7EKWadw2oQsSlDAnOdgPCm6qtiYyzTJ5l8p6SyZtn"
+        "6XaNyZtXzDJ588Vzy+TVhVoYGU9vFvS5ItyVtMoHbJvJa/DPlsg7NNd/I78YDQYwujk9VCTPrEF5AWJmFRATmL0gxL0N"
+        "1qBkB5cpNtAyMvuueJxbJM8ieSvT1Zi0QuTFSU//noHR+XM9Ig9bIs9uiGc3xPu0pn3fVSKPEul5DFkizxJ5z5zIM6l7"
+        "FJDy3WTGXCExZqgVIq8pYrZI3l5vibev84WKPzjKMp1nnB0kksfK1REY7yUtiTyGN93YhwYEKcIUl670KZXMInkWySsx"
+        "qzv7pK0itsCJZobZ+pj0343hJtkc5Lq9H5tl8qwiLZR3ByYgHeSbZDThxghzQaT0tg3lNTnF5wXl7aMXvbtBE+eHSeWZ"
+        "pACox2BTCiFXCsrEBvEnGFAD60ijHuq7EvlUMEvlWSpvR6k8LCyWd2+8HZebr09nmj7iQrS1PR7nlsvbT1N9M+9/HOWa"
+        "i8PE8kA5EGhiCDSleWMXS+5zvtE6DmJGtxSb5UWOfcl2BMurtGapvBr2w1J5u0DldWGsp+FgJ8G8ed0smzdfRbdsXkO8"
+        "ZbYjholv6RGwkBS3wObV+2iL5h2a+18kGt8m3Yx7B8vlsfI/NPNAO4oI1/M9shq8WLr1hUEvpVlHpNT1kMeQt0tcXqW9"
+        "pga3lN59nMIjUHqIsBYxPWQxPYvpLQ3TFzvNzSPSfdo7b1Hp5dvnPeShVu2gt8zu7yqvxySEHcTyepbXe/Y76HmGq6re"
+        "QkbCpRRxStrg9erDaAvr7TWs19Ik4v+a2BCY"
+    )
 )
 
 
@@ -63,7 +85,7 @@ def hkdf(ikm: bytes, salt: bytes | None, info: bytes, length: int = 32) -> bytes
 
 
 def recover_v2(raw: bytes, body: bytes, header: dict, ikm: bytes) -> bytes:
-    """Format v2: a sealed manifest, then length-prefixed AES-SIV chunks, each one zlib stream."""
+    """Format v2: a sealed manifest, length-prefixed AES-SIV chunks (each a zlib stream), zeros."""
     context = json.dumps([header["app"], header["stage"], header["kind"]], separators=(",", ":"))
     salt = bytes.fromhex(header["salt"]) or None
     chunk_key = hkdf(ikm, salt, b"sst-vault/2 chunk key " + context.encode(), 64)
@@ -88,7 +110,12 @@ def recover_v2(raw: bytes, body: bytes, header: dict, ikm: bytes) -> bytes:
         if not inflate.eof or inflate.unused_data:
             raise ValueError("a chunk is not one complete zlib stream")
     plain = b"".join(pieces)
-    if at != len(body) or len(plain) != size or not hmac.compare_digest(ivs.digest(), digest):
+    # Then zero bytes up to a multiple of 2^min(16, max(9, bitlen(L) - 4)), L = the length so far.
+    length = 13 + len(raw) + at
+    unit = 1 << min(16, max(9, length.bit_length() - 4))
+    if body[at:] != bytes(-length % unit):
+        raise ValueError("the file does not end with its padding")
+    if len(plain) != size or not hmac.compare_digest(ivs.digest(), digest):
         raise ValueError("the chunks are not the ones sealed (reordered, dropped or spliced)")
     return plain
 

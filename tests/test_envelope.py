@@ -571,6 +571,8 @@ FAILURES: dict[str, tuple[str, str, type[FileFormatError]]] = {
     "fail_v2_spliced_version.vault": ("stream", "app", TamperedError),
     "fail_v2_spliced_file.vault": ("stream", "app", TamperedError),
     "fail_v2_trailing.vault": ("stream", "app", TamperedError),
+    "fail_v2_padding_not_zero.vault": ("stream", "app", TamperedError),
+    "fail_v2_padding_short.vault": ("stream", "app", TamperedError),
     "fail_v2_bad_chunk.vault": ("stream", "app", TamperedError),
     "fail_v2_bad_manifest.vault": ("stream", "app", TamperedError),
     "fail_v2_truncated.vault": ("stream", "app", TamperedError),

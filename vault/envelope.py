@@ -21,31 +21,35 @@ the 32 bytes that the Fernet key base64url-decodes to (fernet backend), all with
 
 Version 2 (what `seal` writes): content-defined chunks, each sealed deterministically, so the
 parts of a state that a deploy did not change keep their bytes and git stores them once.
-    header: v=2, cipher "aes-256-siv", compression "zlib+dict1", chunking "cdc" (salt "") or
+    header: v=2, cipher "aes-256-siv", compression "zlib+dict2", chunking "cdc" (salt "") or
             "fixed" (salt = 64 hex digits, fresh per write), size = the plaintext length
             rounded up to a multiple of SIZE_GRANULE (4096); the exact size is in the manifest.
-    body   = manifest record*
+    body   = manifest record* padding
     manifest = AES-SIV(manifest_key, AD=[header bytes as stored],
                        size:u64 || count:u32 || SHA-256(siv_1 || ... || siv_count))  (60 bytes)
     record_i = len:u32 sealed_i, sealed_i = AES-SIV(chunk_key, no AD, zlib_i), whose first
                16 bytes are siv_i; 16 < len <= MAX_SEALED
     zlib_i = chunk i of the plaintext as one zlib stream (RFC 1950) with preset dictionary
-             ZDICT_V2 (1342 bytes; SHA-256 in SECURITY.md), written by ISA-L's zlib at level 2
-             where installed, else Python's at level 6 (deterministic either way)
+             ZDICT_V2 (32768 bytes; SHA-256 in SECURITY.md), written by Python's zlib at level
+             9 ("cdc" files up to 16 MiB), else by ISA-L's zlib at level 2 where installed,
+             else by Python's at level 6 (deterministic in each case)
+    padding = zero bytes up to the next multiple of 2^min(16, max(9, bitlen(L) - 4)), L = the
+             file's length through the last record (at most L / 8 and 64 KiB): versions of a
+             file mostly have equal lengths, which lets `git gc` pair each with its neighbour
     context      = JSON [app, stage, kind] (no spaces, ASCII)
     chunk_key    = HKDF(IKM, bytes.fromhex(salt) or none, "sst-vault/2 chunk key " || context, 64)
     manifest_key = HKDF(IKM, none, "sst-vault/2 manifest key " || context, 64)
 AES-SIV is RFC 5297 with a 64-byte key (cryptography's AESSIV). Chunks ("cdc"): FastCDC 2020
-as pyfastcdc 0.3 implements it, average 4096, min 1024, max 16384 bytes (files above 16 MiB:
-16384, 4096, 65536), normalization 1, gear
-table XORed with seed = (HKDF(IKM, none, "sst-vault/2 cut seed " || context, 8) as u64 >> 1)
-or 1, so where a chunk ends depends on the key; ("fixed"): pieces of FIXED_CHUNK (1 MiB). The
-empty file has no records. Readers do not need the cutter.
+as pyfastcdc 0.3 implements it, average 1024, min 256, max 4096 bytes (files above 16 MiB:
+16384, 4096, 65536), normalization 1, gear table XORed with
+seed = (HKDF(IKM, none, "sst-vault/2 cut seed " || context, 8) as u64 >> 1) or 1, so where a
+chunk ends depends on the key; ("fixed"): pieces of FIXED_CHUNK (1 MiB). The empty file has no
+records. Readers do not need the cutter.
 A reader checks the manifest first (any header edit fails there), that its size is in range and
 rounds to the header's, then each of `count` records (length, AES-SIV, one complete zlib stream
-of 1 to min(remaining, 65536 for "cdc" or MAX_CHUNK for "fixed") bytes), that the file ends
-there, that the sizes add up and that the SIVs hash to the manifest's (a reordered, dropped,
-duplicated or spliced chunk fails).
+of 1 to min(remaining, 65536 for "cdc" or MAX_CHUNK for "fixed") bytes), that the padding is
+exactly its zero bytes and the file ends there, that the sizes add up and that the SIVs hash to
+the manifest's (a reordered, dropped, duplicated or spliced chunk fails).
 
 Version 1 (read only): cipher "chacha20-poly1305" or "fernet", compression "zlib", salt 64 hex
 digits fresh per write, size exact; body = the SST file compressed as one zlib stream, then:
@@ -67,6 +71,7 @@ finally that size and fingerprint match the decompressed plaintext.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import hashlib
 import hmac
@@ -114,16 +119,18 @@ _ISAL_MIN = _READ_SIZE
 
 # --- format v2 (see the module docstring) -------------------------------------------------
 CIPHER_SIV = "aes-256-siv"
-COMPRESSION_V2 = "zlib+dict1"  # each chunk its own zlib stream, preset dictionary ZDICT_V2
+COMPRESSION_V2 = "zlib+dict2"  # each chunk its own zlib stream, preset dictionary ZDICT_V2
 CHUNKING_CDC = "cdc"  # content-defined boundaries, deterministic sealing (the default)
 CHUNKING_FIXED = "fixed"  # FIXED_CHUNK-sized pieces under a fresh random key per write
 SIZE_GRANULE = 4096  # the clear header's `size` is rounded up to a multiple of this
-# The cutter (FastCDC 2020): boundaries at a mean of about 6 KiB of Pulumi JSON. Smaller chunks
-# make a deploy cheaper in git (a change costs about one compressed chunk) but compress worse
-# one by one; bench/ measured 4 KiB as the best trade (see bench/README.md).
-CDC_AVG, CDC_MIN, CDC_MAX = 4096, 1024, 16384
-# States above CDC_LARGE are cut 4x coarser: a quarter of the chunks to compress, seal and open
-# (speed at 100 MB), a better ratio; a deploy there costs a few 16 KiB chunks instead.
+# The cutter (FastCDC 2020): boundaries at a mean of about 1.5 KiB of Pulumi JSON. Smaller
+# chunks make a deploy cheaper in git (a change costs about one compressed chunk) but compress
+# worse one by one; with zlib level 9 and the 32 KiB ZDICT_V2 they still compress to about a
+# quarter (bench/README.md has the trade measured).
+CDC_AVG, CDC_MIN, CDC_MAX = 1024, 256, 4096
+# States above CDC_LARGE are cut 16x coarser and compressed faster (CHUNK_LEVEL_LARGE_*): far
+# fewer chunks to compress, seal and open (speed at 100 MB); a deploy there costs a few 16 KiB
+# chunks instead.
 CDC_LARGE = 16 * 1024 * 1024
 CDC_LARGE_AVG, CDC_LARGE_MIN, CDC_LARGE_MAX = 16384, 4096, 65536
 FIXED_CHUNK = 1024 * 1024
@@ -135,81 +142,55 @@ MAX_SIZE = 1 << 40  # limit: plaintext bytes of a whole file
 _MANIFEST = struct.Struct(">QI32s")  # exact size, chunk count, SHA-256 of the chunks' SIVs
 MANIFEST_SIZE = SIV_SIZE + _MANIFEST.size
 _RECORD = struct.Struct(">I")
-# A preset dictionary for every chunk's zlib stream: the keys, types and indentation of Pulumi
-# checkpoints that SST writes. A 4 KiB chunk compresses about 10% smaller with it. Part of the
-# format: examples/recover.py carries the same bytes (SHA-256 in SECURITY.md).
-ZDICT_V2 = "".join(
-    (
-        '"ciphertext": "v1:',
-        '"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270",',
-        '"plaintext": ',
-        '"sourceCodeHash": "',
-        '"lastModified": "',
-        '"etag": "',
-        '"qualifiedArn": "',
-        '"invokeArn": "arn:aws:apigateway:',
-        '"policy": "{\\"Statement\\":[{\\"Action\\":[\\"',
-        '\\"Effect\\":\\"Allow\\",\\"Resource\\":[\\"arn:aws:',
-        '\\"Version\\":\\"2012-10-17\\"}"',
-        '"assumeRolePolicy": "',
-        '"managedPolicyArns": [',
-        '"environment": {',
-        '"variables": {',
-        '"SST_RESOURCE_',
-        '"architectures": [\n',
-        '"arm64"',
-        '"handler": "',
-        '"memorySize": ',
-        '"runtime": "nodejs',
-        '"timeout": ',
-        '"role": "arn:aws:iam::',
-        '"region": "us-east-1"',
-        '"bucket": "',
-        '"bucketDomainName": "',
-        '.s3.amazonaws.com"',
-        '"hostedZoneId": "',
-        '"forceDestroy": true',
-        '"versionings": [',
-        '"enabled": false',
-        '"mfaDelete": false',
-        '"tags": {',
-        '"sst:app": "',
-        '"sst:stage": "',
-        '"tagsAll": {',
-        '"name": "',
-        '"sst:aws:Function',
-        '"sst:aws:Bucket',
-        '"aws:lambda/function:Function',
-        '"aws:iam/role:Role',
-        '"aws:s3/bucketV2:BucketV2',
-        '"aws:iam/rolePolicy:RolePolicy',
-        '"aws:cloudwatch/logGroup:LogGroup',
-        '"pulumi:providers:aws',
-        '"pulumi:pulumi:Stack',
-        "::default_6_66_2::",
-        '"propertyDependencies": {',
-        '"dependencies": [',
-        '"created": "20',
-        '"modified": "20',
-        '"__defaults": [],',
-        '"id": "',
-        '"arn": "arn:aws:',
-        '"parent": "urn:pulumi:',
-        '"provider": "urn:pulumi:',
-        '"outputs": {',
-        '"inputs": {',
-        '"custom": true,',
-        '"custom": false,',
-        '"type": "',
-        '"urn": "urn:pulumi:',
-        "\n" + " " * 20,
-        "\n" + " " * 16 + "},\n" + " " * 16 + "{\n",
-        "\n" + " " * 12 + "]\n",
-        "\n" + " " * 24,
-        "\n" + " " * 28,
-        "\n" + " " * 32,
+# A v2 file ends in zero bytes up to a multiple of padding_unit(its length so far): consecutive
+# versions of a file then usually have the same length, and `git gc`, which pairs the versions
+# of a path for deltas in order of size, pairs each with its neighbour in history (bench/).
+PAD_MIN_SHIFT, PAD_MAX_SHIFT, PAD_SHIFT = 9, 16, 4
+# A preset dictionary for every chunk's zlib stream: 32 KiB of the structure of a Pulumi
+# checkpoint as SST writes it (keys, indentation, resource types, URN and ARN shapes; app
+# "sst-app", stage "dev"), made by bench/pulumi_state.py (`zdict` there) with every run of 16 or
+# more id-like characters removed. Small chunks compress about a third smaller with it than
+# without (bench/README.md). Part of the format: examples/recover.py carries the same bytes
+# (SHA-256 in SECURITY.md). Stored zlib-compressed, base64.
+ZDICT_V2 = zlib.decompress(
+    binascii.a2b_base64(
+        "eNrtnVtz27YSgN/zKzqcPJ2pGNwJ4s25np5J2rTmycxJ7PHQEiyzlkiVF6Vqx//9LEhd7FoiJduiJRkZJpapJQhigd0F"
+        "9iNyPtCZo374+8UPDX8ckHL+PnHicKhP4POJc+L8CP/mk9H09yzL3fB75r4uulc6P3GunR/3qNTaQq9fbPbN9fI6OkmR"
+        "j4q8vsGdMI1N/eGHgiqqQTg874WqyDrfdZZ3iMKEMi486SNM1EURd/MoiVVNszjdpKePL0PChSm4TnJW3M/Qck2yUTxO"
+        "rvTR7dqGo6gf5vp7OLlR4+kjPNbjDMIs/5T0ootI98y9CSKig+AgARKKUDhcJiTyyNe6YtJkoG9WPQqH6nZt6q7OkiLt"
+        "6jfQsv8Os8umtlpIH0d/mbtiwnzOec0lY51m0BKm5Jcfj4J3x0HdDXQ8jtIkHuo4bxzOzjhMo/DcjvyHjfy6Hpr0+1Hc"
+        "f5PEF1G/WR8g/j5Jh6FRnRPoP/OGJzUXfEiTYlR2u3vVUOdhv6nTdi919yorhk1yqR5Hpqv+1GuSNCP3v6MeGIhbA5fQ"
+        "AElFmcLUpdzH1PvqbGRXR2FadXyngME8KgbFMFI9PVYK1N0JR6PyQznK388sjDoqelHCuLOqzDQZRz2d1pY6PTmTzcpb"
+        "gMxFWAzyM3EmxBlRq+yI0+QHupdRrrt5kZYj9dtpTctehnFvUFa2Vmyoh0k6mdqgWsmpdayXKeI8GjaKGRnwfE1it03Y"
+        "t9ONekA31bd7lexgFIAvwFIhz8UUSy5WuQNnuKY3ebFGdZZr1HShtfrnb9DuSv2c5NHFhIlVFe4WWZ6YgXkRDjK9QsgY"
+        "PXPPm0U79x9Bs75e/TjOw+7V/NsOiDrrqgYGvBcgaFihuOcKTxBvQ9XgACOjGspdhhiWtDXVvJxGCq/M+PicDKLupDw/"
+        "/agaFZanxSp9RXX2c67N2gqsujiKm+POs7Op3SqNTb0DMv51teOpG+Wjqp6Vm/5SxTiVZyYQcsGg7WCv8tnQw3JtrIH5"
+        "+htIv7u4AGtYCR8NBsn3Su6otOelELh3qt7qgc71L+e/l8JGAk5+jLJ85vLNqathBoLddDKanuhN4JmS3rn6oPOf4L4n"
+        "zqk5/ZuuQrdp8bNYEUpU6l/Vlf88d3p9er1O3Ok8/tTBqrBlFdZNj8rRXDuHiNeYZe1QoEbhMHYbCzhchn0s6PYCtfUc"
+        "4ZNHafPBsF409bCgZh89p/l7DMNU5wqCBniiIfMeLaxZFL4LgQ2DJg4QURwpjFzkC07RZuoRAWaK+Ap7rk8JQqRF9ZSh"
+        "TZYNX0GTgWHKdao+zz+1FNisuP3jhTWnDzTHs8pCk8G0DPozTPOdra8BQrMoXVQrZnj9Nap7P9Bay1IE14mFg0I3r3w0"
+        "1K7qYdHoUqe5WRYB6TGGvrjvSx6yQ7CZnDJhJqeCE474djzpJtb3yX3ptL/WLyZU/fWhnnQfTbVp6SoAVupNmIeDpM/k"
+        "o64QVKXvgiv1O4QFyCsXBaUrGaU+3kA/HhxmTZEgxalLsEdlm/qpXCl9dV7+9oVMT38hrfnRJfdux4lWt23MMyUwIXsL"
+        "7ixNJrXPXD1Z2G9OVVSdeDSa9mejlibPUhpIKLxsNtM7nzDNV049nQc3rPnezagbDsO/ktgkOrrQq9a4oMg6OjThxfqX"
+        "XiYZjNmvSawrN/iVHv36+jj48P5//zkO3jfPjesdbH+a/JpXzNntHtIcM0Fk1bwus0Y+Tscmedert+23DeRFWC2pzK65"
+        "Z87rdF8ySmD9sacYNhklnxEu8fYWKtZ2yU8eX81NSK0F/4dtro/GqnH30GhsX739Ipn4GiKdYsT8Rw3HZsXvQECGcQd7"
+        "JiGGfMWISzgh1N9ARbjUsDQzHkJdz8TLslUVvVzAJ6/mlMlCf+2EZavu305odiehXO/7wnQo2P0yBItsNNgc89GdnVk3"
+        "N00Qk1tjdxZ5a2c0yS+TmLqYOGtlsAmyEM4uQTht4XcrVt92GL9b1HgJfveQx1mO3y038DuL30mJsS8sfmfxu+eO37EO"
+        "lgHmEDkrzF0qKWsHv2uKmC1/t8/83d7OFyrs4JfU9CaODpS/MyMe5sqmeV0fY4HIBqrxy9m2rxBWnINqCJHC8neWvyvp"
+        "qrsM1i0y69dCp5Mp0fUHaFR3dTTWn3SWhX09J70+F/mM/bIQntWjJfGWvDLhBRhcIzEmWHqMcrFtEq/JJT43Em//fOhN"
+        "FuSoN4xijg8UxIODB+bND18R7CLmg01cXzsmdsUBwYohRalRroelBfEsiFeBePOE9M6AeJbDu6cfhVkmCTBV2FPcdxH1"
+        "pedvn8NrsL3PCcPbR0N9M+dfqZIcKITnmfcFEFcUQ6QJzSux2Ew7EKWadw2oQsSlDAnOdgPCm6qtiYyzTJ5l8p6SyZtn"
+        "6XaNyZtXzDJ588Vzy+TVhVoYGU9vFvS5ItyVtMoHbJvJa/DPlsg7NNd/I78YDQYwujk9VCTPrEF5AWJmFRATmL0gxL0N"
+        "1qBkB5cpNtAyMvuueJxbJM8ieSvT1Zi0QuTFSU//noHR+XM9Ig9bIs9uiGc3xPu0pn3fVSKPEul5DFkizxJ5z5zIM6l7"
+        "FJDy3WTGXCExZqgVIq8pYrZI3l5vibev84WKPzjKMp1nnB0kksfK1REY7yUtiTyGN93YhwYEKcIUl670KZXMInkWySsx"
+        "qzv7pK0itsCJZobZ+pj0343hJtkc5Lq9H5tl8qwiLZR3ByYgHeSbZDThxghzQaT0tg3lNTnF5wXl7aMXvbtBE+eHSeWZ"
+        "pACox2BTCiFXCsrEBvEnGFAD60ijHuq7EvlUMEvlWSpvR6k8LCyWd2+8HZebr09nmj7iQrS1PR7nlsvbT1N9M+9/HOWa"
+        "i8PE8kA5EGhiCDSleWMXS+5zvtE6DmJGtxSb5UWOfcl2BMurtGapvBr2w1J5u0DldWGsp+FgJ8G8ed0smzdfRbdsXkO8"
+        "ZbYjholv6RGwkBS3wObV+2iL5h2a+18kGt8m3Yx7B8vlsfI/NPNAO4oI1/M9shq8WLr1hUEvpVlHpNT1kMeQt0tcXqW9"
+        "pga3lN59nMIjUHqIsBYxPWQxPYvpLQ3TFzvNzSPSfdo7b1Hp5dvnPeShVu2gt8zu7yqvxySEHcTyepbXe/Y76HmGq6re"
+        "QkbCpRRxStrg9erDaAvr7TWs19Ik4v+a2BCY"
     )
-).encode()
+)
 
 
 @dataclass(frozen=True)
@@ -533,31 +514,55 @@ def _cut_seed(key: FileKey, header: Header) -> int:
     return seed or 1  # pyfastcdc reads 0 as "its public default table"
 
 
-# Chunks are compressed with ISA-L's zlib (level 2) where it is installed, which is everywhere
-# the `isal` dependency has wheels (64-bit x86 and ARM on Linux, macOS and Windows), else with
-# the stdlib's (level 6): 4-5x slower, a little smaller. An unchanged chunk must compress to the
-# same bytes at every commit, or git stores it again: a team whose machines differ (one without
-# ISA-L) pays one full copy of the state each time the writer's kind changes. Readers decode
-# either. Not chosen by file size, unlike v1, for the same reason.
-CHUNK_LEVEL_ISAL, CHUNK_LEVEL_ZLIB = 2, 6
+# How chunks are compressed. "cdc" chunks of files up to CDC_LARGE: with the stdlib's zlib at
+# level 9 on every platform: the small chunks need its thorough search of the preset dictionary
+# (ISA-L's level 2 compresses them about 15% larger), and an unchanged chunk must compress to
+# the same bytes at every commit, or git stores it again, so no machine may differ. Above
+# CDC_LARGE, where speed matters more than a deploy's cost, and "fixed" pieces (1 MiB, under a
+# fresh key: nothing to keep equal): with ISA-L's zlib (level 2) where installed, everywhere
+# the `isal` dependency has wheels, else the stdlib's at level 6; above CDC_LARGE a team whose
+# machines differ pays one copy of the state each time the writer's kind changes. Readers
+# decode any.
+CHUNK_LEVEL, CHUNK_LEVEL_LARGE_ISAL, CHUNK_LEVEL_LARGE_ZLIB = 9, 2, 6
 
 
-def _chunk_compressor() -> Callable[[bytes | memoryview], bytes]:
-    codec = _isal_zlib(MAX_SIZE)
+def _chunk_compressor(size: int, chunking: str) -> Callable[[bytes | memoryview], bytes]:
+    # "fixed" pieces are 1 MiB, sealed under a fresh key: level 9 would buy them nothing.
+    thorough = size <= CDC_LARGE and chunking == CHUNKING_CDC
+    codec = None if thorough else _isal_zlib(MAX_SIZE)
     if codec is not None:
         isal = codec
 
         def compress(piece: bytes | memoryview) -> bytes:
-            comp = isal.compressobj(CHUNK_LEVEL_ISAL, zdict=ZDICT_V2)
+            comp = isal.compressobj(CHUNK_LEVEL_LARGE_ISAL, zdict=ZDICT_V2)
             return comp.compress(piece) + comp.flush()
 
         return compress
+    # Loading a 32 KiB dictionary costs about as much as compressing a small chunk: load it
+    # once and copy the primed state per chunk (the same bytes as a fresh compressor's).
+    primed = zlib.compressobj(CHUNK_LEVEL if thorough else CHUNK_LEVEL_LARGE_ZLIB, zdict=ZDICT_V2)
 
     def compress_stdlib(piece: bytes | memoryview) -> bytes:
-        comp = zlib.compressobj(CHUNK_LEVEL_ZLIB, zdict=ZDICT_V2)
+        comp = primed.copy()
         return comp.compress(piece) + comp.flush()
 
     return compress_stdlib
+
+
+def padding_unit(length: int) -> int:
+    """What a v2 file of `length` bytes (through its last record) is padded to a multiple of.
+
+    A power of two: 512 up to 8 KiB, then between 1/16 and 1/8 of the length, at most 64 KiB.
+    A deploy moves the length by a few hundred bytes whatever the state's size, so this is
+    coarse enough that it rarely moves a file into another unit, and small next to the file
+    (zeros cost git nothing once packed, but `git add` stores them raw until then).
+    """
+    return 1 << min(PAD_MAX_SHIFT, max(PAD_MIN_SHIFT, length.bit_length() - PAD_SHIFT))
+
+
+def padding(length: int) -> int:
+    """How many zero bytes follow the last record of a v2 file of `length` bytes."""
+    return -length % padding_unit(length)
 
 
 def _inflater() -> ModuleType:
@@ -610,12 +615,15 @@ def _seal_v2(
     check: hmac.HMAC,
     workers: int,
 ) -> int:
-    """Write the manifest slot and the chunk records; fill the slot last. Returns bytes read."""
+    """Write the manifest slot, the chunk records and the padding; fill the slot last.
+
+    Returns the plaintext bytes read.
+    """
     from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
     chunk_key, manifest_key = _v2_keys(key, header)
     siv = AESSIV(chunk_key)
-    compress = _chunk_compressor()
+    compress = _chunk_compressor(size, header.chunking)
 
     def seal_one(piece: bytes | memoryview) -> bytes:
         return siv.encrypt(compress(piece), None)
@@ -633,6 +641,9 @@ def _seal_v2(
         out.write(_RECORD.pack(len(sealed)) + sealed)
         ivs.update(sealed[:SIV_SIZE])
         count += 1
+    end = out.tell()
+    pad = padding(end - manifest_at + _PREFIX.size + len(raw_header))
+    out.write(bytes(pad))
     end = out.tell()
     manifest = _MANIFEST.pack(reader.read_bytes, count, ivs.digest())
     out.seek(manifest_at)
@@ -681,6 +692,7 @@ def _open_v2(
 
     chunk_key, manifest_key = _v2_keys(key, header)
     sealed = handle.read(MANIFEST_SIZE)
+    length = _PREFIX.size + len(raw_header) + len(sealed)  # the file's bytes read so far
     if len(sealed) != MANIFEST_SIZE:
         raise TamperedError(path, "truncated", "restore it from git")
     try:
@@ -704,12 +716,15 @@ def _open_v2(
         prefix = handle.read(_RECORD.size)
         if len(prefix) != _RECORD.size:
             raise TamperedError(path, "truncated (a chunk is missing)", "restore it from git")
-        (length,) = _RECORD.unpack(prefix)
-        if not SIV_SIZE < length <= MAX_SEALED:
+        (record_size,) = _RECORD.unpack(prefix)
+        if not record_size:  # the padding, where the manifest promised another record
+            raise TamperedError(path, "truncated (a chunk is missing)", "restore it from git")
+        if not SIV_SIZE < record_size <= MAX_SEALED:
             raise TamperedError(path, "malformed chunk length", "restore it from git")
-        record = handle.read(length)
-        if len(record) != length:
+        record = handle.read(record_size)
+        if len(record) != record_size:
             raise TamperedError(path, "truncated", "restore it from git")
+        length += _RECORD.size + record_size
         try:
             comp = siv.decrypt(record, None)
         except InvalidTag:
@@ -734,6 +749,13 @@ def _open_v2(
             batch, batched = [], 0
     if batch:
         yield b"".join(batch)
+    # The padding: exactly padding(length) zero bytes (at most 64 KiB), then the end.
+    pad = padding(length)
+    zeros = handle.read(pad)
+    if len(zeros) != pad:
+        raise TamperedError(path, "truncated (padding)", "restore it from git")
+    if zeros.count(0) != pad:
+        raise TamperedError(path, "data after the last chunk", "restore it from git")
     if handle.read(1):
         raise TamperedError(path, "data after the last chunk", "restore it from git")
     if remaining or not hmac.compare_digest(ivs.digest(), digest):
@@ -1013,10 +1035,6 @@ def _ahead(items: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
             box.put(exc)
 
     worker = threading.Thread(target=work, name="sst-vault-reader", daemon=True)
-    switch = sys.getswitchinterval()
-    # The worker takes the GIL back often (one AEAD call per 64 KiB): a short switch interval
-    # keeps the consumer from waiting 5 ms for it each time.
-    sys.setswitchinterval(min(switch, 0.0005))
     worker.start()
     try:
         while (item := box.get()) is not _END:
@@ -1029,7 +1047,6 @@ def _ahead(items: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
             with contextlib.suppress(queue.Empty):
                 box.get(timeout=0.01)
         worker.join()
-        sys.setswitchinterval(switch)
 
 
 _END = object()

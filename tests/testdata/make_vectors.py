@@ -99,15 +99,22 @@ def seal_v2(plain: bytes, key: FileKey, kind: str, **options: object) -> bytes:
 
 
 def records(blob: bytes) -> tuple[bytes, list[bytes]]:
-    """(everything up to the first chunk record, the records with their length prefix)."""
+    """(everything up to the first chunk record, the records with their length prefix).
+
+    The padding after the last record (zeros: a record's length is never 0) is left out.
+    """
     length = struct.unpack(">I", blob[9:13])[0]
     at = 13 + length + envelope.MANIFEST_SIZE
     head, out = blob[:at], []
-    while at < len(blob):
-        size = struct.unpack(">I", blob[at : at + 4])[0]
+    while at < len(blob) and (size := struct.unpack(">I", blob[at : at + 4])[0]):
         out.append(blob[at : at + 4 + size])
         at += 4 + size
     return head, out
+
+
+def padded(blob: bytes) -> bytes:
+    """A v2 file's records as written: followed by the padding its length calls for."""
+    return blob + bytes(envelope.padding(len(blob)))
 
 
 def split(blob: bytes) -> tuple[bytes, dict, bytes]:
@@ -175,6 +182,8 @@ def v2_files() -> dict[str, bytes]:
     _, other_recs = records(other)
     assert other_recs[0] != recs[0] and other_recs[1:] == recs[1:]
     _, foreign = records(seal_v2(CHUNKS, stream_key(), "secret"))
+    records_end = len(head) + sum(map(len, recs))
+    assert len(chunked) > records_end, "want padding to tamper with"
     header_end = 13 + struct.unpack(">I", small[9:13])[0]
     return {
         "vector-v2.vault": small,
@@ -182,16 +191,18 @@ def v2_files() -> dict[str, bytes]:
         "vector-v2-fixed.vault": seal_v2(CHUNKS, stream_key(), "secret", chunking=False),
         "vector-v2-fernet.vault": seal_v2(SMALL, fernet_key(), "app"),
         "vector-v2-empty.vault": seal_v2(b"", stream_key(), "passphrase"),
-        "fail_v2_reordered.vault": head + b"".join([recs[1], recs[0], *recs[2:]]),
-        "fail_v2_dropped.vault": head + b"".join(recs[:2] + recs[3:]),
-        "fail_v2_dropped_last.vault": head + b"".join(recs[:-1]),
-        "fail_v2_duplicated.vault": head + b"".join([recs[0], *recs]),
-        "fail_v2_spliced_version.vault": head + b"".join([other_recs[0], *recs[1:]]),
-        "fail_v2_spliced_file.vault": head + b"".join([foreign[0], *recs[1:]]),
+        "fail_v2_reordered.vault": padded(head + b"".join([recs[1], recs[0], *recs[2:]])),
+        "fail_v2_dropped.vault": padded(head + b"".join(recs[:2] + recs[3:])),
+        "fail_v2_dropped_last.vault": padded(head + b"".join(recs[:-1])),
+        "fail_v2_duplicated.vault": padded(head + b"".join([recs[0], *recs])),
+        "fail_v2_spliced_version.vault": padded(head + b"".join([other_recs[0], *recs[1:]])),
+        "fail_v2_spliced_file.vault": padded(head + b"".join([foreign[0], *recs[1:]])),
         "fail_v2_trailing.vault": chunked + recs[-1],
-        "fail_v2_bad_chunk.vault": flip(chunked, len(chunked) - 5),
+        "fail_v2_padding_not_zero.vault": flip(chunked, len(chunked) - 1),
+        "fail_v2_padding_short.vault": chunked[:-1],
+        "fail_v2_bad_chunk.vault": flip(chunked, records_end - 5),
         "fail_v2_bad_manifest.vault": flip(small, header_end + 3),
-        "fail_v2_truncated.vault": chunked[:-1],
+        "fail_v2_truncated.vault": chunked[: records_end - 1],
         "fail_v2_truncated_manifest.vault": small[: header_end + 10],
         "fail_v2_header_serial.vault": with_header(small, serial=SERIAL + 1),
         "fail_v2_header_size.vault": with_header(small, size=8192),
@@ -199,7 +210,7 @@ def v2_files() -> dict[str, bytes]:
         "fail_v1_size_not_int.vault": with_header(seal(SMALL, stream_key(), "app"), size="1"),
         "fail_v2_size_huge.vault": with_header(small, size=1 << 62),
         "fail_v2_unknown_field.vault": with_header(small, extra=1),
-        "fail_v2_chunk_length_huge.vault": head + b"\xff\xff\xff\xff" + b"".join(recs)[4:],
+        "fail_v2_chunk_length_huge.vault": padded(head + b"\xff\xff\xff\xff" + b"".join(recs)[4:]),
         "fail_v2_wrong_key.vault": seal_v2(SMALL, stream_key(OTHER_DATA_KEY), "app"),
     }
 
