@@ -19,12 +19,16 @@ from conftest import VaultProject
 from helpers import (
     add_remote,
     assert_refused,
+    before,
     clone,
     deploy,
     fresh_project,
     head,
+    holding_flock,
+    kill_at,
     other_home,
     temp_files,
+    vault_header,
 )
 
 KINDS = ("passphrase", "app", "secret")
@@ -120,6 +124,40 @@ def test_resolve_keeps_one_side_whole_at_a_newer_serial(conflicted, tmp_path: Pa
     a.git("pull", "-q", "--no-rebase", "origin", "main")
     assert a.cli("prepare", "prod").code == 0
     assert {k: a.state_file(k, "prod").read_bytes() for k in KINDS} == kept
+
+
+def test_resolve_waits_for_the_repository_lock_and_changes_nothing_meanwhile(conflicted):
+    _, b = conflicted
+    was = before(b)
+    with holding_flock(b.root / ".git" / "sst-vault.lock"):
+        result = b.cli(
+            "resolve", "prod", "--ours", env={**b.env, "SST_VAULT_LOCAL_LOCK_WAIT": "0.3"}
+        )
+    assert_refused(
+        result, 1, "another sst-vault process is using the repository", project=b, was=was
+    )
+    assert b.cli("resolve", "prod", "--ours").code == 0
+
+
+def test_resolve_killed_during_its_swap_is_rolled_forward_whole(conflicted, tmp_path: Path):
+    """The kept side's three files are swapped in as one journaled change: a kill -9 between two
+    renames never leaves the stage mixed from both sides, and running resolve again finishes."""
+    a, b = conflicted
+    a_home = {k: a.state_file(k, "prod").read_bytes() for k in KINDS}
+    kill_at(b, "txn-replaced-1", "resolve", "prod", "--theirs")
+    assert b.cli("status").code == 0  # rolls the swap forward, under the repository lock
+    assert not list((b.root / ".git" / "sst-vault-journal").glob("txn-*"))
+    assert temp_files(b.root, b.home) == []
+    # Both conflicted files are the kept side, re-sealed above both sides' serial 2: neither
+    # was left behind as the work tree's side of the conflict.
+    files = [b.root / "infra" / "state" / k / "prod.json.vault" for k in ("app", "secret")]
+    assert [vault_header(f)["serial"] for f in files] == [3, 3]
+    result = b.cli("resolve", "prod", "--theirs")
+    assert result.code == 0, result.output
+    b.git("commit", "-q", "--no-edit")
+    fresh = other_home(b, tmp_path / "fresh")
+    assert fresh.cli("prepare", "prod").code == 0
+    assert {k: fresh.state_file(k, "prod").read_bytes() for k in KINDS} == a_home
 
 
 def test_resolve_during_a_rebase(conflicted):
