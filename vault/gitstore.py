@@ -207,6 +207,31 @@ def run_git(
     return result
 
 
+def descendants(top: Path, bases: Iterable[str], tips: Iterable[str]) -> set[str]:
+    """The commits reachable from `tips` that are, or descend from, one of `bases`.
+
+    One `git rev-list --parents` over the tips' history, then a walk down the child links in
+    Python: a review of hundreds of versions costs one git process, not one per version.
+    """
+    bases, tips = set(bases), sorted(set(tips))
+    if not bases or not tips:
+        return set()
+    children: dict[str, list[str]] = {}
+    for line in run_git(top, "rev-list", "--parents", *tips, "--").out.splitlines():
+        commit, *parents = line.split()
+        for parent in parents:
+            children.setdefault(parent, []).append(commit)
+        children.setdefault(commit, [])
+    found = {b for b in bases if b in children}
+    todo = list(found)
+    while todo:
+        for child in children[todo.pop()]:
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def fallback_identity(cwd: Path | str) -> dict[str, str]:
     """{} when git has a user name and email for `cwd`, else the sst-vault identity.
 

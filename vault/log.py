@@ -15,7 +15,7 @@ from vault.errors import FileFormatError, VaultError
 from vault.gitstore import iter_blobs, run_git
 from vault.paths import KINDS, check_stage
 from vault.rendering import resource_count
-from vault.versions import history_key, repo_rel
+from vault.versions import RetiredKeys, history_key, repo_rel
 
 if TYPE_CHECKING:
     from vault.project import Project
@@ -38,12 +38,14 @@ class LogEntry:
 class _BlobInfo:
     serial: int | None = None
     resources: int | None = None
+    key_id: str | None = None
 
 
 @dataclass
 class LogReport:
     entries: list[LogEntry]
     key_problem: str | None = None  # why resource counts are missing, if they are
+    hidden: str | None = None  # why a version's resource count is not shown (a retired key)
 
 
 _STATUS = {"A": "added", "M": "changed", "T": "changed", "D": "removed"}
@@ -73,6 +75,7 @@ def log(project: Project, stage: str, max_count: int | None = None) -> LogReport
     app_blobs: list[str | None] = []  # the app file's blob at each entry
     new_blobs: list[dict[str, str]] = []  # kind -> blob written by each entry
     kind_of: dict[str, str] = {}
+    first_writer: dict[str, str] = {}  # blob -> the commit that first wrote it
     app_blob: str | None = None
     for record in out.split("\x1e")[1:]:
         meta, _, raw = record.partition("\n")
@@ -90,6 +93,7 @@ def log(project: Project, stage: str, max_count: int | None = None) -> LogReport
             if status != "removed":
                 written[kind] = parts[3]
                 kind_of[parts[3]] = kind
+                first_writer.setdefault(parts[3], commit)
             if kind == "app":
                 app_blob = written.get("app")
         if entry.changed:
@@ -101,16 +105,23 @@ def log(project: Project, stage: str, max_count: int | None = None) -> LogReport
     problem: list[str] = []
     for sha, data in iter_blobs(top, kind_of):
         blob_info[sha] = _blob_info(project, stage, kind_of[sha], data, problem)
+    retired = RetiredKeys(project)
+    hidden: str | None = None
     for entry, app_sha, written in zip(entries, app_blobs, new_blobs, strict=True):
         for kind in entry.changed:
             found = blob_info.get(written.get(kind, ""))
             entry.serials[kind] = found.serial if found else None
         if app_sha and app_sha in blob_info:
-            entry.serial, entry.resources = blob_info[app_sha].serial, blob_info[app_sha].resources
+            info = blob_info[app_sha]
+            entry.serial, entry.resources = info.serial, info.resources
+            refused = info.key_id and retired.refusal(info.key_id, first_writer[app_sha], "HEAD")
+            if refused:
+                entry.resources = None
+                hidden = hidden or f"{first_writer[app_sha][:12]}: {refused}"
     entries.reverse()
     if max_count is not None:
         entries = entries[:max_count]
-    return LogReport(entries, problem[0] if problem else None)
+    return LogReport(entries, problem[0] if problem else None, hidden)
 
 
 def _blob_info(
@@ -139,6 +150,7 @@ def _blob_info(
         problem.append(str(exc))
         return result
     result.resources = resource_count(plain)
+    result.key_id = header.key_id
     return result
 
 

@@ -119,7 +119,7 @@ class Project:
         trust.check_exact_pin(record.newest.key_id)
         if remember and (memory is None or memory.seq != record.newest.seq):
             trust.remember(self.home, self.app, record)
-        return trust.Trusted(record, data_key)
+        return trust.Trusted(record, data_key, versions)
 
     def refuse_downgrade(self) -> None:
         """With no key record: refuse if this vault had one (history, memory or a pin says so)."""

@@ -243,11 +243,35 @@ class Trusted:
 
     record: Record
     data_key: bytes
+    # Every version of the key record in the history checked (`history_versions`).
+    versions: list[tuple[str, bytes | None]] = field(default_factory=list, repr=False)
     _history: dict[str, FileKey] | None = field(default=None, repr=False)
 
     @property
     def sealing(self) -> FileKey:
         return keys.data_file_key(self.data_key)
+
+    def retiring_commits(self, key_id: str) -> set[str]:
+        """The commits whose key record already has the entry that retired data key `key_id`
+        (the rotation away from it); empty for the newest key or one no commit retired yet.
+
+        A file sealed under a retired key is genuine only from before its retirement: a
+        removed member keeps his old data key and can still seal with it, so review refuses
+        such a file in a commit that is, or descends from, one of these.
+        """
+        entries = self.record.entries
+        hashes = self.record.hashes()
+        for n in range(1, len(entries)):
+            if entries[n - 1].key_id == key_id and entries[n].key_id != key_id:
+                prefix = hashes[: n + 1]
+                return {
+                    commit
+                    for commit, data in self.versions
+                    if data is not None
+                    and (found := keyrecord.entry_hashes(data))
+                    and found[: n + 1] == prefix
+                }
+        return set()
 
     def history_keys(self) -> dict[str, FileKey]:
         """Every data key of the chain, newest first, each checked against its entry."""

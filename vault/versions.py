@@ -2,6 +2,12 @@
 commit; decrypted with the keys that may *read* history (`history_key`), never for sealing.
 
 `diff`, `log`, `rollback`, `migrate` and the git diff driver read versions this way.
+
+A past data key opens a file only from a commit that does not descend from that key's
+retirement (`RetiredKeys`): a removed member keeps the data key of before his removal and
+can still seal with it, but whatever he commits afterwards descends from the rotation that
+removed him. The git diff driver sees a blob without its commit and cannot apply this rule
+(SECURITY.md, "History written by a removed member").
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from vault import envelope, safefs
 from vault.envelope import FileKey, Header
-from vault.errors import ConfigError, UsageError, WrongKeyError
-from vault.gitstore import resolve_commit, show_blob
+from vault.errors import ConfigError, TrustError, UsageError, WrongKeyError
+from vault.gitstore import descendants, resolve_commit, run_git, show_blob
 
 if TYPE_CHECKING:
     from vault.project import Project
@@ -33,6 +39,7 @@ class Version:
     sealed: bool
     header: Header | None = None
     plain: bytes | None = None
+    commit: str | None = None  # the commit it was read from (the work tree: HEAD's)
 
 
 class Side:
@@ -55,9 +62,13 @@ class Side:
         rel = repo_rel(project, self.top, project.repo.vault_parts(kind, stage))
         if self.where == WORK:
             raw = safefs.read_bytes(project.root, project.repo.vault_parts(kind, stage))
-            return Version(kind, f"repo:{rel}", raw, sealed=True)
+            return Version(kind, f"repo:{rel}", raw, sealed=True, commit=self._head())
         raw = show_blob(self.top, self.where, rel)
-        return Version(kind, f"{self.name}:{rel}", raw, sealed=True)
+        return Version(kind, f"{self.name}:{rel}", raw, sealed=True, commit=self.where)
+
+    def _head(self) -> str | None:
+        head = run_git(self.top, "rev-parse", "--verify", "-q", "HEAD", check=False)
+        return head.out.strip() or None
 
 
 def repo_rel(project: Project, top: Path, parts: tuple[str, ...]) -> str:
@@ -76,6 +87,39 @@ def history_key(project: Project, key_id: str) -> FileKey | None:
     return project.review_key(key_id)
 
 
+class RetiredKeys:
+    """Whether a file sealed under a past data key may be shown from a given commit.
+
+    Only from a commit that is not, and does not descend from, one whose key record already
+    retired that key (`Trusted.retiring_commits`). One `git rev-list` per key and tip.
+    """
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._tainted: dict[tuple[str, str], set[str]] = {}
+
+    def refusal(self, key_id: str, commit: str, tip: str | None = None) -> str | None:
+        """Why a file sealed under `key_id` in `commit` is not shown; None when it may be.
+
+        `tip`: a commit whose history holds `commit` (log passes HEAD once for every entry).
+        """
+        if self.project.config.backend != "age":
+            return None  # fernet: every holder of a listed key is a member
+        retiring = self.project.trusted.retiring_commits(key_id)
+        if not retiring:
+            return None
+        tip = tip or commit
+        if (key_id, tip) not in self._tainted:
+            self._tainted[key_id, tip] = descendants(self.project.root, retiring, [tip])
+        if commit not in self._tainted[key_id, tip]:
+            return None
+        return (
+            f"sealed under data key {key_id}, which a rotation before commit {commit[:12]}"
+            " retired: it cannot be told from a state forged by a removed member, who keeps"
+            " that key"
+        )
+
+
 def open_version(
     project: Project, version: Version, stage: str, *, past_keys: bool = True
 ) -> Version:
@@ -90,6 +134,14 @@ def open_version(
             f"sealed under key id {header.key_id}, not under any key given",
             "the vault's key was rotated since; give the old key too (SST_VAULT_KEY, one a line)",
         )
+    if past_keys and version.commit is not None:
+        refused = RetiredKeys(project).refusal(header.key_id, version.commit)
+        if refused:
+            raise TrustError(
+                version.label,
+                refused,
+                "review who committed it (`git log -- <file>`); nothing of it reaches the SST home",
+            )
     version.header, version.plain = envelope.open_bytes(
         version.raw, key, version.label, app=project.app, stage=stage, kind=version.kind
     )
@@ -112,6 +164,7 @@ def parse_range(top: Path, rev: str | None) -> tuple[tuple[str, str], tuple[str,
 __all__ = [
     "HOME",
     "WORK",
+    "RetiredKeys",
     "Side",
     "Version",
     "history_key",

@@ -32,6 +32,8 @@ def log_cmd(ctx: Context, stage: str, max_count: int | None, as_json: bool) -> N
     report = log.log(project, stage, max_count)
     if report.key_problem:
         ctx.info(f"Warning: resource counts not shown: {report.key_problem}")
+    if report.hidden:
+        ctx.info(f"Warning: not shown, commit {report.hidden}")
     if as_json:
         click.echo(json.dumps([asdict(e) for e in report.entries], indent=2))
         return
