@@ -880,21 +880,19 @@ def test_review_refuses_history_sealed_under_a_key_retired_before_its_commit(tea
     assert ci.cli("diff", "prod", older).code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (SECURITY.md, 'History written by a removed member'): git's diff driver"
-    " (`sst-vault textconv`) is given a blob without its commit, so it cannot tell a version"
-    " sealed under a past data key before its retirement from one a removed member, who keeps"
-    " that key, committed after it; `git log -p` shows the forged state decrypted (`sst-vault"
-    " log` and `diff` refuse it; prepare, commit, run and rollback use the newest key only)",
-)
 def test_removed_member_cannot_forge_history_shown_by_git_log_p(team: Team):
+    """git's diff driver gets the forged bytes without their commit: it finds the commits that
+    hold them, all after the rotation, and does not decrypt them; older versions it does."""
     ci = team.ci
     forge_history_under_old_key(team)
     ok(ci, "setup-git")
     env = dict(ci.env, SST_VAULT_SST_HOME=str(ci.home))
     patch = git("log", "-p", "--", f"{STATE}/app/prod.json.vault", cwd=ci.root, env=env)
     assert FORGED not in patch
+    # The forged blob, as its commit adds it and the next one removes it; nothing else.
+    assert patch.count("retired before every commit that holds it") == 2, patch
+    assert patch.count("# not decrypted") == 2, patch
+    assert '"type": "pulumi:pulumi:Stack"' in patch  # the genuine versions, old keys too
 
 
 # --- 8. key hygiene -----------------------------------------------------------------------------

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 from vault import envelope, safefs
 from vault.envelope import Header
-from vault.errors import ConfigError, FileFormatError, VaultError, WrongKeyError
+from vault.errors import ConfigError, FileFormatError, TrustError, VaultError, WrongKeyError
 from vault.gitstore import git_env, run_git
 from vault.paths import CONFIG_NAME
 from vault.rendering import SecretsUnreadable, open_sst_secrets, render_app, render_secrets
-from vault.versions import Version, history_key, open_version
+from vault.versions import RetiredKeys, Version, history_key, open_version
 
 if TYPE_CHECKING:
     from vault.project import Project
@@ -220,6 +220,10 @@ def _textconv_body(data: bytes, header: Header, cwd: Path, sst_home: Path | None
     key = history_key(project, header.key_id)
     if key is None:
         raise WrongKeyError("file", f"sealed under key id {header.key_id}, not under any key given")
+    rel = "/".join(project.repo.vault_parts(header.kind, header.stage))
+    refused = RetiredKeys(project).blob_refusal(header.key_id, data, rel)
+    if refused:
+        raise TrustError("file", refused)
     _, plain = envelope.open_bytes(
         data, key, "file", app=header.app, stage=header.stage, kind=header.kind
     )

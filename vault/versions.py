@@ -6,8 +6,8 @@ commit; decrypted with the keys that may *read* history (`history_key`), never f
 A past data key opens a file only from a commit that does not descend from that key's
 retirement (`RetiredKeys`): a removed member keeps the data key of before his removal and
 can still seal with it, but whatever he commits afterwards descends from the rotation that
-removed him. The git diff driver sees a blob without its commit and cannot apply this rule
-(SECURITY.md, "History written by a removed member").
+removed him. The git diff driver, given the bytes without their commit, looks up the commits
+that hold them (SECURITY.md, "History written by a removed member").
 """
 
 from __future__ import annotations
@@ -117,6 +117,28 @@ class RetiredKeys:
             f"sealed under data key {key_id}, which a rotation before commit {commit[:12]}"
             " retired: it cannot be told from a state forged by a removed member, who keeps"
             " that key"
+        )
+
+    def blob_refusal(self, key_id: str, data: bytes, rel: str) -> str | None:
+        """The same rule for a file given without its commit (git's diff driver): shown only
+        when a commit that added or removed these exact bytes at `rel` (relative to the
+        project) does not descend from the key's retirement. One `git log --find-object`, paid
+        only by files under a retired key (a review of old history gets slower, never wrong).
+        """
+        if self.project.config.backend != "age":
+            return None
+        retiring = self.project.trusted.retiring_commits(key_id)
+        if not retiring:
+            return None
+        root = self.project.root
+        blob = run_git(root, "hash-object", "--stdin", input=data).out.strip()
+        found = run_git(root, "log", "--all", "--format=%H", f"--find-object={blob}", "--", rel)
+        commits = found.out.split()
+        if set(commits) - descendants(root, retiring, commits):
+            return None
+        return (
+            f"sealed under data key {key_id}, which a rotation retired before every commit that"
+            " holds it: it cannot be told from a state forged by a removed member"
         )
 
 
