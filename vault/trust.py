@@ -246,6 +246,7 @@ class Trusted:
     # Every version of the key record in the history checked (`history_versions`).
     versions: list[tuple[str, bytes | None]] = field(default_factory=list, repr=False)
     _history: dict[str, FileKey] | None = field(default=None, repr=False)
+    _retiring: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
     @property
     def sealing(self) -> FileKey:
@@ -259,19 +260,24 @@ class Trusted:
         removed member keeps his old data key and can still seal with it, so review refuses
         such a file in a commit that is, or descends from, one of these.
         """
+        if key_id in self._retiring:
+            return self._retiring[key_id]  # log asks once per version
         entries = self.record.entries
         hashes = self.record.hashes()
+        found: set[str] = set()
         for n in range(1, len(entries)):
             if entries[n - 1].key_id == key_id and entries[n].key_id != key_id:
                 prefix = hashes[: n + 1]
-                return {
+                found = {
                     commit
                     for commit, data in self.versions
                     if data is not None
-                    and (found := keyrecord.entry_hashes(data))
-                    and found[: n + 1] == prefix
+                    and (chain := keyrecord.entry_hashes(data))
+                    and chain[: n + 1] == prefix
                 }
-        return set()
+                break
+        self._retiring[key_id] = found
+        return found
 
     def history_keys(self) -> dict[str, FileKey]:
         """Every data key of the chain, newest first, each checked against its entry."""
