@@ -108,6 +108,9 @@ def test_rotation_killed_during_its_swap_is_rolled_forward_whole(
     old_id, commit = key_id(p), head(p)
     kill_at(p, step, "rotate")
     assert head(p) == commit
+    doctor = p.cli("doctor")  # reports the unfinished change, and leaves it to the next one
+    assert "an unfinished change of the vault files" in doctor.out, doctor.out
+    assert "Traceback" not in doctor.output
     status = p.cli("status")  # the next command rolls the swap forward, under the repo lock
     assert status.code == 0, status.output
     assert not list((p.root / ".git" / "sst-vault-journal").glob("txn-*"))

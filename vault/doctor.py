@@ -435,13 +435,15 @@ def _plaintext_check(project: Project) -> Check:
 def _interrupted_check(project: Project) -> Check:
     """Temporary files and journals a killed sst-vault left (doctor only reports them)."""
     from vault import safefs
-    from vault.stagefiles import home_journal
+    from vault.stagefiles import home_journal, repo_journal
+    from vault.worktree import git_dir_nearby, stale_locks, tree_state
 
     home = project.home
     found = safefs.find_temp(home.root, home.temp_folders) if home.root.is_dir() else []
     found += safefs.find_temp(project.root, project.repo.temp_folders)
     journals = home_journal(project).pending() if home.root.is_dir() else []
-    from vault.worktree import stale_locks, tree_state
+    git_dir = git_dir_nearby(project.root)
+    repo_changes = repo_journal(project, git_dir).pending() if git_dir else []
 
     locks = stale_locks(tree_state(project))
     if locks:
@@ -452,7 +454,7 @@ def _interrupted_check(project: Project) -> Check:
             "commits will fail",
             f"if no git process is running here, `rm {locks[0]}`",
         )
-    if not found and not journals:
+    if not found and not journals and not repo_changes:
         return Check(OK, "interrupted", "no temporary files or unfinished changes left behind")
     parts = []
     if found:
@@ -460,6 +462,9 @@ def _interrupted_check(project: Project) -> Check:
         parts.append(f"{len(found)} temporary file(s) of a killed sst-vault: {names}")
     if journals:
         parts.append(f"an unfinished change of the SST home ({home_journal(project).folder})")
+    if repo_changes and git_dir:
+        where = repo_journal(project, git_dir).folder
+        parts.append(f"an unfinished change of the vault files ({where})")
     return Check(
         WARN,
         "interrupted",
