@@ -204,6 +204,8 @@ def textconv(path: Path, cwd: Path | None = None, sst_home: Path | None = None) 
     )
     try:
         body = _textconv_body(data, header, cwd or Path.cwd(), sst_home)
+    except TrustError as exc:  # the file, not the setup: doctor would find nothing to fix
+        return head + f"# not decrypted: {_one_line(exc.message)}\n"
     except VaultError as exc:
         return head + f"# not decrypted: {_one_line(exc.message)} (see `sst-vault doctor`)\n"
     except Exception as exc:  # the driver must never fail git; say only the error class
