@@ -15,7 +15,7 @@ from vault.envelope import FileKey
 from vault.errors import UsageError
 from vault.paths import KINDS, check_stage
 from vault.rendering import SecretsUnreadable, open_sst_secrets, render_app, render_secrets
-from vault.versions import Side, Version, open_version, parse_range
+from vault.versions import RetiredKeys, Side, Version, open_version, parse_range
 
 if TYPE_CHECKING:
     from vault.project import Project
@@ -47,8 +47,9 @@ def diff(
     (old_where, old_name), (new_where, new_name) = parse_range(top, rev)
     old_side = Side(project, top, old_where, old_name)
     new_side = Side(project, top, new_where, new_name)
-    old = {k: open_version(project, old_side.read(stage, k), stage) for k in KINDS}
-    new = {k: open_version(project, new_side.read(stage, k), stage) for k in KINDS}
+    retired = RetiredKeys(project)
+    old = {k: open_version(project, old_side.read(stage, k), stage, retired=retired) for k in KINDS}
+    new = {k: open_version(project, new_side.read(stage, k), stage, retired=retired) for k in KINDS}
     if all(v.plain is None for v in (*old.values(), *new.values())):
         known = sorted(project.repo.stages() | project.home.stages(project.app))
         raise UsageError(

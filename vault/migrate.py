@@ -73,7 +73,7 @@ FROM_RECIPE = Remedies(
 def migrate(project: Project, source: str | None = None, *, force: bool = False) -> MigrateReport:
     """Seal the recipe's plaintext files, remove them from tree and index, commit."""
     from vault.gitsetup import gitattributes_block, gitignore_block, with_block
-    from vault.versions import WORK, Side, open_version
+    from vault.versions import WORK, RetiredKeys, Side, open_version
 
     source_dir = check_state_dir(source or project.config.state_dir)
     report = MigrateReport(source_dir)
@@ -87,11 +87,12 @@ def migrate(project: Project, source: str | None = None, *, force: bool = False)
     with Change(project) as change:
         store = change.store
         work = Side(project, store.top, WORK)
+        retired = RetiredKeys(project)
         plan = []
         for stage, kind, path in found:
             data = path.read_bytes()
             validate_state(kind, data, path, FROM_RECIPE)
-            current = open_version(project, work.read(stage, kind), stage)
+            current = open_version(project, work.read(stage, kind), stage, retired=retired)
             serial = current.header.serial + 1 if current.header else 1
             if current.plain == data:
                 report.migrated.append(Migrated(stage, kind, "already in the vault", serial - 1))

@@ -12,6 +12,7 @@ that hold them (SECURITY.md, "History written by a removed member").
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,13 @@ class Side:
         rel = repo_rel(project, self.top, project.repo.vault_parts(kind, stage))
         if self.where == WORK:
             raw = safefs.read_bytes(project.root, project.repo.vault_parts(kind, stage))
-            return Version(kind, f"repo:{rel}", raw, sealed=True, commit=self._head())
+            return Version(kind, f"repo:{rel}", raw, sealed=True, commit=self._head)
         raw = show_blob(self.top, self.where, rel)
         return Version(kind, f"{self.name}:{rel}", raw, sealed=True, commit=self.where)
 
+    @functools.cached_property
     def _head(self) -> str | None:
+        """HEAD's commit, asked once per side (migrate reads every stage's files from it)."""
         head = run_git(self.top, "rev-parse", "--verify", "-q", "HEAD", check=False)
         return head.out.strip() or None
 
@@ -143,9 +146,18 @@ class RetiredKeys:
 
 
 def open_version(
-    project: Project, version: Version, stage: str, *, past_keys: bool = True
+    project: Project,
+    version: Version,
+    stage: str,
+    *,
+    past_keys: bool = True,
+    retired: RetiredKeys | None = None,
 ) -> Version:
-    """Decrypt a sealed version in place (header and plaintext); raises on a bad file."""
+    """Decrypt a sealed version in place (header and plaintext); raises on a bad file.
+
+    `retired`: one `RetiredKeys` for every version a command opens, so its git lookups are
+    made once (a new one per call otherwise).
+    """
     if not version.sealed or version.raw is None:
         return version
     header, _ = envelope.read_header(io.BytesIO(version.raw), version.label)
@@ -157,7 +169,7 @@ def open_version(
             "the vault's key was rotated since; give the old key too (SST_VAULT_KEY, one a line)",
         )
     if past_keys and version.commit is not None:
-        refused = RetiredKeys(project).refusal(header.key_id, version.commit)
+        refused = (retired or RetiredKeys(project)).refusal(header.key_id, version.commit)
         if refused:
             raise TrustError(
                 version.label,
