@@ -337,6 +337,50 @@ def test_states_above_the_large_threshold_are_cut_coarser():
     assert open_(blob) == plain
 
 
+def _large_state() -> bytes:
+    # Above CDC_LARGE, where chunks decode on threads (`_decoded_in_parallel`).
+    return b"".join(state(4000, changed=i) for i in range(26))[: envelope.CDC_LARGE + 300_000]
+
+
+def test_a_large_file_decoded_on_threads_refuses_an_edited_chunk_and_stops_its_threads():
+    import threading
+
+    plain = _large_state()
+    assert len(plain) > envelope.CDC_LARGE
+    blob = seal(plain)
+    assert open_(blob) == plain
+    head, recs = vectors.records(blob)
+    middle = len(recs) // 2
+    edited = bytearray(recs[middle])
+    edited[40] ^= 1
+    broken = vectors.padded(head + b"".join([*recs[:middle], bytes(edited), *recs[middle + 1 :]]))
+    assert "a chunk was edited" in reason(broken)
+    swapped = vectors.padded(
+        head + b"".join([*recs[:middle], recs[middle + 1], recs[middle], *recs[middle + 2 :]])
+    )
+    assert "not the ones sealed" in reason(swapped)
+    # A reader that stops early (an error downstream) leaves no decoding thread behind.
+    header, raw = envelope.read_header(io.BytesIO(blob), WHERE)
+    handle = io.BytesIO(blob)
+    envelope.read_header(handle, WHERE)
+    pieces = envelope._open_v2(handle, key(), header, raw, WHERE)
+    next(pieces)
+    pieces.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("sst-vault-open")]
+
+
+def test_a_large_file_decoded_on_threads_never_hands_on_more_than_its_size():
+    # Chunks are inflated on threads before the running total is known: each batch is checked
+    # against what is left of the authenticated size before any of it is handed on.
+    piece = bytes(envelope.MAX_CDC_CHUNK)
+    count = (envelope.CDC_LARGE + envelope.MAX_CDC_CHUNK) // len(piece) + 1
+    size = len(piece) * (count - 1) + 10
+    out = io.BytesIO()
+    with pytest.raises(TamperedError, match="corrupt compressed chunk"):
+        envelope.open_(io.BytesIO(forged([piece] * count, size=size)), out, key(), WHERE, **META)
+    assert len(out.getvalue()) <= size
+
+
 def test_the_preset_dictionary_is_the_one_specified_and_reproducible():
     # SECURITY.md and examples/recover.py give these bytes; bench/pulumi_state.py makes them.
     digest = "6cbc1985bac136385de3ef18171737f2eb1b5de21d9c4493fe4e4771be7305e8"

@@ -41,13 +41,14 @@ parts of a state that a deploy did not change keep their bytes and git stores th
     manifest_key = HKDF(IKM, none, "sst-vault/2 manifest key " || context, 64)
 AES-SIV is RFC 5297 with a 64-byte key (cryptography's AESSIV). Chunks ("cdc"): FastCDC 2020
 as pyfastcdc 0.3 implements it, average 1024, min 256, max 4096 bytes (files above 16 MiB:
-16384, 4096, 65536), normalization 1, gear table XORed with
+65536, 16384, 262144), normalization 1, gear table XORed with
 seed = (HKDF(IKM, none, "sst-vault/2 cut seed " || context, 8) as u64 >> 1) or 1, so where a
 chunk ends depends on the key; ("fixed"): pieces of FIXED_CHUNK (1 MiB). The empty file has no
 records. Readers do not need the cutter.
 A reader checks the manifest first (any header edit fails there), that its size is in range and
 rounds to the header's, then each of `count` records (length, AES-SIV, one complete zlib stream
-of 1 to min(remaining, 65536 for "cdc" or MAX_CHUNK for "fixed") bytes), that the padding is
+of 1 to min(size, 262144 for "cdc" or MAX_CHUNK for "fixed") bytes, the running total never
+above size before any of it is output), that the padding is
 exactly its zero bytes and the file ends there, that the sizes add up and that the SIVs hash to
 the manifest's (a reordered, dropped, duplicated or spliced chunk fails).
 
@@ -128,14 +129,15 @@ SIZE_GRANULE = 4096  # the clear header's `size` is rounded up to a multiple of 
 # worse one by one; with zlib level 9 and the 32 KiB ZDICT_V2 they still compress to about a
 # quarter (bench/README.md has the trade measured).
 CDC_AVG, CDC_MIN, CDC_MAX = 1024, 256, 4096
-# States above CDC_LARGE are cut 16x coarser and compressed faster (CHUNK_LEVEL_LARGE_*): far
-# fewer chunks to compress, seal and open (speed at 100 MB); a deploy there costs a few 16 KiB
+# States above CDC_LARGE are cut 64x coarser and compressed faster (CHUNK_LEVEL_LARGE_*): far
+# fewer chunks to compress, seal and open (speed at 100 MB: 16 KiB chunks cost a third more
+# to compress and a fifth more to open, bench/README.md); a deploy there costs a few 64 KiB
 # chunks instead.
 CDC_LARGE = 16 * 1024 * 1024
-CDC_LARGE_AVG, CDC_LARGE_MIN, CDC_LARGE_MAX = 16384, 4096, 65536
+CDC_LARGE_AVG, CDC_LARGE_MIN, CDC_LARGE_MAX = 65536, 16384, 262144
 FIXED_CHUNK = 1024 * 1024
 MAX_CHUNK = 1024 * 1024  # limit: plaintext bytes of any one chunk, whatever the writer
-MAX_CDC_CHUNK = 65536  # limit: of a chunk in a "cdc" file (the cutter's largest maximum)
+MAX_CDC_CHUNK = 262144  # limit: of a chunk in a "cdc" file (the cutter's largest maximum)
 SIV_SIZE = 16  # AES-SIV's synthetic IV, in front of every sealed chunk
 MAX_SEALED = SIV_SIZE + MAX_CHUNK + MAX_CHUNK // 64 + 1024  # limit: zlib's worst case, padded
 MAX_SIZE = 1 << 40  # limit: plaintext bytes of a whole file
@@ -686,13 +688,14 @@ def _open_v2(
 
     Nothing is read or allocated by an unauthenticated size beyond the named limits; the output
     never exceeds the manifest's (authenticated) size. Callers discard the output on an error.
+    Coarse-chunked files (above CDC_LARGE) are decoded on two threads, batch by batch, and
+    handed on in order.
     """
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
     chunk_key, manifest_key = _v2_keys(key, header)
     sealed = handle.read(MANIFEST_SIZE)
-    length = _PREFIX.size + len(raw_header) + len(sealed)  # the file's bytes read so far
     if len(sealed) != MANIFEST_SIZE:
         raise TamperedError(path, "truncated", "restore it from git")
     try:
@@ -704,53 +707,23 @@ def _open_v2(
     size, count, digest = _MANIFEST.unpack(manifest)
     if size > MAX_SIZE or count > size or (size and not count) or rounded_size(size) != header.size:
         raise TamperedError(path, "manifest out of range", "restore it from git")
-    siv = AESSIV(chunk_key)
-    codec = _inflater()
-    ivs = hashlib.sha256()
-    remaining = size
+    records = _Records(handle, count, _PREFIX.size + len(raw_header) + MANIFEST_SIZE, path)
     # A tight bound also makes inflating faster: the decoder sizes its buffer from it.
     largest = MAX_CDC_CHUNK if header.chunking == CHUNKING_CDC else MAX_CHUNK
-    batch: list[bytes] = []  # chunks are small: hand them on in blocks of about _READ_SIZE
-    batched = 0
-    for _ in range(count):
-        prefix = handle.read(_RECORD.size)
-        if len(prefix) != _RECORD.size:
-            raise TamperedError(path, "truncated (a chunk is missing)", "restore it from git")
-        (record_size,) = _RECORD.unpack(prefix)
-        if not record_size:  # the padding, where the manifest promised another record
-            raise TamperedError(path, "truncated (a chunk is missing)", "restore it from git")
-        if not SIV_SIZE < record_size <= MAX_SEALED:
-            raise TamperedError(path, "malformed chunk length", "restore it from git")
-        record = handle.read(record_size)
-        if len(record) != record_size:
-            raise TamperedError(path, "truncated", "restore it from git")
-        length += _RECORD.size + record_size
-        try:
-            comp = siv.decrypt(record, None)
-        except InvalidTag:
-            raise TamperedError(
-                path, "authentication failed (a chunk was edited)", "restore it from git"
-            ) from None
-        ivs.update(record[:SIV_SIZE])
-        bound = min(remaining, largest)
-        try:
-            inflate = codec.decompressobj(zdict=ZDICT_V2)
-            piece = inflate.decompress(comp, bound + 1)
-            complete = inflate.eof and not inflate.unused_data and not inflate.unconsumed_tail
-        except (zlib.error, *_isal_errors()):
-            complete = False
-        if not complete or not piece or len(piece) > bound:
+    decode = _BatchDecoder(AESSIV(chunk_key).decrypt, _inflater(), min(size, largest), path)
+    if size > CDC_LARGE:
+        pieces = _decoded_in_parallel(decode, records.batches())
+    else:
+        pieces = map(decode, records.batches())
+    remaining = size
+    for batch in pieces:
+        produced = sum(map(len, batch))
+        if produced > remaining:
             raise TamperedError(path, "corrupt compressed chunk", "restore it from git")
-        remaining -= len(piece)
-        batch.append(piece)
-        batched += len(piece)
-        if batched >= _READ_SIZE:
-            yield b"".join(batch)
-            batch, batched = [], 0
-    if batch:
-        yield b"".join(batch)
+        remaining -= produced
+        yield from batch
     # The padding: exactly padding(length) zero bytes (at most 64 KiB), then the end.
-    pad = padding(length)
+    pad = padding(records.length)
     zeros = handle.read(pad)
     if len(zeros) != pad:
         raise TamperedError(path, "truncated (padding)", "restore it from git")
@@ -758,12 +731,121 @@ def _open_v2(
         raise TamperedError(path, "data after the last chunk", "restore it from git")
     if handle.read(1):
         raise TamperedError(path, "data after the last chunk", "restore it from git")
-    if remaining or not hmac.compare_digest(ivs.digest(), digest):
+    if remaining or not hmac.compare_digest(records.ivs.digest(), digest):
         raise TamperedError(
             path,
             "the chunks are not the ones sealed (reordered, dropped, duplicated or spliced)",
             "restore it from git",
         )
+
+
+class _Records:
+    """The `count` records of a v2 body, framing-checked, in batches for `_BatchDecoder`.
+
+    Tracks the file's length so far (for the padding) and hashes each record's SIV in order
+    (for the manifest's digest).
+    """
+
+    # A batch ends at this many sealed bytes or records: big enough that handing it to a
+    # thread is cheap, small enough that a batch's output (at most BATCH_RECORDS chunks of the
+    # largest size) stays a few MiB.
+    BATCH_BYTES, BATCH_RECORDS = 256 * 1024, 32
+
+    def __init__(self, handle: BinaryIO, count: int, length: int, path: Path | str) -> None:
+        self.handle, self.count, self.length, self.path = handle, count, length, path
+        self.ivs = hashlib.sha256()
+
+    def batches(self) -> Iterator[list[bytes]]:
+        read, path = self.handle.read, self.path
+        batch: list[bytes] = []
+        batched = 0
+        for _ in range(self.count):
+            prefix = read(_RECORD.size)
+            if len(prefix) != _RECORD.size:
+                raise TamperedError(path, "truncated (a chunk is missing)", "restore it from git")
+            (record_size,) = _RECORD.unpack(prefix)
+            if not record_size:  # the padding, where the manifest promised another record
+                raise TamperedError(path, "truncated (a chunk is missing)", "restore it from git")
+            if not SIV_SIZE < record_size <= MAX_SEALED:
+                raise TamperedError(path, "malformed chunk length", "restore it from git")
+            record = read(record_size)
+            if len(record) != record_size:
+                raise TamperedError(path, "truncated", "restore it from git")
+            self.length += _RECORD.size + record_size
+            self.ivs.update(record[:SIV_SIZE])
+            batch.append(record)
+            batched += record_size
+            if batched >= self.BATCH_BYTES or len(batch) >= self.BATCH_RECORDS:
+                yield batch
+                batch, batched = [], 0
+        if batch:
+            yield batch
+
+
+class _BatchDecoder:
+    """Authenticate and inflate a batch of records into their plaintexts.
+
+    Each chunk must be one complete zlib stream of 1 to `bound` bytes; the caller checks the
+    running total against the manifest's size before handing anything on.
+    """
+
+    def __init__(
+        self,
+        decrypt: Callable[[bytes, None], bytes],
+        codec: ModuleType,
+        bound: int,
+        path: Path | str,
+    ) -> None:
+        self.decrypt, self.codec, self.bound, self.path = decrypt, codec, bound, path
+        self.errors = (zlib.error, *_isal_errors())
+
+    def __call__(self, records: list[bytes]) -> list[bytes]:
+        from cryptography.exceptions import InvalidTag
+
+        decrypt, decompressobj, bound = self.decrypt, self.codec.decompressobj, self.bound
+        pieces = []
+        for record in records:
+            try:
+                comp = decrypt(record, None)
+            except InvalidTag:
+                raise TamperedError(
+                    self.path, "authentication failed (a chunk was edited)", "restore it from git"
+                ) from None
+            try:
+                inflate = decompressobj(zdict=ZDICT_V2)
+                piece = inflate.decompress(comp, bound + 1)
+                complete = inflate.eof and not inflate.unused_data and not inflate.unconsumed_tail
+            except self.errors:
+                complete = False
+            if not complete or not piece or len(piece) > bound:
+                raise TamperedError(self.path, "corrupt compressed chunk", "restore it from git")
+            pieces.append(piece)
+        return pieces
+
+
+def _decoded_in_parallel(
+    decode: Callable[[list[bytes]], list[bytes]], batches: Iterator[list[bytes]], workers: int = 2
+) -> Iterator[list[bytes]]:
+    """`map(decode, batches)` on `workers` threads, in order, a few batches ahead at most.
+
+    Inflating releases the GIL, so batches decode on both cores while the caller hashes and
+    writes what came before (which release it too). On an error, or when the caller stops
+    early, nothing more is submitted and the pool is drained before this returns.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pending: list[Future[list[bytes]]] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="sst-vault-open") as pool:
+        try:
+            for batch in batches:
+                pending.append(pool.submit(decode, batch))
+                while len(pending) > 2 * workers or (pending and pending[0].done()):
+                    yield pending.pop(0).result()
+            while pending:
+                yield pending.pop(0).result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _isal_errors() -> tuple[type[BaseException], ...]:
@@ -885,8 +967,8 @@ def open_(
         plain = _decompressed(
             _open_stream(handle, _file_key(key, header, raw), path), path, header.size
         )
-    if header.size > _THREAD_MIN:
-        plain = _ahead(plain)
+    if header.size > _THREAD_MIN and header.v != FORMAT_VERSION:
+        plain = _ahead(plain)  # v2 decodes on threads of its own (`_decoded_in_parallel`)
     size = 0
     with contextlib.closing(plain):  # on an error, stop the reader thread before returning
         for chunk in plain:
