@@ -270,6 +270,27 @@ def test_prepare_on_a_full_disk(vault_project: VaultProject, tmp_path: Path):
         assert laptop.cli("prepare", "prod").code == 0
 
 
+def test_prepare_of_a_large_state_on_a_full_disk(vault_project: VaultProject, tmp_path: Path):
+    # Past WRITEBACK_STEP a thread is sending the file to disk when the disk fills: the same one
+    # line, no thread left waiting, nothing half-written.
+    p = vault_project
+    deploy(p, "prod", "big", size=40_000_000)
+    assert p.cli("commit", "prod").code == 0
+    with small_tmpfs(tmp_path / "small", "64m") as small:
+        laptop = other_home(p, small / "home")
+        (small / "home" / ".sst-vault").mkdir(parents=True, exist_ok=True)
+        fill(small, 24 * 1024 * 1024)
+        before = laptop.snapshot_home()
+        line = assert_refused(laptop.cli("prepare", "prod"), 1, "No space left", "free space")
+        assert str(laptop.home / "state") in line
+        assert laptop.snapshot_home() == before
+        assert temp_files(laptop.home) == []
+        (small / "filler").unlink()
+        assert laptop.cli("prepare", "prod").code == 0
+        state = laptop.home / "state" / "app" / p.app / "prod.json"
+        assert state.read_bytes() == (p.home / "state" / "app" / p.app / "prod.json").read_bytes()
+
+
 def test_commit_on_a_full_disk(vault_project: VaultProject, tmp_path: Path):
     p = vault_project
     deploy(p, "prod", "v1")

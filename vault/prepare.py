@@ -118,9 +118,14 @@ def prepare(
                 parts = project.home.state_parts(kind, project.app, stage)
                 try:
                     with safefs.AtomicWriter(project.home.root, parts, 0o600) as out:
-                        assert out.file is not None
                         envelope.open_(
-                            handle, out.file, key, path, app=project.app, stage=stage, kind=kind
+                            handle,
+                            out.streaming(),
+                            key,
+                            path,
+                            app=project.app,
+                            stage=stage,
+                            kind=kind,
                         )
                         txn.add(out.finish())
                 except OSError as exc:  # disk full, read-only: name the file being written
