@@ -567,8 +567,8 @@ def padding(length: int) -> int:
     return -length % padding_unit(length)
 
 
-def _inflater() -> ModuleType:
-    return _isal_zlib(MAX_SIZE) or zlib
+def _inflater(size: int) -> ModuleType:
+    return _isal_zlib(size) or zlib
 
 
 class _Source:
@@ -710,7 +710,7 @@ def _open_v2(
     records = _Records(handle, count, _PREFIX.size + len(raw_header) + MANIFEST_SIZE, path)
     # A tight bound also makes inflating faster: the decoder sizes its buffer from it.
     largest = MAX_CDC_CHUNK if header.chunking == CHUNKING_CDC else MAX_CHUNK
-    decode = _BatchDecoder(AESSIV(chunk_key).decrypt, _inflater(), min(size, largest), path)
+    decode = _BatchDecoder(AESSIV(chunk_key).decrypt, _inflater(size), min(size, largest), path)
     if size > CDC_LARGE:
         pieces = _decoded_in_parallel(decode, records.batches())
     else:

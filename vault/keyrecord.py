@@ -131,10 +131,9 @@ def _signing_private(data_key: bytes):  # -> Ed25519PrivateKey
 
 
 def signing_public(data_key: bytes) -> str:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    public = _signing_private(data_key).public_key()
-    return public.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    # public_bytes_raw, not public_bytes(Encoding.Raw, ...): the serialization module it needs
+    # costs every command that checks the record about 10 ms to import.
+    return _signing_private(data_key).public_key().public_bytes_raw().hex()
 
 
 def _history_cipher(data_key: bytes):  # -> ChaCha20Poly1305
