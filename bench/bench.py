@@ -306,13 +306,14 @@ def bench_size(b: Bench, size: int, python: float, want_peak: bool) -> None:
         compare(f"prepare {label}", t_prepare, "python -c pass", python, 4.0)
         compare(f"prepare {label}", t_prepare, "sops (DESIGN ref.)", SOPS_1MB_S, 0.3)
     big_goal = "<= 1x at 100 MB" if size < 100 * MB else ""
+    # Issue 10 set 2x for format v2 ("keep today's speed"); DESIGN.md's table still says 1x.
     compare(
         f"prepare {label}",
         t_prepare,
         "age -d",
         t_age_d,
-        1.0 if size >= 100 * MB else None,
-        big_goal,
+        2.0 if size >= 100 * MB else None,
+        "<= 2x (issue 10; DESIGN.md: 1x)" if size >= 100 * MB else "<= 2x at 100 MB",
     )
     compare(f"prepare {label}", t_prepare, "cp", t_cp)
     stdlib_env = {**b.env, "SST_VAULT_NO_ISAL": "1"}  # the same install without ISA-L's zlib
