@@ -707,9 +707,9 @@ def _open_v2(
     size, count, digest = _MANIFEST.unpack(manifest)
     if size > MAX_SIZE or count > size or (size and not count) or rounded_size(size) != header.size:
         raise TamperedError(path, "manifest out of range", "restore it from git")
-    records = _Records(handle, count, _PREFIX.size + len(raw_header) + MANIFEST_SIZE, path)
     # A tight bound also makes inflating faster: the decoder sizes its buffer from it.
     largest = MAX_CDC_CHUNK if header.chunking == CHUNKING_CDC else MAX_CHUNK
+    records = _Records(handle, count, _PREFIX.size + len(raw_header) + MANIFEST_SIZE, largest, path)
     decode = _BatchDecoder(AESSIV(chunk_key).decrypt, _inflater(size), min(size, largest), path)
     if size > CDC_LARGE:
         pieces = _decoded_in_parallel(decode, records.batches())
@@ -746,13 +746,16 @@ class _Records:
     (for the manifest's digest).
     """
 
-    # A batch ends at this many sealed bytes or records: big enough that handing it to a
-    # thread is cheap, small enough that a batch's output (at most BATCH_RECORDS chunks of the
-    # largest size) stays a few MiB.
-    BATCH_BYTES, BATCH_RECORDS = 256 * 1024, 32
+    # A batch ends at this many sealed bytes, or at as many records as could inflate to
+    # BATCH_OUTPUT: big enough that handing it to a thread is cheap, small enough that the few
+    # batches in flight stay within a few MiB, whatever a member's writer put in the file.
+    BATCH_BYTES, BATCH_OUTPUT = 256 * 1024, 8 * 1024 * 1024
 
-    def __init__(self, handle: BinaryIO, count: int, length: int, path: Path | str) -> None:
+    def __init__(
+        self, handle: BinaryIO, count: int, length: int, largest: int, path: Path | str
+    ) -> None:
         self.handle, self.count, self.length, self.path = handle, count, length, path
+        self.most = max(1, self.BATCH_OUTPUT // largest)  # records per batch
         self.ivs = hashlib.sha256()
 
     def batches(self) -> Iterator[list[bytes]]:
@@ -775,7 +778,7 @@ class _Records:
             self.ivs.update(record[:SIV_SIZE])
             batch.append(record)
             batched += record_size
-            if batched >= self.BATCH_BYTES or len(batch) >= self.BATCH_RECORDS:
+            if batched >= self.BATCH_BYTES or len(batch) >= self.most:
                 yield batch
                 batch, batched = [], 0
         if batch:
