@@ -890,9 +890,46 @@ def test_removed_member_cannot_forge_history_shown_by_git_log_p(team: Team):
     patch = git("log", "-p", "--", f"{STATE}/app/prod.json.vault", cwd=ci.root, env=env)
     assert FORGED not in patch
     # The forged blob, as its commit adds it and the next one removes it; nothing else.
-    assert patch.count("retired before every commit that holds it") == 2, patch
+    assert patch.count("no commit that holds it is from before that rotation") == 2, patch
     assert patch.count("# not decrypted") == 2 and "sst-vault doctor" not in patch, patch
     assert '"type": "pulumi:pulumi:Stack"' in patch  # the genuine versions, old keys too
+
+
+def test_review_refuses_a_branch_forked_before_the_removal_and_merged_later(team: Team):
+    """bob forks a branch from before the rotation that removed him, commits files sealed under
+    his old data key there and merges it, keeping main's files: his commit does not descend
+    from the rotation, but it is not in its past either. diff refuses it, git's diff driver does
+    not decrypt it, and the versions genuinely from before the rotation are still shown."""
+    ci = team.ci
+    bob, forger = seal_under_old_key(team)
+    record = f"{STATE}/key-record.jsonl"
+    removal = git("log", "-n", "1", "--format=%H", "--", record, cwd=bob.root, env=bob.env)
+    git("checkout", "-q", "-b", "old-work", f"{removal.strip()}~1", cwd=bob.root, env=bob.env)
+    for kind in ("passphrase", "app", "secret"):
+        shutil.copy2(forger.vault_file(kind, "prod"), bob.vault_file(kind, "prod"))
+    git("add", "-A", cwd=bob.root, env=bob.env)
+    git("commit", "-q", "--no-verify", "-m", "sst-vault: commit prod", cwd=bob.root, env=bob.env)
+    forged = git("rev-parse", "HEAD", cwd=bob.root, env=bob.env).strip()
+    git("checkout", "-q", "main", cwd=bob.root, env=bob.env)
+    git("merge", "-q", "-s", "ours", "-m", "Merge old-work", "old-work", cwd=bob.root, env=bob.env)
+    git("push", "-q", "origin", "HEAD:main", cwd=bob.root, env=bob.env)
+    pull(ci)
+    # Not a descendant of the rotation: the rule of "after the rotation" alone let this through.
+    is_after = ["git", "merge-base", "--is-ancestor", removal.strip(), forged]
+    assert subprocess.run(is_after, cwd=ci.root, env=ci.env).returncode == 1
+    result = ci.cli("diff", "prod", forged, "--show-secrets")
+    assert FORGED not in result.output, result.output
+    assert result.code == 1 and "retired" in result.err and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    ok(ci, "setup-git")
+    env = dict(ci.env, SST_VAULT_SST_HOME=str(ci.home))
+    app = f"{STATE}/app/prod.json.vault"
+    patch = git("log", "-p", "--all", "--full-history", "--", app, cwd=ci.root, env=env)
+    assert FORGED not in patch
+    assert "no commit that holds it is from before that rotation" in patch, patch
+    assert '"type": "pulumi:pulumi:Stack"' in patch  # the genuine versions, old keys too
+    older = ci.git("rev-list", "-n", "1", f"{removal.strip()}~1", "--", app).strip()
+    assert ci.cli("diff", "prod", older).code == 0
 
 
 # --- 8. key hygiene -----------------------------------------------------------------------------

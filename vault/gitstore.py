@@ -207,29 +207,29 @@ def run_git(
     return result
 
 
-def descendants(top: Path, bases: Iterable[str], tips: Iterable[str]) -> set[str]:
-    """The commits reachable from `tips` that are, or descend from, one of `bases`.
+def shared_ancestors(top: Path, commits: Iterable[str]) -> set[str]:
+    """The commits that are proper ancestors of every one of `commits` (empty for none).
 
-    One `git rev-list --parents` over the tips' history, then a walk down the child links in
-    Python: a review of hundreds of versions costs one git process, not one per version.
+    One `git rev-list --parents` over their history, then a walk up the parent links in Python.
     """
-    bases, tips = set(bases), sorted(set(tips))
-    if not bases or not tips:
+    commits = sorted(set(commits))
+    if not commits:
         return set()
-    children: dict[str, list[str]] = {}
-    for line in run_git(top, "rev-list", "--parents", *tips, "--").out.splitlines():
-        commit, *parents = line.split()
-        for parent in parents:
-            children.setdefault(parent, []).append(commit)
-        children.setdefault(commit, [])
-    found = {b for b in bases if b in children}
-    todo = list(found)
-    while todo:
-        for child in children[todo.pop()]:
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    parents: dict[str, list[str]] = {}
+    for line in run_git(top, "rev-list", "--parents", *commits, "--").out.splitlines():
+        commit, *above = line.split()
+        parents[commit] = above
+    shared: set[str] | None = None
+    for commit in commits:
+        found: set[str] = set()
+        todo = list(parents.get(commit, []))
+        while todo:
+            parent = todo.pop()
+            if parent not in found:
+                found.add(parent)
+                todo.extend(parents.get(parent, []))
+        shared = found if shared is None else shared & found
+    return shared or set()
 
 
 def fallback_identity(cwd: Path | str) -> dict[str, str]:

@@ -114,7 +114,7 @@ def log(project: Project, stage: str, max_count: int | None = None) -> LogReport
         if app_sha and app_sha in blob_info:
             info = blob_info[app_sha]
             entry.serial, entry.resources = info.serial, info.resources
-            refused = info.key_id and retired.refusal(info.key_id, first_writer[app_sha], "HEAD")
+            refused = info.key_id and retired.refusal(info.key_id, first_writer[app_sha])
             if refused:
                 entry.resources = None
                 hidden = hidden or f"{first_writer[app_sha][:12]}: {refused}"

@@ -257,8 +257,8 @@ class Trusted:
         (the rotation away from it); empty for the newest key or one no commit retired yet.
 
         A file sealed under a retired key is genuine only from before its retirement: a
-        removed member keeps his old data key and can still seal with it, so review refuses
-        such a file in a commit that is, or descends from, one of these.
+        removed member keeps his old data key and can still seal with it, so review shows such
+        a file only from a commit that is a proper ancestor of every one of these.
         """
         if key_id in self._retiring:
             return self._retiring[key_id]  # log asks once per version

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from vault import envelope, safefs
 from vault.envelope import FileKey, Header
 from vault.errors import ConfigError, TrustError, UsageError, WrongKeyError
-from vault.gitstore import descendants, resolve_commit, run_git, show_blob
+from vault.gitstore import resolve_commit, run_git, shared_ancestors, show_blob
 
 if TYPE_CHECKING:
     from vault.project import Project
@@ -93,55 +93,57 @@ def history_key(project: Project, key_id: str) -> FileKey | None:
 class RetiredKeys:
     """Whether a file sealed under a past data key may be shown from a given commit.
 
-    Only from a commit that is not, and does not descend from, one whose key record already
-    retired that key (`Trusted.retiring_commits`). One `git rev-list` per key and tip.
+    Only from a commit in the past of the rotation that retired that key: a proper ancestor of
+    every commit whose key record has the retiring entry (`Trusted.retiring_commits`). A removed
+    member keeps his old data key; whatever he commits afterwards, on top of the branch or on a
+    branch forked before his removal and merged later, is not in that past. One `git rev-list`
+    per key.
     """
 
     def __init__(self, project: Project) -> None:
         self.project = project
-        self._tainted: dict[tuple[str, str], set[str]] = {}
+        self._before: dict[str, set[str]] = {}
 
-    def refusal(self, key_id: str, commit: str, tip: str | None = None) -> str | None:
-        """Why a file sealed under `key_id` in `commit` is not shown; None when it may be.
-
-        `tip`: a commit whose history holds `commit` (log passes HEAD once for every entry).
-        """
+    def _before_retirement(self, key_id: str) -> set[str] | None:
+        """The commits a file under `key_id` may come from; None when the key is not retired."""
         if self.project.config.backend != "age":
             return None  # fernet: every holder of a listed key is a member
         retiring = self.project.trusted.retiring_commits(key_id)
         if not retiring:
             return None
-        tip = tip or commit
-        if (key_id, tip) not in self._tainted:
-            self._tainted[key_id, tip] = descendants(self.project.root, retiring, [tip])
-        if commit not in self._tainted[key_id, tip]:
+        if key_id not in self._before:
+            self._before[key_id] = shared_ancestors(self.project.root, retiring)
+        return self._before[key_id]
+
+    def refusal(self, key_id: str, commit: str) -> str | None:
+        """Why a file sealed under `key_id` in `commit` is not shown; None when it may be."""
+        before = self._before_retirement(key_id)
+        if before is None or commit in before:
             return None
         return (
-            f"sealed under data key {key_id}, which a rotation before commit {commit[:12]}"
-            " retired: it cannot be told from a state forged by a removed member, who keeps"
-            " that key"
+            f"sealed under data key {key_id}, which a rotation retired, in commit {commit[:12]},"
+            " which is not from before that rotation: it cannot be told from a state forged by a"
+            " removed member, who keeps that key"
         )
 
     def blob_refusal(self, key_id: str, data: bytes, rel: str) -> str | None:
         """The same rule for a file given without its commit (git's diff driver): shown only
         when a commit that added or removed these exact bytes at `rel` (relative to the
-        project) does not descend from the key's retirement. One `git log --find-object`, paid
-        only by files under a retired key (a review of old history gets slower, never wrong).
+        project) is from before the key's retirement. One `git log --find-object`, paid only by
+        files under a retired key (a review of old history gets slower, never wrong).
         """
-        if self.project.config.backend != "age":
-            return None
-        retiring = self.project.trusted.retiring_commits(key_id)
-        if not retiring:
+        before = self._before_retirement(key_id)
+        if before is None:
             return None
         root = self.project.root
         blob = run_git(root, "hash-object", "--stdin", input=data).out.strip()
         found = run_git(root, "log", "--all", "--format=%H", f"--find-object={blob}", "--", rel)
-        commits = found.out.split()
-        if set(commits) - descendants(root, retiring, commits):
+        if set(found.out.split()) & before:
             return None
         return (
-            f"sealed under data key {key_id}, which a rotation retired before every commit that"
-            " holds it: it cannot be told from a state forged by a removed member"
+            f"sealed under data key {key_id}, which a rotation retired, and no commit that holds"
+            " it is from before that rotation: it cannot be told from a state forged by a removed"
+            " member"
         )
 
 
