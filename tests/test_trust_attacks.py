@@ -1080,3 +1080,52 @@ def test_fernet_run_keeps_the_exact_key_pin(tmp_path: Path):
     ci, pin = fernet_replay(tmp_path)
     env = dict(ci.env, SST_VAULT_KEY_ID=pin)
     refused(ci, "run", "--stage", "prod", "--no-lock", "--no-push", "--", "true", env=env)
+
+
+def branch_with_the_rotation_copied_after_the_forgery(team: Team) -> tuple[str, str]:
+    """bob forks a branch from before the rotation that removed him, commits files sealed under
+    his old data key there, then copies main's whole state folder (the genuine record with the
+    rotation entry, data-key.age, the genuine prod files) in the next commit and pushes the
+    branch for review. The branch's history never holds the genuine rotation commit: its only
+    commit whose record retires bob's key is his own copy, and the forged commit is before it.
+    Returns (the forged commit, the branch tip)."""
+    bob, forger = seal_under_old_key(team)
+    removal = git("log", "-n", "1", "--format=%H", "--", RECORD, cwd=bob.root, env=bob.env).strip()
+    git("checkout", "-q", "-b", "fix-typo", f"{removal}~1", cwd=bob.root, env=bob.env)
+    for kind in ("passphrase", "app", "secret"):
+        shutil.copy2(forger.vault_file(kind, "prod"), bob.vault_file(kind, "prod"))
+    git("add", "-A", cwd=bob.root, env=bob.env)
+    git("commit", "-q", "--no-verify", "-m", "sst-vault: commit prod", cwd=bob.root, env=bob.env)
+    forged = git("rev-parse", "HEAD", cwd=bob.root, env=bob.env).strip()
+    git("checkout", "main", "--", STATE, cwd=bob.root, env=bob.env)
+    git("commit", "-q", "--no-verify", "-m", "sync with main", cwd=bob.root, env=bob.env)
+    tip = git("rev-parse", "HEAD", cwd=bob.root, env=bob.env).strip()
+    git("push", "-q", "origin", "fix-typo", cwd=bob.root, env=bob.env)
+    return forged, tip
+
+
+def test_review_of_a_branch_that_copies_the_rotation_after_a_forgery(team: Team):
+    """A member checks bob's branch out to review it (`gh pr checkout`). Its record is the
+    genuine newest one, so every trust check passes; review must still not show the state bob
+    sealed under his retired key after his removal."""
+    forged, _ = branch_with_the_rotation_copied_after_the_forgery(team)
+    ci = team.ci
+    ci.git("fetch", "-q", "origin", "fix-typo")
+    ci.git("checkout", "-q", "-b", "review-fix-typo", "FETCH_HEAD")
+    shown = []  # every review path that showed the forged state
+    log = ok(ci, "log", "prod")
+    lines = {line[:12]: line for line in log.out.splitlines()}
+    if "? resources" not in lines[forged[:12]]:
+        shown.append(f"log: {lines[forged[:12]]}")
+    result = ci.cli("diff", "prod", forged, "--show-secrets")
+    if FORGED in result.output or result.code != 1:
+        shown.append(f"diff prod {forged[:12]}: exit {result.code}, forged marker shown")
+    result = ci.cli("diff", "prod", f"{forged}~1..{forged}", "--show-secrets")
+    if FORGED in result.output or result.code != 1:
+        shown.append(f"diff prod A..B: exit {result.code}, forged marker shown")
+    ok(ci, "setup-git")
+    env = dict(ci.env, SST_VAULT_SST_HOME=str(ci.home))
+    patch = git("log", "-p", "--", f"{STATE}/app/prod.json.vault", cwd=ci.root, env=env)
+    if FORGED in patch:
+        shown.append("git log -p: forged marker shown")
+    assert not shown, shown
