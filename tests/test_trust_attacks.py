@@ -1129,3 +1129,29 @@ def test_review_of_a_branch_that_copies_the_rotation_after_a_forgery(team: Team)
     if FORGED in patch:
         shown.append("git log -p: forged marker shown")
     assert not shown, shown
+
+
+@pytest.mark.parametrize("show_root", [None, "false"])
+def test_shallow_review_of_history_sealed_under_a_retired_key(team: Team, show_root):
+    """A fresh shallow clone (CI's `fetch-depth: 2`, pinned) whose history starts after the
+    rotation that removed bob: it cannot tell when the key was retired, so it must not show
+    what bob sealed under it, whatever the user's git config says about root commits."""
+    pin = vault_pin(team.ci)
+    forged = forge_history_under_old_key(team)
+    root = team.base / "ci-shallow"
+    env = base_env(team.base)
+    git("clone", "-q", "--depth", "2", f"file://{team.remote}", str(root), cwd=team.base, env=env)
+    fresh = team.person("ci", root, "ci-shallow-home")
+    fresh.env["SST_VAULT_PIN"] = pin
+    if show_root:
+        fresh.env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="log.showRoot")
+        fresh.env["GIT_CONFIG_VALUE_0"] = show_root
+    shown = []
+    log = ok(fresh, "log", "prod")
+    lines = {line[:12]: line for line in log.out.splitlines()}
+    if forged[:12] in lines and "? resources" not in lines[forged[:12]]:
+        shown.append(f"log: {lines[forged[:12]]}")
+    result = fresh.cli("diff", "prod", forged, "--show-secrets")
+    if FORGED in result.output or result.code != 1:
+        shown.append(f"diff prod {forged[:12]}: exit {result.code}: {result.output[-300:]}")
+    assert not shown, shown

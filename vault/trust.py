@@ -155,6 +155,9 @@ def history_versions(top: Path, *, every_ref: bool = False) -> list[tuple[str, b
         *(["--all"] if every_ref else []),
         "--format=%x00%H",
         "--name-only",
+        # A root commit's files too, whatever log.showRoot says: in a shallow clone the first
+        # commit it has is the one that holds the record (and the retirement) first.
+        "--root",
         "--full-history",
         "--no-renames",
         "--",
