@@ -1155,3 +1155,41 @@ def test_shallow_review_of_history_sealed_under_a_retired_key(team: Team, show_r
     if FORGED in result.output or result.code != 1:
         shown.append(f"diff prod {forged[:12]}: exit {result.code}: {result.output[-300:]}")
     assert not shown, shown
+
+
+def with_git_config(env: dict[str, str], **settings: str) -> dict[str, str]:
+    """`env` with git settings as a user's ~/.gitconfig would give them."""
+    env = dict(env, GIT_CONFIG_COUNT=str(len(settings)))
+    for n, (name, value) in enumerate(settings.items()):
+        env[f"GIT_CONFIG_KEY_{n}"], env[f"GIT_CONFIG_VALUE_{n}"] = name.replace("_", "."), value
+    return env
+
+
+def test_a_fresh_clone_with_log_follow_set_still_refuses_a_rolled_back_record(team: Team):
+    """`log.follow = true` is a common ~/.gitconfig line. With it, git aborts on the glob
+    pathspec that lists the record's versions (git 2.39: "BUG: unsupported magic"): the
+    record's history must not then count as empty, or a new machine accepts bob's rollback."""
+    bob = team.clone("bob", "bob-repo")
+    removal = remove_bob(team)
+    pull(bob)
+    bob.git("checkout", f"{removal}~1", "--", STATE)
+    attacker_push(bob, "revert: broken rotation")
+    carol = team.clone("carol", "carol-new-machine")
+    env = with_git_config(carol.env, log_follow="true")
+    refused(carol, "prepare", "prod", env=env, names=(RECORD,))
+
+
+def test_a_record_history_that_git_cannot_list_is_never_taken_for_none(team: Team):
+    """Whatever makes `git log` fail (here a bad log.date in ~/.gitconfig; git itself works),
+    a new machine must not take the record's history for empty and accept bob's rollback."""
+    bob = team.clone("bob", "bob-repo")
+    removal = remove_bob(team)
+    pull(bob)
+    bob.git("checkout", f"{removal}~1", "--", STATE)
+    attacker_push(bob, "revert: broken rotation")
+    carol = team.clone("carol", "carol-new-machine")
+    env = with_git_config(carol.env, log_date="bogus")
+    result = carol.cli("prepare", "prod", env=env)
+    assert result.code in (1, 2) and "Traceback" not in result.output, result.output
+    assert len(result.err.splitlines()) == 1 and result.err.startswith("Error: "), result.err
+    assert home_state(carol.home) == {}, "prepare wrote to the SST home"

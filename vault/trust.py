@@ -151,6 +151,10 @@ def history_versions(top: Path, *, every_ref: bool = False) -> list[tuple[str, b
     pattern = f":(top,glob)**/{RECORD_NAME}"
     proc = run_git(
         top,
+        # log.follow (a common ~/.gitconfig line) turns a single pathspec into --follow, and git
+        # aborts on a glob with it ("BUG: unsupported magic"): the history must never be lost.
+        "-c",
+        "log.follow=false",
         "log",
         *(["--all"] if every_ref else []),
         "--format=%x00%H",
