@@ -424,3 +424,17 @@ def test_padding_that_is_not_exactly_zeros_is_refused():
     assert "after the last chunk" in reason(blob[:-1] + b"\x01")
     assert "truncated" in reason(blob[:-1])
     assert "after the last chunk" in reason(blob + bytes(1))
+
+
+def test_a_refused_large_file_leaves_no_decoding_thread_while_its_error_is_kept():
+    # The running-total check raises inside the reader: the error's traceback keeps the
+    # reader's frame, which must not keep the decoding pool (and batches decoded ahead) alive.
+    import threading
+
+    piece = bytes(envelope.MAX_CDC_CHUNK)
+    count = (envelope.CDC_LARGE + envelope.MAX_CDC_CHUNK) // len(piece) + 1
+    blob = forged([piece] * count, size=len(piece) * (count - 1) + 10)
+    with pytest.raises(TamperedError, match="corrupt compressed chunk") as caught:
+        envelope.open_(io.BytesIO(blob), io.BytesIO(), key(), WHERE, **META)
+    assert caught.value.__traceback__ is not None  # still held, as a caller may hold it
+    assert not [t for t in threading.enumerate() if t.name.startswith("sst-vault-open")]

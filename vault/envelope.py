@@ -714,14 +714,17 @@ def _open_v2(
     if size > CDC_LARGE:
         pieces = _decoded_in_parallel(decode, records.batches())
     else:
-        pieces = map(decode, records.batches())
+        pieces = (decode(batch) for batch in records.batches())
     remaining = size
-    for batch in pieces:
-        produced = sum(map(len, batch))
-        if produced > remaining:
-            raise TamperedError(path, "corrupt compressed chunk", "restore it from git")
-        remaining -= produced
-        yield from batch
+    # Closed on every exit, not when this frame is freed: an error raised here keeps the
+    # frame alive in its traceback, and with it the decoding threads and their batches.
+    with contextlib.closing(pieces):
+        for batch in pieces:
+            produced = sum(map(len, batch))
+            if produced > remaining:
+                raise TamperedError(path, "corrupt compressed chunk", "restore it from git")
+            remaining -= produced
+            yield from batch
     # The padding: exactly padding(length) zero bytes (at most 64 KiB), then the end.
     pad = padding(records.length)
     zeros = handle.read(pad)

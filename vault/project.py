@@ -143,11 +143,17 @@ class Project:
 
     def _record_history(self) -> list[tuple[str, bytes | None]]:
         from vault.errors import GitError
+        from vault.gitstore import run_git
 
         try:
             return trust.history_versions(self.root)
         except GitError:
-            return []  # not a git work tree (yet): nothing to compare with
+            # Not a git work tree, or no commit yet: nothing to compare with. Any other
+            # failure must not pass for an empty history (that turns the check off).
+            head = run_git(self.root, "rev-parse", "--verify", "-q", "HEAD", check=False)
+            if head.code != 0:
+                return []
+            raise
 
     def review_key(self, key_id: str) -> keys.FileKey | None:
         """A key of the verified chain (age) or one of the keys given (fernet), by key id.

@@ -139,8 +139,9 @@ class Change:
         return f"commit {self.commit[:12]} by {self.author} on {self.date} ({self.summary})"
 
 
-def history_versions(top: Path) -> list[tuple[str, bytes | None]]:
-    """Every version of every key record (any folder) in the history reachable from HEAD.
+def history_versions(top: Path, *, every_ref: bool = False) -> list[tuple[str, bytes | None]]:
+    """Every version of every key record (any folder) in the history reachable from HEAD
+    (`every_ref`: from every ref of the clone, as `git log --all`).
 
     Any folder, not only the current `state_dir`: a writer who moves the vault and edits
     `state_dir` in sst-vault.toml must not hide the record's past from the check.
@@ -150,9 +151,17 @@ def history_versions(top: Path) -> list[tuple[str, bytes | None]]:
     pattern = f":(top,glob)**/{RECORD_NAME}"
     proc = run_git(
         top,
+        # log.follow (a common ~/.gitconfig line) turns a single pathspec into --follow, and git
+        # aborts on a glob with it ("BUG: unsupported magic"): the history must never be lost.
+        "-c",
+        "log.follow=false",
         "log",
+        *(["--all"] if every_ref else []),
         "--format=%x00%H",
         "--name-only",
+        # A root commit's files too, whatever log.showRoot says: in a shallow clone the first
+        # commit it has is the one that holds the record (and the retirement) first.
+        "--root",
         "--full-history",
         "--no-renames",
         "--",
@@ -247,21 +256,30 @@ class Trusted:
     versions: list[tuple[str, bytes | None]] = field(default_factory=list, repr=False)
     _history: dict[str, FileKey] | None = field(default=None, repr=False)
     _retiring: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    _every_ref: list[tuple[str, bytes | None]] | None = field(default=None, repr=False)
 
     @property
     def sealing(self) -> FileKey:
         return keys.data_file_key(self.data_key)
 
-    def retiring_commits(self, key_id: str) -> set[str]:
+    def retiring_commits(self, key_id: str, top: Path) -> set[str]:
         """The commits whose key record already has the entry that retired data key `key_id`
         (the rotation away from it); empty for the newest key or one no commit retired yet.
 
         A file sealed under a retired key is genuine only from before its retirement: a
         removed member keeps his old data key and can still seal with it, so review shows such
         a file only from a commit that is a proper ancestor of every one of these.
+
+        Found along every ref of the clone in `top`, not only HEAD's history: a branch the
+        removed member forked before his removal can hold his forgery followed by a copy of
+        the genuine record, and then its only retiring commit is his own, after the forgery.
+        The genuine rotation stays on the member's own branches; more refs only add commits
+        here, which only narrows what is shown.
         """
         if key_id in self._retiring:
             return self._retiring[key_id]  # log asks once per version
+        if self._every_ref is None:
+            self._every_ref = history_versions(top, every_ref=True)
         entries = self.record.entries
         hashes = self.record.hashes()
         found: set[str] = set()
@@ -270,7 +288,7 @@ class Trusted:
                 prefix = hashes[: n + 1]
                 found = {
                     commit
-                    for commit, data in self.versions
+                    for commit, data in self._every_ref
                     if data is not None
                     and (chain := keyrecord.entry_hashes(data))
                     and chain[: n + 1] == prefix

@@ -3,11 +3,11 @@ commit; decrypted with the keys that may *read* history (`history_key`), never f
 
 `diff`, `log`, `rollback`, `migrate` and the git diff driver read versions this way.
 
-A past data key opens a file only from a commit that does not descend from that key's
-retirement (`RetiredKeys`): a removed member keeps the data key of before his removal and
-can still seal with it, but whatever he commits afterwards descends from the rotation that
-removed him. The git diff driver, given the bytes without their commit, looks up the commits
-that hold them (SECURITY.md, "History written by a removed member").
+A past data key opens a file only from a commit in the past of that key's retirement
+(`RetiredKeys`): a removed member keeps the data key of before his removal and can still seal
+with it, but nothing he commits afterwards is a proper ancestor of the genuine rotation. The
+git diff driver, given the bytes without their commit, looks up the commits that hold them
+(SECURITY.md, "History written by a removed member").
 """
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ class RetiredKeys:
     """Whether a file sealed under a past data key may be shown from a given commit.
 
     Only from a commit in the past of the rotation that retired that key: a proper ancestor of
-    every commit whose key record has the retiring entry (`Trusted.retiring_commits`). A removed
-    member keeps his old data key; whatever he commits afterwards, on top of the branch or on a
-    branch forked before his removal and merged later, is not in that past. One `git rev-list`
-    per key.
+    every commit, in any ref of the clone, whose key record has the retiring entry
+    (`Trusted.retiring_commits`). A removed member keeps his old data key; whatever he commits
+    afterwards, on top of the branch or on a branch forked before his removal and merged later
+    (or checked out for review), is not in that past. One `git rev-list` per key.
     """
 
     def __init__(self, project: Project) -> None:
@@ -108,7 +108,7 @@ class RetiredKeys:
         """The commits a file under `key_id` may come from; None when the key is not retired."""
         if self.project.config.backend != "age":
             return None  # fernet: every holder of a listed key is a member
-        retiring = self.project.trusted.retiring_commits(key_id)
+        retiring = self.project.trusted.retiring_commits(key_id, self.project.root)
         if not retiring:
             return None
         if key_id not in self._before:
