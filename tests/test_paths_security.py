@@ -165,6 +165,8 @@ BAD_STATE_DIRS = [
     ".git/state",
     "infra/.git/state",
     "a\\..\\..\\b",
+    'infra/"state"',  # git quotes these in what it prints: they could never match themselves
+    "infra/st\tate",
 ]
 
 

@@ -1195,13 +1195,6 @@ def test_a_record_history_that_git_cannot_list_is_never_taken_for_none(team: Tea
     assert home_state(carol.home) == {}, "prepare wrote to the SST home"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gitstore.commit_paths reads `git diff --cached --name-only` without -z: git quotes"
-    " the non-ASCII path and hands it back as a pathspec that matches nothing; and"
-    " trust.history_versions parses `git log --name-only` the same way, so once commits work"
-    " the record's versions would all read as missing (history check and retirement off)",
-)
 def test_a_vault_in_a_non_ascii_folder_keeps_its_record_history(tmp_path: Path):
     """git quotes a path with non-ASCII bytes in `--name-only` output (core.quotePath's
     default): a vault under such a folder must work, and its record's versions must be found,

@@ -112,8 +112,12 @@ def _launch(
     extra = dict(env or {})
     if _verb(args) in IDENTITY_VERBS and not all(v in extra for v in IDENTITY_VARS):
         extra = {**fallback_identity(cwd), **extra}
+    # core.quotePath=false: paths come back as their UTF-8 bytes, not C-quoted octal escapes
+    # (a state_dir like "infra/état" must match itself; check_state_dir refuses the characters
+    # git quotes even so).
+    command = ["git", "-c", "core.quotePath=false", *args]
     try:
-        return subprocess.Popen(["git", *args], cwd=cwd, env=git_env(extra), **popen)  # type: ignore[call-overload]
+        return subprocess.Popen(command, cwd=cwd, env=git_env(extra), **popen)  # type: ignore[call-overload]
     except FileNotFoundError as exc:
         if exc.filename == "git" or Path(cwd).is_dir():
             raise GitNotFoundError(

@@ -204,6 +204,12 @@ def check_state_dir(state_dir: str) -> str:
             f"state_dir {state_dir!r} is not a relative POSIX path inside the project",
             "use a relative path such as infra/state",
         )
+    if '"' in state_dir or any(ord(c) < 0x20 or ord(c) == 0x7F for c in state_dir):
+        # git quotes such paths in what it prints even with core.quotePath=false.
+        raise ConfigError(
+            f"state_dir {state_dir!r} has a double quote or a control character",
+            "use a plain path such as infra/state",
+        )
     pure = PurePosixPath(state_dir)
     if pure.is_absolute() or any(part in ("..", ".") for part in pure.parts) or not pure.parts:
         raise ConfigError(
