@@ -9,6 +9,7 @@ records what each git child really sees (what git's hooks see is checked by
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -95,7 +96,8 @@ def test_every_git_child_gets_no_key_variable_and_no_prompt(
             assert child.get("GIT_TERMINAL_PROMPT") == "0", (command, args)
     # Each command did run git (else the checks above proved nothing), the push included.
     assert set(seen) == {"commit", "prepare", "log"}, seen
-    assert any(args.startswith("push ") for args in seen["commit"]), seen["commit"]
+    verbs = [re.sub(r"^(-c \S+ )*", "", args) for args in seen["commit"]]
+    assert any(verb.startswith("push ") for verb in verbs), seen["commit"]
     assert git("rev-parse", "main", cwd=tmp_path / "remote.git", env=p.env) == p.git(
         "rev-parse", "HEAD"
     )
