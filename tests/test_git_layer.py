@@ -28,7 +28,7 @@ from helpers import (
 )
 
 from vault.errors import ConfigError, GitError
-from vault.gitstore import GitNotFoundError, GitStore
+from vault.gitstore import GitNotFoundError, GitStore, shared_ancestors
 
 
 def spy_on_git(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, str], Path]:
@@ -198,3 +198,32 @@ def test_discovery_finds_the_top_and_git_dir_and_refuses_what_it_cannot_use(
     monkeypatch.setenv("PATH", str(outside))
     with pytest.raises(GitNotFoundError):
         GitStore(p.root)
+
+
+def test_shared_ancestors_are_the_proper_ancestors_of_every_commit_given(
+    tmp_path: Path, env: dict[str, str]
+):
+    """A-B-C on main, D forked from A, M merges D into C: the trust rule for retired keys
+    (vault.versions.RetiredKeys) shows a version only from what this returns."""
+    git("init", "-q", cwd=tmp_path, env=env)
+
+    def commit(name: str) -> str:
+        (tmp_path / name).write_text(name)
+        git("add", name, cwd=tmp_path, env=env)
+        git("commit", "-q", "-m", name, cwd=tmp_path, env=env)
+        return git("rev-parse", "HEAD", cwd=tmp_path, env=env).strip()
+
+    a = commit("a")
+    b = commit("b")
+    c = commit("c")
+    git("checkout", "-q", "-b", "side", a, cwd=tmp_path, env=env)
+    d = commit("d")
+    git("checkout", "-q", "-", cwd=tmp_path, env=env)
+    git("merge", "-q", "--no-edit", "side", cwd=tmp_path, env=env)
+    m = git("rev-parse", "HEAD", cwd=tmp_path, env=env).strip()
+    assert shared_ancestors(tmp_path, [c, d]) == {a}
+    assert shared_ancestors(tmp_path, [m]) == {a, b, c, d}
+    assert shared_ancestors(tmp_path, [c, b]) == {a}  # never a commit itself
+    assert shared_ancestors(tmp_path, [m, d]) == {a}
+    assert shared_ancestors(tmp_path, [a]) == set()
+    assert shared_ancestors(tmp_path, []) == set()

@@ -214,26 +214,23 @@ def run_git(
 def shared_ancestors(top: Path, commits: Iterable[str]) -> set[str]:
     """The commits that are proper ancestors of every one of `commits` (empty for none).
 
-    One `git rev-list --parents` over their history, then a walk up the parent links in Python.
+    One `git rev-list --topo-order --parents` over their history (children before parents),
+    handing each parent a bit mask of the given commits it lies under: one pass, however many
+    commits are given.
     """
     commits = sorted(set(commits))
     if not commits:
         return set()
-    parents: dict[str, list[str]] = {}
-    for line in run_git(top, "rev-list", "--parents", *commits, "--").out.splitlines():
-        commit, *above = line.split()
-        parents[commit] = above
-    shared: set[str] | None = None
-    for commit in commits:
-        found: set[str] = set()
-        todo = list(parents.get(commit, []))
-        while todo:
-            parent = todo.pop()
-            if parent not in found:
-                found.add(parent)
-                todo.extend(parents.get(parent, []))
-        shared = found if shared is None else shared & found
-    return shared or set()
+    bit = {commit: 1 << n for n, commit in enumerate(commits)}
+    every = (1 << len(commits)) - 1
+    under: dict[str, int] = {}
+    listing = run_git(top, "rev-list", "--topo-order", "--parents", *commits, "--").out
+    for line in listing.splitlines():
+        commit, *parents = line.split()
+        mask = under.get(commit, 0) | bit.get(commit, 0)
+        for parent in parents:
+            under[parent] = under.get(parent, 0) | mask
+    return {commit for commit, mask in under.items() if mask == every}
 
 
 def fallback_identity(cwd: Path | str) -> dict[str, str]:
