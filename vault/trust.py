@@ -155,6 +155,8 @@ def history_versions(top: Path, *, every_ref: bool = False) -> list[tuple[str, b
         # aborts on a glob with it ("BUG: unsupported magic"): the history must never be lost.
         "-c",
         "log.follow=false",
+        "-c",
+        "log.showSignature=false",  # gpg's lines would be read as paths
         "log",
         *(["--all"] if every_ref else []),
         "--format=%x00%H",
