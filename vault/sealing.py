@@ -3,7 +3,8 @@
 Commit, migrate, rollback, resolve and rotate all seal through `seal_to_repo`; nothing is
 pending until the sealed bytes opened and matched what was sealed. What may be sealed is
 checked first (`validate_state`: what SST itself would refuse never reaches the repo); for a
-large checkpoint the JSON check runs in a thread on the very chunks being sealed.
+large checkpoint the JSON check runs beside the sealing in a child process (`JsonCheckProcess`),
+its verdict bound to the bytes sealed by their SHA-256.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from vault.errors import InvalidStateError, RefusedError
 from vault.project import Project
 from vault.stagefiles import Discard
 
-OVERLAP_MIN = 4 * 1024 * 1024  # below this, a validation thread costs more than it saves
+OVERLAP_MIN = 4 * 1024 * 1024  # below this, a validating child or thread costs more than it saves
 
 
 def seal_to_repo(
@@ -34,7 +36,7 @@ def seal_to_repo(
     *,
     serial: int,
     writer: str,
-    before_verify: Callable[[], None] | None = None,
+    before_pending: Callable[[], None] | None = None,
     **seal_options: Any,
 ) -> tuple[Header, safefs.PendingFile]:
     """Seal `source` beside the stage's vault file and check that it opens; caller replaces.
@@ -42,6 +44,8 @@ def seal_to_repo(
     The one way commit, migrate, rollback and rotate write a vault file: nothing is pending
     until the sealed bytes were read back, authenticated and matched to what was sealed. It
     writes the newest format, chunked unless `sst-vault.toml` says `chunking = false`.
+    `before_pending` runs once the sealed file verified and may still refuse it (the JSON check
+    that ran alongside).
     """
     path = project.repo.vault_file(kind, stage)
     meta = {"app": project.app, "stage": stage, "kind": kind}
@@ -57,14 +61,14 @@ def seal_to_repo(
             **meta,
             **seal_options,
         )
-        if before_verify is not None:
-            before_verify()
         opened = envelope.open_(out.read_back(), Discard(), key, path, **meta)
         if opened.fingerprint != sealed.fingerprint:
             raise RefusedError(
                 f"{path}: the sealed file does not round-trip",
                 "nothing was replaced; report this bug",
             )
+        if before_pending is not None:
+            before_pending()
         return sealed, out.finish()
 
 
@@ -75,7 +79,8 @@ COMMIT_COMPRESSION_LEVEL = 3
 
 
 class Validation:
-    """Validate, in a worker thread, exactly the chunks that `seal` reads from a file."""
+    """Validate, in a worker thread, exactly the chunks that `seal` reads from a file (a large
+    file of another kind than `app`, or where no child process can share the file)."""
 
     def __init__(self, kind: str, path: Path, remedies: Remedies) -> None:
         import queue
@@ -143,6 +148,92 @@ class Validation:
         else:
             with contextlib.suppress(BaseException):
                 self.finish()  # another error is already on its way
+
+
+class JsonCheckProcess:
+    """The JSON check of a large checkpoint in a child process, beside the sealing.
+
+    json's C scanner holds the GIL for the whole parse (~0.6 s at 100 MB): in a thread it only
+    takes turns with the sealing, in a child it runs on the other core. The child reads the
+    file through an inherited descriptor (the very file being sealed, whatever happens to its
+    path) and reports the SHA-256 of every byte it checked; `finish` takes its verdict only when
+    that is the digest of the bytes sealed (else the file changed meanwhile). The child gets no
+    secret: the environment without SST_VAULT_KEY*, no key, only the state file's descriptor.
+    A child that dies (killed, out of memory) refuses the commit.
+    """
+
+    def __init__(self, handle: BinaryIO, path: Path, remedies: Remedies) -> None:
+        import subprocess
+        import sys
+
+        from vault.gitstore import SECRET_PREFIX
+
+        self.path = path
+        self.remedies = remedies
+        fd = handle.fileno()
+        root = str(Path(__file__).resolve().parent.parent)
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); "
+            f"from vault.jsoncheck import child_main; child_main({fd})"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
+        # -I -S: nothing from the user's site or PYTHON* variables; only json and re are needed.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", code],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(fd,),
+            env=env,
+        )
+
+    @staticmethod
+    def usable() -> bool:
+        """Whether a child can share the file (POSIX descriptors, a known interpreter)."""
+        import sys
+
+        return os.name == "posix" and bool(sys.executable)
+
+    def finish(self, sealed_sha256: str) -> None:
+        """Wait for the verdict on the bytes whose SHA-256 is `sealed_sha256`; raise it."""
+        import hmac
+        import signal
+
+        out, _ = self.proc.communicate()
+        code = self.proc.returncode
+        try:
+            report = json.loads(out)
+            digest, error = report["sha256"], report["error"]
+            if not isinstance(digest, str) or not isinstance(error, str | None):
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            report = None
+        if code != 0 or report is None:
+            if code < 0:
+                try:
+                    how = f"was killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    how = f"was killed by signal {-code}"
+            else:
+                how = f"exited with status {code}" if code else "gave no verdict"
+            raise RefusedError(
+                f"{self.path}: the JSON check did not finish (its process {how})",
+                "nothing was replaced; retry the commit (if it fails again, check memory limits)",
+            )
+        if not hmac.compare_digest(digest.encode(), sealed_sha256.encode()):
+            raise envelope.ChangedWhileReading(
+                "the file changed while it was being encrypted", "wait for SST to finish and retry"
+            )
+        if error is not None:
+            raise InvalidStateError(f"{self.path} is not valid JSON ({error})", self.remedies.json)
+
+    def __enter__(self) -> JsonCheckProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.returncode is None:  # not waited for: the commit stopped early
+            self.proc.kill()
+            self.proc.communicate()
 
 
 def _validate_chunks(kind: str, chunks: Iterator[bytes], path: Path, remedies: Remedies) -> None:
