@@ -3,6 +3,7 @@ child process, zlib on several threads, the decompressing reader thread."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -225,3 +226,32 @@ def test_killed_child_check_fails_closed_and_never_saw_the_key(tmp_path: Path):
         out, err = parent.communicate(timeout=120)
         result = CLIResult(parent.returncode, out, err)
         assert_refused(result, 1, "JSON check did not finish", "SIGKILL", "retry")
+
+
+def test_large_vault_file_stored_by_git_while_it_is_verified(tmp_path: Path):
+    """A sealed file above STORE_AHEAD_MIN goes into git's object store while it is verified;
+    the commit holds exactly its bytes, and a refused commit leaves nothing behind."""
+    p: VaultProject = fresh_project(tmp_path)
+    deploy(p, "prod")
+    assert p.cli("commit", "prod").code == 0
+    rng = random.Random(7)  # base64 of random bytes: the sealed file stays above the minimum
+    blobs = [base64.b64encode(rng.randbytes(3000)).decode() for _ in range(2000)]
+    state = json.dumps({"version": 3, "checkpoint": {"blobs": blobs}}).encode()
+    p.state_file("app", "prod").write_bytes(state[:-1])
+    with unchanged(p):
+        assert_refused(p.cli("commit", "prod"), 1, "not valid JSON", "redeploy")
+    p.state_file("app", "prod").write_bytes(state)
+    result = p.cli("commit", "prod")
+    assert result.code == 0, result.output
+    vault = p.vault_file("app", "prod").read_bytes()
+    assert len(vault) >= sealing.STORE_AHEAD_MIN
+    blob = subprocess.run(
+        ["git", "cat-file", "blob", "HEAD:infra/state/app/prod.json.vault"],
+        cwd=p.root,
+        env=p.env,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert blob == vault
+    assert p.git("status", "--porcelain") == ""
+    p.git("fsck", "--no-dangling")

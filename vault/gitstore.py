@@ -481,6 +481,35 @@ class GitStore:
             self.git("-c", "core.loosecompression=0", "add", "--", *candidates)
         return candidates
 
+    def store_ahead(self, path: Path, as_path: Path) -> subprocess.Popen[bytes] | None:
+        """Start storing `path`'s bytes as the blob that `git add` of `as_path` will store.
+
+        `commit` seals a vault file beside its place and reads it back to verify it; git
+        writes the blob meanwhile, on another core, and the `git add` after the swap finds it
+        stored (it still hashes the file: the index needs its stat data). Best effort: a
+        failure here is `git add`'s to report. The caller waits for it or kills it.
+        """
+        try:
+            return _launch(
+                self.top,
+                (
+                    "-c",
+                    "core.loosecompression=0",
+                    "hash-object",
+                    "-w",
+                    "--path",
+                    self.relative(as_path),
+                    "--",
+                    str(path),
+                ),
+                None,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except (OSError, ConfigError):
+            return None
+
     def commit_paths(self, paths: Iterable[Path], message: str) -> str | None:
         """Stage and commit exactly `paths` (other staged work stays staged, uncommitted).
 

@@ -13,6 +13,8 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ def seal_to_repo(
     serial: int,
     writer: str,
     before_pending: Callable[[], None] | None = None,
+    store_ahead: Callable[[Path, Path], subprocess.Popen[bytes] | None] | None = None,
     **seal_options: Any,
 ) -> tuple[Header, safefs.PendingFile]:
     """Seal `source` beside the stage's vault file and check that it opens; caller replaces.
@@ -45,11 +48,16 @@ def seal_to_repo(
     until the sealed bytes were read back, authenticated and matched to what was sealed. It
     writes the newest format, chunked unless `sst-vault.toml` says `chunking = false`.
     `before_pending` runs once the sealed file verified and may still refuse it (the JSON check
-    that ran alongside).
+    that ran alongside). `store_ahead(temp, path)` (a large file only) starts git storing the
+    sealed bytes while they are verified.
     """
     path = project.repo.vault_file(kind, stage)
     meta = {"app": project.app, "stage": stage, "kind": kind}
-    with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
+    # The stack stops what runs beside the verification before the temporary file goes.
+    with (
+        safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out,
+        contextlib.ExitStack() as stack,
+    ):
         assert out.file is not None
         sealed = envelope.seal(
             source,
@@ -61,7 +69,15 @@ def seal_to_repo(
             **meta,
             **seal_options,
         )
-        opened = envelope.open_(out.read_back(), Discard(), key, path, **meta)
+        back = out.read_back()
+        syncing = _sync_early(back)  # to disk while it is read back: `finish` fsyncs again
+        storing = (
+            store_ahead(out.temp_path, path)
+            if store_ahead is not None and os.fstat(back.fileno()).st_size >= STORE_AHEAD_MIN
+            else None
+        )
+        stack.callback(_stop, storing)
+        opened = envelope.open_(back, Discard(), key, path, **meta)
         if opened.fingerprint != sealed.fingerprint:
             raise RefusedError(
                 f"{path}: the sealed file does not round-trip",
@@ -69,7 +85,45 @@ def seal_to_repo(
             )
         if before_pending is not None:
             before_pending()
+        if syncing is not None:
+            syncing.join()
+        if storing is not None:
+            storing.wait()
         return sealed, out.finish()
+
+
+SYNC_EARLY_MIN = 1024 * 1024  # a smaller file's fsync is quick whenever it runs
+STORE_AHEAD_MIN = 4 * 1024 * 1024  # below this, one more git process costs what it saves
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill a git that stores ahead if it still runs (the file it reads is going away)."""
+    if proc is not None and proc.returncode is None:
+        proc.kill()
+        proc.wait()
+
+
+def _sync_early(file: BinaryIO) -> threading.Thread | None:
+    """Start the sealed file's fsync on a thread (on a duplicate descriptor), so the disk
+    writes it while the file is read back and authenticated; the fsync before the rename
+    still happens in `finish`, on a file that by then has little or nothing left to write."""
+    if file.seek(0, io.SEEK_END) < SYNC_EARLY_MIN:
+        file.seek(0)
+        return None
+    file.seek(0)
+    fd = os.dup(file.fileno())
+
+    def sync() -> None:
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # finish's own fsync reports it
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=sync, name="sst-vault-fsync", daemon=True)
+    thread.start()
+    return thread
 
 
 # zlib level for commit: DESIGN wants repo growth <= 0.25 x plaintext; on Pulumi JSON level 3
