@@ -217,7 +217,6 @@ class JsonCheckProcess:
     """
 
     def __init__(self, handle: BinaryIO, path: Path, remedies: Remedies) -> None:
-        import subprocess
         import sys
 
         from vault.gitstore import SECRET_PREFIX
