@@ -189,6 +189,58 @@ def test_commit_stages_only_vault_files(vault_project: VaultProject):
     assert "A  notes.txt" in p.git("status", "--porcelain").splitlines()
 
 
+def test_commit_leaves_every_kind_of_staged_work_staged(vault_project: VaultProject):
+    """The commit is made from a copy of the index with the user's staged changes set back to
+    HEAD: a staged edit, deletion, new file (names that look like pathspec magic too) and an
+    intent-to-add all stay staged exactly as they were, none is committed, no copy is left."""
+    p = vault_project
+    deploy(p, "prod")
+    assert p.cli("commit", "prod").code == 0
+    for name in ("tracked.txt", "gone.txt", "*"):
+        (p.root / name).write_text(f"{name} v1\n")
+    p.git("add", "tracked.txt", "gone.txt", "--", "*")
+    p.git("commit", "-q", "-m", "user files")
+    (p.root / "tracked.txt").write_text("staged edit\n")
+    (p.root / ":(glob)new file.txt").write_text("staged new file\n")
+    (p.root / "planned.txt").write_text("intent to add\n")
+    p.git("add", "tracked.txt", "--", ":(literal):(glob)new file.txt")
+    p.git("rm", "-q", "gone.txt")
+    p.git("add", "-N", "planned.txt")
+    (p.root / "tracked.txt").write_text("edited again, not staged\n")
+    staged = p.git("diff", "--cached", "--name-status")
+    status = p.git("status", "--porcelain")
+    deploy(p, "prod", "again")
+
+    assert p.cli("commit", "prod").code == 0
+    assert p.git("show", "--name-only", "--format=", "HEAD").split() == [
+        "infra/state/app/prod.json.vault"
+    ]
+    assert p.git("diff", "--cached", "--name-status") == staged
+    assert p.git("status", "--porcelain") == status
+    assert p.git("show", ":tracked.txt") == "staged edit\n"
+    assert list((p.root / ".git").glob("sst-vault-index-*")) == []
+
+
+def test_commit_during_a_merge_is_refused_by_git_as_before(vault_project: VaultProject):
+    """A merge in progress: a plain commit would conclude it with the user's merge, so the
+    commit is git's partial commit, which git refuses; nothing is committed."""
+    p = vault_project
+    deploy(p, "prod")
+    assert p.cli("commit", "prod").code == 0
+    base = p.git("rev-parse", "HEAD").strip()
+    p.git("checkout", "-q", "-b", "side")
+    (p.root / "side.txt").write_text("side\n")
+    p.git("add", "side.txt")
+    p.git("commit", "-q", "-m", "side")
+    p.git("checkout", "-q", "-")
+    p.git("merge", "-q", "--no-ff", "--no-commit", "side")
+    deploy(p, "prod", "again")
+    result = p.cli("commit", "prod")
+    assert result.code == 1 and "partial commit during a merge" in result.err, result.output
+    assert p.git("rev-parse", "HEAD").strip() == base
+    assert (p.root / ".git" / "MERGE_HEAD").exists()
+
+
 def status_of(p: VaultProject, *stages: str) -> dict[tuple[str, str], str]:
     result = p.cli("status", "--json", *stages)
     assert result.code == 0, result.output

@@ -108,7 +108,15 @@ class Change:
     ) -> Header:
         """Seal `source` as the stage's vault file (verified, not yet in place); its header."""
         sealed, pending = seal_to_repo(
-            self.project, key, stage, kind, source, serial=serial, writer=self.writer, **options
+            self.project,
+            key,
+            stage,
+            kind,
+            source,
+            serial=serial,
+            writer=self.writer,
+            store_ahead=self.store.store_ahead,
+            **options,
         )
         self.txn.add(pending)
         self._written.append(self.project.repo.vault_file(kind, stage))

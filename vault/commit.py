@@ -7,6 +7,8 @@ written, swapped in, committed and pushed, under which locks, is `change.Change`
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from vault.sealing import (
     COMMIT_COMPRESSION_LEVEL,
     FROM_HOME,
     OVERLAP_MIN,
+    JsonCheckProcess,
     Validation,
     validate_state,
 )
@@ -33,6 +36,12 @@ from vault.stagefiles import (
     read_repo_header,
     repo_file_opens,
 )
+
+
+def _workers_beside_child() -> int:
+    """Sealing threads while the JSON check's child runs: the cores it leaves free (the seal
+    pool on every core as well made the child and the pool take turns, and gained nothing)."""
+    return max(1, min((os.cpu_count() or 1) - 1, 4))
 
 
 @dataclass
@@ -106,13 +115,25 @@ def _seal_one(
     handle = safefs.open_read(home.root, home.parts) if home.root.is_dir() else None
     if handle is None:
         return FileAction(stage, kind, "absent")
-    with handle:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(handle)
+        size = os.fstat(handle.fileno()).st_size
+        # A large checkpoint's JSON check starts at once, in a child process (the other core),
+        # and is proved to concern the bytes sealed by the SHA-256 taken in the first pass.
+        child = (
+            stack.enter_context(JsonCheckProcess(handle, home.path, FROM_HOME))
+            if kind == "app" and size > OVERLAP_MIN and JsonCheckProcess.usable()
+            else None
+        )
         # Streamed, never held whole: a 100 MB state must fit commit's memory budget. The pass
         # that seals re-reads the file and is checked against this fingerprint (SST may write).
         mac = envelope.fingerprint_mac(key)
+        digest = hashlib.sha256() if child else None
         size = 0
         for chunk in envelope.iter_file(handle):
             mac.update(chunk)
+            if digest:
+                digest.update(chunk)
             size += len(chunk)
         home_fp = mac.hexdigest()
         found = read_repo_header(project, stage, kind)
@@ -147,7 +168,17 @@ def _seal_one(
             fingerprint=home_fp,
             size=size,
         )
-        if size <= OVERLAP_MIN:
+        if child and digest:
+            # seal proves it sealed the bytes fingerprinted above, which `digest` names.
+            sealed = change.seal(
+                stage,
+                kind,
+                handle,
+                before_pending=lambda: child.finish(digest.hexdigest()),
+                workers=_workers_beside_child(),
+                **options,
+            )
+        elif size <= OVERLAP_MIN:
             handle.seek(0)
             data = handle.read()
             validate_state(kind, data, home.path)
@@ -161,7 +192,7 @@ def _seal_one(
                     stage,
                     kind,
                     validation.tee(handle),
-                    before_verify=validation.finish,
+                    before_pending=validation.finish,
                     workers=min(os.cpu_count() or 1, 4),
                     **options,
                 )

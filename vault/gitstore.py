@@ -40,6 +40,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -76,6 +77,9 @@ TRANSIENT = (
     "fetch first",  # the remote moved, then our fetch raced it: ask again
     "non-fast-forward",
 )
+# A merge, cherry-pick or revert in progress: a plain `git commit` would conclude it.
+IN_PROGRESS = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
+TEMP_INDEX = "sst-vault-index-"  # + pid: the index copy a commit is made from, in the git dir
 REACH_HINT = "check the network and your git credentials for that remote, then retry"
 
 
@@ -478,6 +482,35 @@ class GitStore:
             self.git("-c", "core.loosecompression=0", "add", "--", *candidates)
         return candidates
 
+    def store_ahead(self, path: Path, as_path: Path) -> subprocess.Popen[bytes] | None:
+        """Start storing `path`'s bytes as the blob that `git add` of `as_path` will store.
+
+        `commit` seals a vault file beside its place and reads it back to verify it; git
+        writes the blob meanwhile, on another core, and the `git add` after the swap finds it
+        stored (it still hashes the file: the index needs its stat data). Best effort: a
+        failure here is `git add`'s to report. The caller waits for it or kills it.
+        """
+        try:
+            return _launch(
+                self.top,
+                (
+                    "-c",
+                    "core.loosecompression=0",
+                    "hash-object",
+                    "-w",
+                    "--path",
+                    self.relative(as_path),
+                    "--",
+                    str(path),
+                ),
+                None,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except (OSError, ConfigError):
+            return None
+
     def commit_paths(self, paths: Iterable[Path], message: str) -> str | None:
         """Stage and commit exactly `paths` (other staged work stays staged, uncommitted).
 
@@ -486,13 +519,60 @@ class GitStore:
         candidates = self.stage_paths(paths)
         if not candidates:
             return None
-        changed = self.git("diff", "--cached", "--name-only", "--", *candidates).out.splitlines()
+        # What the whole index changes against HEAD: ours, and what the user staged besides.
+        staged = self.git("diff", "--cached", "--name-only", "-z", "--no-renames", check=False)
+        if staged.code != 0:  # no HEAD yet: git's partial commit handles the first commit
+            staged = self.git("diff", "--cached", "--name-only", "-z", "--", *candidates)
+        names = [n for n in staged.out.split("\0") if n]
+        ours = set(candidates)
+        changed = [n for n in names if n in ours]
         if not changed:
             return None
-        # --only: commit these paths alone, whatever else the user has staged. The blobs are
-        # already stored by `add` above, so commit only writes trees and the commit object.
-        self.git("commit", "--quiet", "--no-verify", "--only", "-m", message, "--", *changed)
+        if not self._commit_alone(message, [n for n in names if n not in ours]):
+            # --only: these paths alone, whatever else the user has staged; it hashes them again.
+            self.git("commit", "--quiet", "--no-verify", "--only", "-m", message, "--", *changed)
         return self.head()
+
+    def _commit_alone(self, message: str, others: list[str]) -> bool:
+        """Commit the index as `git add` left it, minus the `others` the user staged, in one plain
+        `git commit` on a copy of the index; False where that cannot be done (then nothing was).
+
+        What `git commit --only` does, without hashing the freshly added files a second time
+        (its temporary index starts from HEAD, with no stat data to trust): the copy keeps the
+        stat data of the real index. The copy lives in the git directory for the commit only;
+        hooks and signing are git commit's own, as with --only. Not during a merge, cherry-pick
+        or revert (a plain commit would conclude it; --only refuses with git's own message), and
+        not before the first commit.
+        """
+        if any((self.git_dir / name).exists() for name in IN_PROGRESS):
+            return False
+        if self.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False).code != 0:
+            return False
+        index = self.top / self.git("rev-parse", "--git-path", "index").out.rstrip("\n")
+        for stale in self.git_dir.glob(f"{TEMP_INDEX}*"):  # of a commit killed half-way
+            stale.unlink(missing_ok=True)
+        temp = self.git_dir / f"{TEMP_INDEX}{os.getpid()}"
+        try:
+            shutil.copyfile(index, temp)
+        except FileNotFoundError:
+            return False
+        try:
+            env = {"GIT_INDEX_FILE": str(temp)}
+            if others:  # back to HEAD's version in the copy, staged as they were in the index
+                self.git(
+                    "--literal-pathspecs",
+                    "reset",
+                    "-q",
+                    "HEAD",
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                    input="\0".join(others),
+                    env=env,
+                )
+            self.git("commit", "--quiet", "--no-verify", "-m", message, env=env)
+        finally:
+            temp.unlink(missing_ok=True)
+        return True
 
     def current_branch(self) -> str:
         ref = self.git("symbolic-ref", "--quiet", "HEAD", check=False)

@@ -151,3 +151,44 @@ class _Walker:
                 if self.eof:
                     raise self._fail(exc.msg, exc.pos) from None
             self._more()
+
+
+# --- the check in a child process (sealing.JsonCheckProcess starts it) -------------------
+
+_READ = 1024 * 1024
+
+
+def child_main(fd: int) -> None:
+    """Check the file open on `fd`; print one JSON line: the SHA-256 of every byte read, and
+    the error `json.loads` would raise (or null).
+
+    The parent seals the same file meanwhile and compares the digest with its own pass, so a
+    verdict counts only for the bytes sealed. It reads with pread (the parent shares the file
+    offset), holds no key, and reads to the end even after an error, for the digest.
+    """
+    import hashlib
+    import os
+    import sys
+
+    digest = hashlib.sha256()
+    offset = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal offset
+        while chunk := os.pread(fd, _READ, offset):
+            offset += len(chunk)
+            digest.update(chunk)
+            yield chunk
+
+    error = None
+    try:
+        check(chunks())
+    except (ValueError, RecursionError) as exc:
+        error = str(exc)
+    for _rest in chunks():
+        pass
+    if os.environ.get("SST_VAULT_TEST_PAUSE") == "json-check" and hasattr(os, "kill"):
+        import signal  # tests kill the child here (see safefs.pause_point)
+
+        os.kill(os.getpid(), signal.SIGSTOP)
+    sys.stdout.write(json.dumps({"sha256": digest.hexdigest(), "error": error}) + "\n")

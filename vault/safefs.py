@@ -243,6 +243,11 @@ class AtomicWriter:
     def target(self) -> Path:
         return self.root.joinpath(*self.parts)
 
+    @property
+    def temp_path(self) -> Path:
+        """Where the file is written until it is renamed to `target` (beside it)."""
+        return self.root.joinpath(*self.parts[:-1], self._tmp_name)
+
     def __enter__(self) -> AtomicWriter:
         try:
             self._dfd = self._dir_cm.__enter__()

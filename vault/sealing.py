@@ -3,7 +3,8 @@
 Commit, migrate, rollback, resolve and rotate all seal through `seal_to_repo`; nothing is
 pending until the sealed bytes opened and matched what was sealed. What may be sealed is
 checked first (`validate_state`: what SST itself would refuse never reaches the repo); for a
-large checkpoint the JSON check runs in a thread on the very chunks being sealed.
+large checkpoint the JSON check runs beside the sealing in a child process (`JsonCheckProcess`),
+its verdict bound to the bytes sealed by their SHA-256.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ from vault.errors import InvalidStateError, RefusedError
 from vault.project import Project
 from vault.stagefiles import Discard
 
-OVERLAP_MIN = 4 * 1024 * 1024  # below this, a validation thread costs more than it saves
+OVERLAP_MIN = 4 * 1024 * 1024  # below this, a validating child or thread costs more than it saves
 
 
 def seal_to_repo(
@@ -34,7 +38,8 @@ def seal_to_repo(
     *,
     serial: int,
     writer: str,
-    before_verify: Callable[[], None] | None = None,
+    before_pending: Callable[[], None] | None = None,
+    store_ahead: Callable[[Path, Path], subprocess.Popen[bytes] | None] | None = None,
     **seal_options: Any,
 ) -> tuple[Header, safefs.PendingFile]:
     """Seal `source` beside the stage's vault file and check that it opens; caller replaces.
@@ -42,10 +47,17 @@ def seal_to_repo(
     The one way commit, migrate, rollback and rotate write a vault file: nothing is pending
     until the sealed bytes were read back, authenticated and matched to what was sealed. It
     writes the newest format, chunked unless `sst-vault.toml` says `chunking = false`.
+    `before_pending` runs once the sealed file verified and may still refuse it (the JSON check
+    that ran alongside). `store_ahead(temp, path)` (a large file only) starts git storing the
+    sealed bytes while they are verified.
     """
     path = project.repo.vault_file(kind, stage)
     meta = {"app": project.app, "stage": stage, "kind": kind}
-    with safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out:
+    # The stack stops what runs beside the verification before the temporary file goes.
+    with (
+        safefs.AtomicWriter(project.root, project.repo.vault_parts(kind, stage), 0o644) as out,
+        contextlib.ExitStack() as stack,
+    ):
         assert out.file is not None
         sealed = envelope.seal(
             source,
@@ -57,15 +69,61 @@ def seal_to_repo(
             **meta,
             **seal_options,
         )
-        if before_verify is not None:
-            before_verify()
-        opened = envelope.open_(out.read_back(), Discard(), key, path, **meta)
+        back = out.read_back()
+        syncing = _sync_early(back)  # to disk while it is read back: `finish` fsyncs again
+        storing = (
+            store_ahead(out.temp_path, path)
+            if store_ahead is not None and os.fstat(back.fileno()).st_size >= STORE_AHEAD_MIN
+            else None
+        )
+        stack.callback(_stop, storing)
+        opened = envelope.open_(back, Discard(), key, path, **meta)
         if opened.fingerprint != sealed.fingerprint:
             raise RefusedError(
                 f"{path}: the sealed file does not round-trip",
                 "nothing was replaced; report this bug",
             )
+        if before_pending is not None:
+            before_pending()
+        if syncing is not None:
+            syncing.join()
+        if storing is not None:
+            storing.wait()
         return sealed, out.finish()
+
+
+SYNC_EARLY_MIN = 1024 * 1024  # a smaller file's fsync is quick whenever it runs
+STORE_AHEAD_MIN = 4 * 1024 * 1024  # below this, one more git process costs what it saves
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill a git that stores ahead if it still runs (the file it reads is going away)."""
+    if proc is not None and proc.returncode is None:
+        proc.kill()
+        proc.wait()
+
+
+def _sync_early(file: BinaryIO) -> threading.Thread | None:
+    """Start the sealed file's fsync on a thread (on a duplicate descriptor), so the disk
+    writes it while the file is read back and authenticated; the fsync before the rename
+    still happens in `finish`, on a file that by then has little or nothing left to write."""
+    if file.seek(0, io.SEEK_END) < SYNC_EARLY_MIN:
+        file.seek(0)
+        return None
+    file.seek(0)
+    fd = os.dup(file.fileno())
+
+    def sync() -> None:
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # finish's own fsync reports it
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=sync, name="sst-vault-fsync", daemon=True)
+    thread.start()
+    return thread
 
 
 # zlib level for commit: DESIGN wants repo growth <= 0.25 x plaintext; on Pulumi JSON level 3
@@ -75,7 +133,8 @@ COMMIT_COMPRESSION_LEVEL = 3
 
 
 class Validation:
-    """Validate, in a worker thread, exactly the chunks that `seal` reads from a file."""
+    """Validate, in a worker thread, exactly the chunks that `seal` reads from a file (a large
+    file of another kind than `app`, or where no child process can share the file)."""
 
     def __init__(self, kind: str, path: Path, remedies: Remedies) -> None:
         import queue
@@ -143,6 +202,91 @@ class Validation:
         else:
             with contextlib.suppress(BaseException):
                 self.finish()  # another error is already on its way
+
+
+class JsonCheckProcess:
+    """The JSON check of a large checkpoint in a child process, beside the sealing.
+
+    json's C scanner holds the GIL for the whole parse (~0.6 s at 100 MB): in a thread it only
+    takes turns with the sealing, in a child it runs on the other core. The child reads the
+    file through an inherited descriptor (the very file being sealed, whatever happens to its
+    path) and reports the SHA-256 of every byte it checked; `finish` takes its verdict only when
+    that is the digest of the bytes sealed (else the file changed meanwhile). The child gets no
+    secret: the environment without SST_VAULT_KEY*, no key, only the state file's descriptor.
+    A child that dies (killed, out of memory) refuses the commit.
+    """
+
+    def __init__(self, handle: BinaryIO, path: Path, remedies: Remedies) -> None:
+        import sys
+
+        from vault.gitstore import SECRET_PREFIX
+
+        self.path = path
+        self.remedies = remedies
+        fd = handle.fileno()
+        root = str(Path(__file__).resolve().parent.parent)
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); "
+            f"from vault.jsoncheck import child_main; child_main({fd})"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
+        # -I -S: nothing from the user's site or PYTHON* variables; only json and re are needed.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", code],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(fd,),
+            env=env,
+        )
+
+    @staticmethod
+    def usable() -> bool:
+        """Whether a child can share the file (POSIX descriptors, a known interpreter)."""
+        import sys
+
+        return os.name == "posix" and bool(sys.executable)
+
+    def finish(self, sealed_sha256: str) -> None:
+        """Wait for the verdict on the bytes whose SHA-256 is `sealed_sha256`; raise it."""
+        import hmac
+        import signal
+
+        out, _ = self.proc.communicate()
+        code = self.proc.returncode
+        try:
+            report = json.loads(out)
+            digest, error = report["sha256"], report["error"]
+            if not isinstance(digest, str) or not isinstance(error, str | None):
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            report = None
+        if code != 0 or report is None:
+            if code < 0:
+                try:
+                    how = f"was killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    how = f"was killed by signal {-code}"
+            else:
+                how = f"exited with status {code}" if code else "gave no verdict"
+            raise RefusedError(
+                f"{self.path}: the JSON check did not finish (its process {how})",
+                "nothing was replaced; retry the commit (if it fails again, check memory limits)",
+            )
+        if not hmac.compare_digest(digest.encode(), sealed_sha256.encode()):
+            raise envelope.ChangedWhileReading(
+                "the file changed while it was being encrypted", "wait for SST to finish and retry"
+            )
+        if error is not None:
+            raise InvalidStateError(f"{self.path} is not valid JSON ({error})", self.remedies.json)
+
+    def __enter__(self) -> JsonCheckProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.returncode is None:  # not waited for: the commit stopped early
+            self.proc.kill()
+            self.proc.communicate()
 
 
 def _validate_chunks(kind: str, chunks: Iterator[bytes], path: Path, remedies: Remedies) -> None:
