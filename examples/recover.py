@@ -11,7 +11,8 @@ age backend: get the vault's data key with the real age CLI, then decrypt:
     # or: --data-key-hex "$(age -d -i key.txt infra/state/data-key.age | xxd -p -c 64)"
 
 fernet backend: python examples/recover.py --fernet-key-file key.txt FILE > OUT
-    # or: --fernet-key "$SST_VAULT_KEY" (with several keys, the one the file was sealed under)
+    # or: --fernet-key="$SST_VAULT_KEY" (with the "=": a Fernet key may start with "-"; with
+    # several keys, the one the file was sealed under)
 
 Command-line arguments are visible to other users of the machine (ps): on a shared machine
 prefer --data-key-file. The plaintext goes to stdout (or -o FILE); the header goes to stderr.
