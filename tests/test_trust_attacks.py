@@ -1165,16 +1165,22 @@ def with_git_config(env: dict[str, str], **settings: str) -> dict[str, str]:
     return env
 
 
-def test_a_fresh_clone_with_log_follow_set_still_refuses_a_rolled_back_record(team: Team):
-    """`log.follow = true` is a common ~/.gitconfig line. With it, git aborts on the glob
-    pathspec that lists the record's versions (git 2.39: "BUG: unsupported magic"): the
-    record's history must not then count as empty, or a new machine accepts bob's rollback."""
+def new_machine_after_bob_rolled_back_the_record(team: Team) -> VaultProject:
+    """bob, removed, reverts infra/state to before his removal and pushes; carol then clones
+    on a new machine (no memory of the vault): only the record's git history can tell her."""
     bob = team.clone("bob", "bob-repo")
     removal = remove_bob(team)
     pull(bob)
     bob.git("checkout", f"{removal}~1", "--", STATE)
     attacker_push(bob, "revert: broken rotation")
-    carol = team.clone("carol", "carol-new-machine")
+    return team.clone("carol", "carol-new-machine")
+
+
+def test_a_fresh_clone_with_log_follow_set_still_refuses_a_rolled_back_record(team: Team):
+    """`log.follow = true` is a common ~/.gitconfig line. With it, git aborts on the glob
+    pathspec that lists the record's versions (git 2.39: "BUG: unsupported magic"): the
+    record's history must not then count as empty, or a new machine accepts bob's rollback."""
+    carol = new_machine_after_bob_rolled_back_the_record(team)
     env = with_git_config(carol.env, log_follow="true")
     refused(carol, "prepare", "prod", env=env, names=(RECORD,))
 
@@ -1182,12 +1188,7 @@ def test_a_fresh_clone_with_log_follow_set_still_refuses_a_rolled_back_record(te
 def test_a_record_history_that_git_cannot_list_is_never_taken_for_none(team: Team):
     """Whatever makes `git log` fail (here a bad log.date in ~/.gitconfig; git itself works),
     a new machine must not take the record's history for empty and accept bob's rollback."""
-    bob = team.clone("bob", "bob-repo")
-    removal = remove_bob(team)
-    pull(bob)
-    bob.git("checkout", f"{removal}~1", "--", STATE)
-    attacker_push(bob, "revert: broken rotation")
-    carol = team.clone("carol", "carol-new-machine")
+    carol = new_machine_after_bob_rolled_back_the_record(team)
     env = with_git_config(carol.env, log_date="bogus")
     result = carol.cli("prepare", "prod", env=env)
     assert result.code in (1, 2) and "Traceback" not in result.output, result.output
