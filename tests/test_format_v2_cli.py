@@ -83,7 +83,8 @@ def _records(blob: bytes) -> list[bytes]:
     """The chunk records, without the zero padding that follows them (no record is empty)."""
     at = 13 + struct.unpack(">I", blob[9:13])[0] + envelope.MANIFEST_SIZE
     out = []
-    while at < len(blob) and (size := struct.unpack(">I", blob[at : at + 4])[0]):
+    # The padding may be shorter than a length prefix (1 to 3 zeros): stop there too.
+    while at + 4 <= len(blob) and (size := struct.unpack(">I", blob[at : at + 4])[0]):
         out.append(blob[at : at + 4 + size])
         at += 4 + size
     return out

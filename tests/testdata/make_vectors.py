@@ -106,7 +106,8 @@ def records(blob: bytes) -> tuple[bytes, list[bytes]]:
     length = struct.unpack(">I", blob[9:13])[0]
     at = 13 + length + envelope.MANIFEST_SIZE
     head, out = blob[:at], []
-    while at < len(blob) and (size := struct.unpack(">I", blob[at : at + 4])[0]):
+    # The padding may be shorter than a length prefix (1 to 3 zeros): stop there too.
+    while at + 4 <= len(blob) and (size := struct.unpack(">I", blob[at : at + 4])[0]):
         out.append(blob[at : at + 4 + size])
         at += 4 + size
     return head, out
