@@ -895,27 +895,35 @@ def test_removed_member_cannot_forge_history_shown_by_git_log_p(team: Team):
     assert '"type": "pulumi:pulumi:Stack"' in patch  # the genuine versions, old keys too
 
 
+def forge_on_a_branch_forked_before_the_removal(
+    team: Team, branch: str
+) -> tuple[VaultProject, str, str]:
+    """bob, removed, checks out `branch` from the commit before the rotation that removed him
+    and commits there the prod files he sealed under his old data key (seal_under_old_key).
+    Returns (his clone, on that branch; the rotation commit; the forged commit)."""
+    bob, forger = seal_under_old_key(team)
+    removal = git("log", "-n", "1", "--format=%H", "--", RECORD, cwd=bob.root, env=bob.env).strip()
+    git("checkout", "-q", "-b", branch, f"{removal}~1", cwd=bob.root, env=bob.env)
+    for kind in ("passphrase", "app", "secret"):
+        shutil.copy2(forger.vault_file(kind, "prod"), bob.vault_file(kind, "prod"))
+    git("add", "-A", cwd=bob.root, env=bob.env)
+    git("commit", "-q", "--no-verify", "-m", "sst-vault: commit prod", cwd=bob.root, env=bob.env)
+    return bob, removal, git("rev-parse", "HEAD", cwd=bob.root, env=bob.env).strip()
+
+
 def test_review_refuses_a_branch_forked_before_the_removal_and_merged_later(team: Team):
     """bob forks a branch from before the rotation that removed him, commits files sealed under
     his old data key there and merges it, keeping main's files: his commit does not descend
     from the rotation, but it is not in its past either. diff refuses it, git's diff driver does
     not decrypt it, and the versions genuinely from before the rotation are still shown."""
     ci = team.ci
-    bob, forger = seal_under_old_key(team)
-    record = f"{STATE}/key-record.jsonl"
-    removal = git("log", "-n", "1", "--format=%H", "--", record, cwd=bob.root, env=bob.env)
-    git("checkout", "-q", "-b", "old-work", f"{removal.strip()}~1", cwd=bob.root, env=bob.env)
-    for kind in ("passphrase", "app", "secret"):
-        shutil.copy2(forger.vault_file(kind, "prod"), bob.vault_file(kind, "prod"))
-    git("add", "-A", cwd=bob.root, env=bob.env)
-    git("commit", "-q", "--no-verify", "-m", "sst-vault: commit prod", cwd=bob.root, env=bob.env)
-    forged = git("rev-parse", "HEAD", cwd=bob.root, env=bob.env).strip()
+    bob, removal, forged = forge_on_a_branch_forked_before_the_removal(team, "old-work")
     git("checkout", "-q", "main", cwd=bob.root, env=bob.env)
     git("merge", "-q", "-s", "ours", "-m", "Merge old-work", "old-work", cwd=bob.root, env=bob.env)
     git("push", "-q", "origin", "HEAD:main", cwd=bob.root, env=bob.env)
     pull(ci)
     # Not a descendant of the rotation: the rule of "after the rotation" alone let this through.
-    is_after = ["git", "merge-base", "--is-ancestor", removal.strip(), forged]
+    is_after = ["git", "merge-base", "--is-ancestor", removal, forged]
     assert subprocess.run(is_after, cwd=ci.root, env=ci.env).returncode == 1
     result = ci.cli("diff", "prod", forged, "--show-secrets")
     assert FORGED not in result.output, result.output
@@ -928,7 +936,7 @@ def test_review_refuses_a_branch_forked_before_the_removal_and_merged_later(team
     assert FORGED not in patch
     assert "no commit that holds it is from before that rotation" in patch, patch
     assert '"type": "pulumi:pulumi:Stack"' in patch  # the genuine versions, old keys too
-    older = ci.git("rev-list", "-n", "1", f"{removal.strip()}~1", "--", app).strip()
+    older = ci.git("rev-list", "-n", "1", f"{removal}~1", "--", app).strip()
     assert ci.cli("diff", "prod", older).code == 0
 
 
@@ -1089,14 +1097,7 @@ def branch_with_the_rotation_copied_after_the_forgery(team: Team) -> tuple[str, 
     branch for review. The branch's history never holds the genuine rotation commit: its only
     commit whose record retires bob's key is his own copy, and the forged commit is before it.
     Returns (the forged commit, the branch tip)."""
-    bob, forger = seal_under_old_key(team)
-    removal = git("log", "-n", "1", "--format=%H", "--", RECORD, cwd=bob.root, env=bob.env).strip()
-    git("checkout", "-q", "-b", "fix-typo", f"{removal}~1", cwd=bob.root, env=bob.env)
-    for kind in ("passphrase", "app", "secret"):
-        shutil.copy2(forger.vault_file(kind, "prod"), bob.vault_file(kind, "prod"))
-    git("add", "-A", cwd=bob.root, env=bob.env)
-    git("commit", "-q", "--no-verify", "-m", "sst-vault: commit prod", cwd=bob.root, env=bob.env)
-    forged = git("rev-parse", "HEAD", cwd=bob.root, env=bob.env).strip()
+    bob, _removal, forged = forge_on_a_branch_forked_before_the_removal(team, "fix-typo")
     git("checkout", "main", "--", STATE, cwd=bob.root, env=bob.env)
     git("commit", "-q", "--no-verify", "-m", "sync with main", cwd=bob.root, env=bob.env)
     tip = git("rev-parse", "HEAD", cwd=bob.root, env=bob.env).strip()
