@@ -91,6 +91,7 @@ def prepare(
                         app=project.app,
                         stage=stage,
                         kind=kind,
+                        check_fingerprint=False,
                     )
                     records.set(stage, kind, header, "prepare")
                     report.actions.append(FileAction(stage, kind, "unchanged", header.serial))
@@ -126,6 +127,7 @@ def prepare(
                             app=project.app,
                             stage=stage,
                             kind=kind,
+                            check_fingerprint=False,
                         )
                         txn.add(out.finish())
                 except OSError as exc:  # disk full, read-only: name the file being written

@@ -178,6 +178,19 @@ class PendingFile:
 
 
 WRITEBACK_STEP = 16 * 1024 * 1024
+_IOV_MAX = 512  # buffers per os.writev: POSIX promises at least 16, Linux and macOS take 1024
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """os.writev until every byte is written: a regular file may take less than asked."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 class _Writeback(io.RawIOBase):
@@ -195,8 +208,24 @@ class _Writeback(io.RawIOBase):
         return True
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
-        written = self.file.write(data)
-        self.unsynced += len(data)
+        self.write_pieces([data])
+        return len(data)
+
+    def write_pieces(self, pieces: list[bytes]) -> None:
+        """Write `pieces` in order: with os.writev, one system call per IOV_MAX of them.
+
+        Every write goes through here once streaming started, so the file's buffer stays
+        empty and the descriptor's offset is the one place the position is kept.
+        """
+        if not hasattr(os, "writev"):  # Windows
+            for piece in pieces:
+                self.file.write(piece)
+        else:
+            self.file.flush()
+            fd = self.file.fileno()
+            for start in range(0, len(pieces), _IOV_MAX):
+                _write_all(fd, pieces[start : start + _IOV_MAX])
+        self.unsynced += sum(map(len, pieces))
         if self.unsynced >= WRITEBACK_STEP and not (self.thread and self.thread.is_alive()):
             self.file.flush()
             self.unsynced = 0
@@ -204,7 +233,6 @@ class _Writeback(io.RawIOBase):
                 target=self._sync, name="sst-vault-writeback", daemon=True
             )
             self.thread.start()
-        return written
 
     def _sync(self) -> None:
         try:
