@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import struct
+import sys
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -465,3 +466,14 @@ def test_streaming_writes_batches_in_order_whatever_their_count(tmp_path: Path):
         stream.write(b"tail")
         writer.finish().replace()
     assert (tmp_path / "out.json").read_bytes() == b"head" + b"".join(pieces) + b"tail"
+
+
+def test_malloc_tuning_is_done_once_and_never_breaks_opening():
+    # The glibc tuning before threaded decoding is best effort: it runs once per process and a
+    # second large file opens the same (on other platforms it does nothing at all).
+    plain = _large_state()
+    blob = seal(plain)
+    assert open_(blob) == plain
+    assert envelope._MALLOC_TUNED.is_set() or sys.platform != "linux"
+    envelope._keep_freed_memory()
+    assert open_(blob) == plain
