@@ -186,6 +186,8 @@ def _write_all(fd: int, pieces: list[bytes]) -> None:
     views = [memoryview(piece) for piece in pieces if piece]
     while views:
         written = os.writev(fd, views)
+        if not written:  # a regular file never takes nothing without an error: do not spin
+            raise OSError(errno.EIO, "the file took no bytes")
         while views and written >= len(views[0]):
             written -= len(views[0])
             views.pop(0)
