@@ -477,3 +477,17 @@ def test_malloc_tuning_is_done_once_and_never_breaks_opening():
     assert envelope._MALLOC_TUNED.is_set() or sys.platform != "linux"
     envelope._keep_freed_memory()
     assert open_(blob) == plain
+
+
+@pytest.mark.parametrize("block", [1, 7, 4096])
+def test_records_read_in_blocks_that_split_them_anywhere_open_the_same(monkeypatch, block):
+    # Framing reads the file a block at a time: records, their length prefixes and the padding
+    # that straddle a block's end must be read exactly as from one piece, failures included.
+    monkeypatch.setattr(envelope._BlockReader, "BLOCK", block)
+    blob = seal(state())
+    assert open_(blob) == state()
+    head, recs = vectors.records(blob)
+    assert "a chunk is missing" in reason(vectors.padded(head + b"".join(recs[:-1])))
+    assert "after the last chunk" in reason(blob[:-1] + b"\x01")
+    assert "truncated" in reason(blob[:-1])
+    assert "after the last chunk" in reason(blob + bytes(1))
