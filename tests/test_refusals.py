@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import sstfake
 from conftest import SST_CONFIG, VaultProject, git, run_cli
 from helpers import (
@@ -153,6 +154,33 @@ def test_prepare_refuses_a_rollback_unless_forced(committed: VaultProject):
     result = p.cli("prepare", "prod", "--force")
     assert result.code == 0, result.output
     assert p.state_file("app", "prod").read_bytes() == v1
+
+
+@pytest.mark.parametrize("meets_the_replay", ["prepare", "commit"])
+def test_a_replayed_older_copy_of_the_home_content_does_not_reopen_a_rollback(
+    committed: VaultProject, meets_the_replay: str
+):
+    # `rollback` restores serial 1's exact bytes as serial 3, so serial 1 and this home hold
+    # the same content. A writer (git only, no key) pushes serial 1's files back: the member's
+    # prepare or commit finds nothing to do. It must not lower the serial this home remembers
+    # (3), or the writer's next push, serial 2's files (the state the team rolled back away
+    # from), passes the rollback check and is written into the home.
+    p = committed
+    v1 = head(p)
+    deploy(p, "prod", "v2")
+    assert p.cli("commit", "prod").code == 0
+    v2 = head(p)
+    assert p.cli("rollback", "prod", "--to", v1, "--prepare").code == 0
+    home_at_v1 = p.snapshot_home()
+    p.git("checkout", v1, "--", "infra/state")
+    p.git("commit", "-q", "-m", "mallory: replay serial 1")
+    p.cli(meets_the_replay, "prod")  # nothing to write: same content as the home
+    assert p.snapshot_home() == home_at_v1
+    p.git("checkout", v2, "--", "infra/state")
+    p.git("commit", "-q", "-m", "mallory: replay serial 2")
+    with unchanged(p):
+        assert_refused(p.cli("prepare", "prod"), 1, "serial 2", "serial 3", "--force")
+    assert p.snapshot_home() == home_at_v1
 
 
 def test_commit_refuses_corrupt_state(committed: VaultProject):

@@ -93,7 +93,12 @@ def prepare(
                         kind=kind,
                         check_fingerprint=False,
                     )
-                    records.set(stage, kind, header, "prepare")
+                    # An older copy of the same content (a writer can push one back after a
+                    # `rollback`) must not lower the serial this home remembers: that would
+                    # let the versions in between pass the rollback check below.
+                    record = records.get(stage, kind)
+                    if force or record is None or header.serial >= record.serial:
+                        records.set(stage, kind, header, "prepare")
                     report.actions.append(FileAction(stage, kind, "unchanged", header.serial))
                     continue
                 record = records.get(stage, kind)
