@@ -148,9 +148,7 @@ def _seal_one(
             and header.fingerprint == home_fp
             and repo_file_opens(project, key, stage, kind)
         ):
-            # Never lower the serial this home remembers (see `prepare`'s same shortcut).
-            if force or record is None or header.serial >= record.serial:
-                records.set(stage, kind, header, "commit")
+            records.confirm(stage, kind, header, "commit", force)
             return FileAction(stage, kind, "unchanged", header.serial)
         if header and not force and (record is None or header.serial > record.serial):
             if record is not None and home_changed(home, record, project):

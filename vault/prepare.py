@@ -93,12 +93,7 @@ def prepare(
                         kind=kind,
                         check_fingerprint=False,
                     )
-                    # An older copy of the same content (a writer can push one back after a
-                    # `rollback`) must not lower the serial this home remembers: that would
-                    # let the versions in between pass the rollback check below.
-                    record = records.get(stage, kind)
-                    if force or record is None or header.serial >= record.serial:
-                        records.set(stage, kind, header, "prepare")
+                    records.confirm(stage, kind, header, "prepare", force)
                     report.actions.append(FileAction(stage, kind, "unchanged", header.serial))
                     continue
                 record = records.get(stage, kind)

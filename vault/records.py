@@ -55,6 +55,17 @@ class Records:
         record = SyncRecord(header.serial, header.fingerprint, header.key_id, action, _now())
         self.data.setdefault(stage, {})[kind] = asdict(record)
 
+    def confirm(self, stage: str, kind: str, header: Header, action: str, force: bool) -> None:
+        """Record a repo file found equal to the home, unless that lowers the serial remembered.
+
+        After a `rollback`, an older file can hold the home's exact content; a writer who pushes
+        it back must not lower the serial this home remembers, or the versions in between would
+        pass the rollback check (`--force` may go back).
+        """
+        record = self.get(stage, kind)
+        if force or record is None or header.serial >= record.serial:
+            self.set(stage, kind, header, action)
+
     def stages(self) -> set[str]:
         return set(self.data)
 
