@@ -35,7 +35,8 @@ one (tests/test_architecture.py holds the code to it, and to README's "Layout"):
 - Git, files and format. `gitstore` (the only place git starts), `safefs` (symlink-proof,
   all-or-nothing file changes with a journal), `paths` (every path the tool touches),
   `envelope` (the file format: its docstring is the specification), `jsoncheck` (the state
-  JSON check), `printable` (text from others, escaped for a terminal).
+  JSON check), `printable` (text from others, escaped for a terminal), `threads` (work on
+  other threads: an ordered map, a call in the background).
 - `errors`: one hierarchy; every failure is a `vault.errors.VaultError` carrying a one-line
   hint, and `cli.main` maps it to an exit code.
 

@@ -407,28 +407,28 @@ def _compressed_parallel(plain: Iterator[bytes], level: int, workers: int) -> It
     lost; an empty final block and the Adler-32 of the whole close the stream. Any zlib reader
     decodes it like a stream written in one go. zlib releases the GIL while compressing.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from vault.threads import ordered_map
 
-    def block(piece: bytes, primer: bytes) -> bytes:
+    def block(job: tuple[bytes, bytes]) -> bytes:
+        piece, primer = job
         comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=primer or b"")
         return comp.compress(piece) + comp.flush(zlib.Z_SYNC_FLUSH)
+
+    adler = zlib.adler32(b"")
+
+    def primed() -> Iterator[tuple[bytes, bytes]]:
+        nonlocal adler
+        primer = b""
+        for piece in plain:
+            adler = zlib.adler32(piece, adler)
+            yield piece, primer
+            primer = (primer + piece if len(piece) < _WINDOW else piece)[-_WINDOW:]
 
     flevel = 0 if level == 1 else 1 if 2 <= level <= 5 else 2 if level in (-1, 6) else 3
     cmf, flg = 0x78, flevel << 6
     flg |= (31 - (cmf * 256 + flg) % 31) % 31
     yield bytes((cmf, flg))
-    adler = zlib.adler32(b"")
-    primer = b""
-    pending: list[Future[bytes]] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="sst-vault-zlib") as pool:
-        for piece in plain:
-            adler = zlib.adler32(piece, adler)
-            pending.append(pool.submit(block, piece, primer))
-            primer = (primer + piece if len(piece) < _WINDOW else piece)[-_WINDOW:]
-            while len(pending) > workers or (pending and pending[0].done()):
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
+    yield from ordered_map(block, primed(), workers=workers, ahead=workers, name="sst-vault-zlib")
     yield zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS).flush() + adler.to_bytes(4, "big")
 
 
@@ -660,27 +660,27 @@ def _parallel(
     work: Callable[[bytes], bytes], pieces: Iterator[bytes | memoryview], workers: int
 ) -> Iterator[bytes]:
     """`map(work, pieces)` on threads, in order, in batches of about 1 MiB (zlib drops the GIL)."""
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from vault.threads import ordered_map
 
-    def batch_work(batch: list[bytes]) -> list[bytes]:
-        return [work(piece) for piece in batch]
-
-    pending: list[Future[list[bytes]]] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="sst-vault-seal") as pool:
+    def batches() -> Iterator[list[bytes]]:
         batch: list[bytes] = []
         filled = 0
         for piece in pieces:
             batch.append(bytes(piece))
             filled += len(piece)
             if filled >= _READ_SIZE:
-                pending.append(pool.submit(batch_work, batch))
+                yield batch
                 batch, filled = [], 0
-                while len(pending) > 2 * workers or (pending and pending[0].done()):
-                    yield from pending.pop(0).result()
         if batch:
-            pending.append(pool.submit(batch_work, batch))
-        for future in pending:
-            yield from future.result()
+            yield batch
+
+    def batch_work(batch: list[bytes]) -> list[bytes]:
+        return [work(piece) for piece in batch]
+
+    for done in ordered_map(
+        batch_work, batches(), workers=workers, ahead=2 * workers, name="sst-vault-seal"
+    ):
+        yield from done
 
 
 def _open_v2(
@@ -872,24 +872,13 @@ def _decoded_in_parallel(
     """`map(decode, batches)` on `workers` threads, in order, a few batches ahead at most.
 
     Inflating releases the GIL, so batches inflate on both cores while the caller frames and
-    authenticates the next ones and writes what came before. On an error, or when the caller stops
-    early, nothing more is submitted and the pool is drained before this returns.
+    authenticates the next ones and writes what came before. On an error, or once the caller
+    closes the iterator early, nothing more starts and the threads end (`threads.ordered_map`).
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from vault.threads import ordered_map
 
     _keep_freed_memory()
-    pending: list[Future[list[bytes]]] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="sst-vault-open") as pool:
-        try:
-            for batch in batches:
-                pending.append(pool.submit(decode, batch))
-                while len(pending) > 2 * workers or (pending and pending[0].done()):
-                    yield pending.pop(0).result()
-            while pending:
-                yield pending.pop(0).result()
-        finally:
-            for future in pending:
-                future.cancel()
+    return ordered_map(decode, batches, workers=workers, ahead=2 * workers, name="sst-vault-open")
 
 
 _MALLOC_TUNED = threading.Event()

@@ -1,0 +1,119 @@
+"""`vault.threads`: results in order, a bounded window, errors handed back, no thread left.
+
+The decoding, compressing and sealing paths run on `ordered_map`, and `Project` fetches the
+key record's history with `Call`; their own tests (test_format_v2, test_envelope) cover them
+end to end. These pin the contract those paths rely on, with real threads.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from vault.threads import Call, ordered_map
+
+
+def _ours(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(name)]
+
+
+def test_results_come_in_order_whatever_each_call_takes() -> None:
+    rng = random.Random(7)
+    delays = [rng.random() / 200 for _ in range(60)]
+
+    def work(n: int) -> int:
+        time.sleep(delays[n])
+        return n * n
+
+    got = list(ordered_map(work, range(60), workers=3, ahead=5, name="t-order"))
+    assert got == [n * n for n in range(60)]
+    assert _ours("t-order") == []
+
+
+def test_no_more_than_ahead_calls_beyond_the_awaited_one() -> None:
+    lock = threading.Lock()
+    started: list[int] = []
+    consumed: list[int] = []
+
+    def work(n: int) -> int:
+        with lock:
+            started.append(n)
+            # Item n starts only once the consumer took results up to n - ahead - 1.
+            assert n <= len(consumed) + 4, (n, len(consumed))
+        time.sleep(0.001)
+        return n
+
+    for value in ordered_map(work, range(40), workers=2, ahead=4, name="t-window"):
+        consumed.append(value)
+    assert consumed == list(range(40))
+    assert sorted(started) == list(range(40))
+
+
+def test_an_error_in_a_call_is_raised_in_order_and_stops_the_rest() -> None:
+    ran: list[int] = []
+
+    def work(n: int) -> int:
+        ran.append(n)
+        if n == 5:
+            raise ValueError("five")
+        return n
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="five"):
+        for value in ordered_map(work, range(1000), workers=2, ahead=4, name="t-error"):
+            got.append(value)
+    assert got == [0, 1, 2, 3, 4]
+    assert max(ran) < 5 + 4 + 2  # nothing started after the window closed
+    assert _ours("t-error") == []
+
+
+def test_an_error_from_the_items_ends_the_workers() -> None:
+    def items():
+        yield 1
+        yield 2
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        list(ordered_map(lambda n: n, items(), workers=2, ahead=4, name="t-items"))
+    assert _ours("t-items") == []
+
+
+def test_a_consumer_that_stops_early_leaves_no_thread_and_starts_nothing_more() -> None:
+    ran: list[int] = []
+
+    def work(n: int) -> int:
+        ran.append(n)
+        time.sleep(0.001)
+        return n
+
+    results = ordered_map(work, range(1000), workers=2, ahead=3, name="t-close")
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    results.close()
+    assert _ours("t-close") == []
+    count = len(ran)
+    time.sleep(0.02)
+    assert len(ran) == count <= 3 + 3 + 2
+
+
+def test_call_returns_the_value_or_raises_the_error() -> None:
+    assert Call(lambda: 42, "t-call").result() == 42
+
+    def fail() -> None:
+        raise KeyError("gone")
+
+    pending = Call(fail, "t-call-fail")
+    with pytest.raises(KeyError, match="gone"):
+        pending.result()
+    with pytest.raises(KeyError, match="gone"):
+        pending.result()  # asked again: the same outcome
+
+
+def test_call_runs_while_the_caller_goes_on() -> None:
+    release = threading.Event()
+    pending = Call(lambda: release.wait(5) and "done", "t-call-overlap")
+    assert _ours("t-call-overlap")  # running, and the caller was not held up
+    release.set()
+    assert pending.result() == "done"

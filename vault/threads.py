@@ -1,0 +1,97 @@
+"""The threads sst-vault runs besides the main one: an ordered map over a few workers, and one
+call in the background.
+
+They let work that releases the GIL (zlib, ISA-L, writes) or waits (a git child) overlap with
+what the main thread does. The stdlib's concurrent.futures does the same, but importing it
+(it brings `logging`) cost a command about 6 ms: as much as a 1 MB `prepare` spends decrypting.
+Every thread here is a daemon that ends with its work or is joined before `ordered_map`
+returns, so a command that finishes never leaves one behind (`cli.main.console` relies on it).
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Task(Generic[R]):
+    """One call to run on a thread, and its outcome once `done` is set."""
+
+    def __init__(self, fn: Callable[[], R]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.cancelled = False
+        self.value: R | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            if not self.cancelled:
+                self.value = self.fn()
+        except BaseException as exc:  # handed to whoever waits, who raises it
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> R:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+class Call(Generic[R]):
+    """`fn()` started now on a daemon thread; `result()` waits for it and returns its value or
+    raises its error. Nobody waiting (the caller failed first) leaves it to finish alone."""
+
+    def __init__(self, fn: Callable[[], R], name: str) -> None:
+        self._task = _Task(fn)
+        threading.Thread(target=self._task.run, name=name, daemon=True).start()
+
+    def result(self) -> R:
+        return self._task.result()
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], *, workers: int, ahead: int, name: str
+) -> Iterator[R]:
+    """`map(fn, items)` on `workers` threads, in order, with at most `ahead` calls started
+    beyond the result being waited for.
+
+    `items` is consumed on the caller's thread. On an error (from `fn`, re-raised here, or
+    from `items`), or when the caller stops early, nothing more starts and the workers have
+    ended before this returns.
+    """
+    tasks: queue.SimpleQueue[_Task[R] | None] = queue.SimpleQueue()
+
+    def serve() -> None:
+        while (task := tasks.get()) is not None:
+            task.run()
+
+    pool = [threading.Thread(target=serve, name=f"{name}-{n}", daemon=True) for n in range(workers)]
+    for thread in pool:
+        thread.start()
+    pending: deque[_Task[R]] = deque()
+    try:
+        for item in items:
+            task = _Task(functools.partial(fn, item))
+            pending.append(task)
+            tasks.put(task)
+            while pending and (len(pending) > ahead or pending[0].done.is_set()):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for task in pending:
+            task.cancelled = True
+        for _ in pool:
+            tasks.put(None)
+        for thread in pool:
+            thread.join()
