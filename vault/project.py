@@ -91,10 +91,15 @@ class Project:
         `accept_identity` is `key trust`: a vault identity other than the remembered one is
         accepted (after the user reviewed it); a record that went back or forked never is.
         """
+        from vault.threads import Call
+
         source = source or self.key_source
         where = self.record_label
+        # The record's history comes from two git children: they run while this thread loads
+        # and verifies the record (the checks below keep their order; only the waiting overlaps).
+        history = Call(self._record_history, "sst-vault-history")
         record = trust.load_record(self.root, self.repo.record_parts, self.app)
-        versions = self._record_history()
+        versions = history.result()
         memory = trust.recall(self.home, self.app)
         if record is None:
             self._refuse_downgrade(versions, memory)
