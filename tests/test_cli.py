@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,39 @@ def test_help_loads_no_heavy_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_the_console_script_flushes_what_it_printed_and_keeps_the_exit_code(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """`console()` ends the process without Python's shutdown: nothing printed may be lost
+    (stdout is a pipe here, so fully buffered), and every exit code must come through."""
+    help_ = run_cli("--help", cwd=tmp_path, env=env)
+    assert help_.code == 0
+    assert all(name in help_.out for name, spec in COMMANDS.items() if not spec[3])
+    key = run_cli("key", "generate", cwd=tmp_path, env=env)
+    assert key.code == 0 and key.out.startswith("AGE-SECRET-KEY-1") and key.out.endswith("\n")
+    assert "age1" in key.err
+    assert run_cli("prepare", "prod", cwd=tmp_path, env=env).code == 2  # no sst-vault.toml
+    assert run_cli("--no-such-option", cwd=tmp_path, env=env).code == 2
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written (`… | head -0`)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vault", "--help"],
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
 
 
 def test_unknown_command_is_a_usage_error(tmp_path: Path, env: dict[str, str]) -> None:

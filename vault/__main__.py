@@ -1,6 +1,6 @@
 """`python -m vault` runs the sst-vault CLI."""
 
-from vault.cli.main import main
+from vault.cli.main import console
 
 if __name__ == "__main__":
-    main()
+    console()
