@@ -93,11 +93,12 @@ class Project:
         """
         from vault.threads import Call
 
+        # The record's history comes from two git children: they run while this thread finds
+        # the secret and loads and verifies the record (the checks below keep their order; only
+        # the waiting overlaps).
+        history = Call(self._record_history, "sst-vault-history")
         source = source or self.key_source
         where = self.record_label
-        # The record's history comes from two git children: they run while this thread loads
-        # and verifies the record (the checks below keep their order; only the waiting overlaps).
-        history = Call(self._record_history, "sst-vault-history")
         record = trust.load_record(self.root, self.repo.record_parts, self.app)
         versions = history.result()
         memory = trust.recall(self.home, self.app)
