@@ -70,6 +70,27 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("closed", "args", "code"),
+    [(">&-", ("--help",), 0), ("2>&-", ("--help",), 0), ("2>&-", ("--no-such-option",), 2)],
+)
+def test_a_closed_standard_stream_keeps_the_exit_code(
+    tmp_path: Path, env: dict[str, str], closed: str, args: tuple[str, ...], code: int
+) -> None:
+    """Started with fd 1 or 2 closed (cron, a supervisor, `… >&-`), Python has no sys.stdout or
+    sys.stderr (None): the command's own exit code still comes through, with no traceback."""
+    out = tmp_path / "other-stream"
+    script = f'exec "$@" {closed} {"2" if closed == ">&-" else ""}>"{out}"'
+    proc = subprocess.run(
+        ["sh", "-c", script, "sh", sys.executable, "-m", "vault", *args],
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == code
+    assert "Traceback" not in out.read_text()
+
+
 def test_unknown_command_is_a_usage_error(tmp_path: Path, env: dict[str, str]) -> None:
     result = run_cli("no-such-command", cwd=tmp_path, env=env)
     assert result.code == 2
