@@ -70,6 +70,27 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("closed", "args", "code"),
+    [(">&-", ("--help",), 0), ("2>&-", ("--help",), 0), ("2>&-", ("--no-such-option",), 2)],
+)
+def test_a_closed_standard_stream_keeps_the_exit_code(
+    tmp_path: Path, env: dict[str, str], closed: str, args: tuple[str, ...], code: int
+) -> None:
+    """Started with fd 1 or 2 closed (cron, a supervisor, `… >&-`), Python has no sys.stdout or
+    sys.stderr (None): the command's own exit code still comes through, with no traceback."""
+    out = tmp_path / "other-stream"
+    script = f'exec "$@" {closed} {"2" if closed == ">&-" else ""}>"{out}"'
+    proc = subprocess.run(
+        ["sh", "-c", script, "sh", sys.executable, "-m", "vault", *args],
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == code
+    assert "Traceback" not in out.read_text()
+
+
 def test_unknown_command_is_a_usage_error(tmp_path: Path, env: dict[str, str]) -> None:
     result = run_cli("no-such-command", cwd=tmp_path, env=env)
     assert result.code == 2
@@ -91,3 +112,58 @@ def test_init_prints_the_pin_and_no_spurious_warning(tmp_path: Path) -> None:
     assert result.out.startswith("SST_VAULT_PIN=svid1-")
     assert "SST_VAULT_KEY" in result.err
     assert project.key not in result.output
+
+
+def _slow_git_log(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, str], Path]:
+    """A `git` first on PATH that is the real one, except that every `git log` takes a second
+    longer and notes when it started and when it ended."""
+    import shutil
+
+    marks = tmp_path / "git-log-marks"
+    bin_dir = tmp_path / "slow-git-bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "git"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" log "*)\n'
+        '  echo start >> "$GIT_LOG_MARKS"; sleep 1; "$REAL_GIT" "$@"; rc=$?\n'
+        '  echo end >> "$GIT_LOG_MARKS"; exit $rc;;\n'
+        "esac\n"
+        'exec "$REAL_GIT" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    slow = dict(
+        env,
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        REAL_GIT=str(shutil.which("git")),
+        GIT_LOG_MARKS=str(marks),
+    )
+    return slow, marks
+
+
+@pytest.mark.parametrize("failure", ["no key", "a writer's garbage key record"])
+def test_no_git_child_outlives_a_command_whose_trust_check_failed(
+    tmp_path: Path, failure: str
+) -> None:
+    """`verify_record` reads the key record's history on a thread (two git children) while it
+    finds the secret and loads the record; `console()` ends the process with os._exit. When the
+    main thread fails first, the process must not exit with that `git log` still running."""
+    from helpers import fresh_project
+
+    project = fresh_project(tmp_path)
+    env = dict(project.env)
+    if failure == "no key":
+        env.pop("SST_VAULT_KEY")
+    else:  # a writer's push, through git alone
+        (project.root / "infra" / "state" / "key-record.jsonl").write_text("not a record\n")
+        project.git("add", "--", "infra/state/key-record.jsonl")
+        project.git("commit", "-qm", "tweak", "--", "infra/state/key-record.jsonl")
+    slow, marks = _slow_git_log(tmp_path, env)
+    result = project.cli("key", "pin", env=slow)
+    assert result.code in (1, 2), result.err
+    assert "Traceback" not in result.err
+    started = ended = 0
+    if marks.exists():
+        lines = marks.read_text().split()
+        started, ended = lines.count("start"), lines.count("end")
+    assert started == ended, f"{started - ended} `git log` still running after sst-vault exited"

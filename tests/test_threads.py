@@ -117,3 +117,17 @@ def test_call_runs_while_the_caller_goes_on() -> None:
     assert _ours("t-call-overlap")  # running, and the caller was not held up
     release.set()
     assert pending.result() == "done"
+
+
+def test_call_wait_waits_for_the_end_and_raises_nothing() -> None:
+    release = threading.Event()
+
+    def fail() -> None:
+        release.wait(5)
+        raise KeyError("gone")
+
+    pending = Call(fail, "t-call-wait")
+    threading.Timer(0.05, release.set).start()
+    pending.wait()  # the outcome is nobody's: no error here
+    with pytest.raises(KeyError, match="gone"):
+        pending.result()

@@ -93,13 +93,19 @@ class Project:
         """
         from vault.threads import Call
 
-        # The record's history comes from two git children: they run while this thread finds
-        # the secret and loads and verifies the record (the checks below keep their order; only
-        # the waiting overlaps).
-        history = Call(self._record_history, "sst-vault-history")
         source = source or self.key_source
+        # The record's history comes from two git children: they run while this thread loads
+        # and verifies the record (the checks below keep their order; only the waiting
+        # overlaps). They start once a key was found (no key: no git at all), and a failure
+        # here waits for them: `cli.main.console` ends the process at once, and no git child
+        # may outlive the command.
+        history = Call(self._record_history, "sst-vault-history")
         where = self.record_label
-        record = trust.load_record(self.root, self.repo.record_parts, self.app)
+        try:
+            record = trust.load_record(self.root, self.repo.record_parts, self.app)
+        except BaseException:
+            history.wait()
+            raise
         versions = history.result()
         memory = trust.recall(self.home, self.app)
         if record is None:

@@ -49,7 +49,8 @@ class _Task(Generic[R]):
 
 class Call(Generic[R]):
     """`fn()` started now on a daemon thread; `result()` waits for it and returns its value or
-    raises its error. Nobody waiting (the caller failed first) leaves it to finish alone."""
+    raises its error. A caller that failed first and will not ask `wait()`s for it all the same
+    when `fn` starts processes: the CLI ends with os._exit, which would leave them running."""
 
     def __init__(self, fn: Callable[[], R], name: str) -> None:
         self._task = _Task(fn)
@@ -57,6 +58,10 @@ class Call(Generic[R]):
 
     def result(self) -> R:
         return self._task.result()
+
+    def wait(self) -> None:
+        """Wait for `fn()` to end, whatever its outcome (nobody will ask for it)."""
+        self._task.done.wait()
 
 
 def ordered_map(

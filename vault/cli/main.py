@@ -270,6 +270,8 @@ def console() -> NoReturn:
         print(code, file=sys.stderr)
         code = 1
     for stream in (sys.stdout, sys.stderr):
+        if stream is None or stream.closed:  # no fd 1 or 2 at start (`… >&-`): Python skips it too
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (`sst-vault log prod | head`)
