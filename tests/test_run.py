@@ -96,6 +96,24 @@ def test_the_command_never_sees_the_secret_key(tmp_path: Path) -> None:
     assert project.git("for-each-ref", "refs/sst-vault") == ""  # local lock released
 
 
+def test_run_started_without_stdout_keeps_the_commands_code(tmp_path: Path) -> None:
+    """`run` re-executes itself to drop the key from its environment; started with fd 1 closed
+    (cron, a supervisor, `… >&-`), Python has no sys.stdout, and neither the re-exec nor the end
+    of the process may trip over it."""
+    project = make_project(tmp_path)
+    outside_ci = {k: v for k, v in project.env.items() if k != "CI"}  # CI needs a remote
+    err = tmp_path / "stderr"
+    command = [*run_args(project, "--stage", "dev", "--"), sys.executable, "-c", "exit(3)"]
+    proc = subprocess.run(
+        ["sh", "-c", f'exec "$@" >&- 2>"{err}"', "sh", *command],
+        cwd=project.root,
+        env=outside_ci,
+        timeout=120,
+    )
+    assert proc.returncode == 3, err.read_text()
+    assert "Traceback" not in err.read_text()
+
+
 def test_first_deploy_of_a_new_stage_is_committed_and_pushed(tmp_path: Path) -> None:
     team = make_team(tmp_path)
     a = team.clone("a")

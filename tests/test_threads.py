@@ -131,3 +131,10 @@ def test_call_wait_waits_for_the_end_and_raises_nothing() -> None:
     pending.wait()  # the outcome is nobody's: no error here
     with pytest.raises(KeyError, match="gone"):
         pending.result()
+
+
+def test_ordered_map_refuses_no_worker_or_no_window() -> None:
+    with pytest.raises(ValueError):
+        list(ordered_map(lambda n: n, [1], workers=0, ahead=4, name="t-none"))
+    with pytest.raises(ValueError):
+        list(ordered_map(lambda n: n, [1], workers=2, ahead=0, name="t-none"))

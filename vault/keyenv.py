@@ -86,6 +86,7 @@ def reexec_without_secrets(argv: list[str]) -> None:
     # Only the secrets go: SST_VAULT_KEY_ID and SST_VAULT_PIN are pins the new process checks.
     env = {k: v for k, v in os.environ.items() if k not in (*SECRET_VARIABLES, ENV_KEY_FD)}
     env.update({ENV_KEY_FD: str(read_end), "SST_VAULT_REEXECED": "1"})
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and not stream.closed:  # None: started without fd 1 or 2
+            stream.flush()
     os.execve(sys.executable, [sys.executable, "-m", "vault", *argv], env)

@@ -74,6 +74,8 @@ def ordered_map(
     from `items`), or when the caller stops early, nothing more starts and the workers have
     ended before this returns.
     """
+    if workers < 1 or ahead < 1:
+        raise ValueError(f"ordered_map needs a worker and a window, not {workers} and {ahead}")
     tasks: queue.SimpleQueue[_Task[R] | None] = queue.SimpleQueue()
 
     def serve() -> None:
