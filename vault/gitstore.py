@@ -37,10 +37,7 @@ branch, a hook: `PushRefusedError`). Retries back off with jitter until a deadli
 from __future__ import annotations
 
 import os
-import random
 import re
-import shlex
-import shutil
 import subprocess
 import threading
 import time
@@ -335,6 +332,8 @@ _LOCK_RE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 
 def lock_file_error(path: Path | str) -> GitError:
     """The one message for a git lock file in the way: which file, and how to recover."""
+    import shlex  # here, not at the top: startup time
+
     return GitError(
         f"git cannot commit: {path} exists (left by a git process that was killed, "
         "or one that is still running)",
@@ -553,6 +552,8 @@ class GitStore:
             stale.unlink(missing_ok=True)
         temp = self.git_dir / f"{TEMP_INDEX}{os.getpid()}"
         try:
+            import shutil  # here, not at the top: only commits need it (startup time)
+
             shutil.copyfile(index, temp)
         except FileNotFoundError:
             return False
@@ -638,6 +639,8 @@ class GitStore:
                     f"`git pull --rebase {remote} {branch} && git push {remote} {branch}`, "
                     f"or allow more time with --push-timeout / {ENV_PUSH_TIMEOUT}",
                 )
+            import random  # here, not at the top: only a lost push race needs it
+
             time.sleep(min(left, random.uniform(0, delay)))
             delay = min(PUSH_MAX_DELAY, delay * PUSH_BACKOFF)
 
