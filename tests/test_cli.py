@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,8 +118,6 @@ def test_init_prints_the_pin_and_no_spurious_warning(tmp_path: Path) -> None:
 def _slow_git_log(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, str], Path]:
     """A `git` first on PATH that is the real one, except that every `git log` takes a second
     longer and notes when it started and when it ended."""
-    import shutil
-
     marks = tmp_path / "git-log-marks"
     bin_dir = tmp_path / "slow-git-bin"
     bin_dir.mkdir()
@@ -146,8 +145,8 @@ def test_no_git_child_outlives_a_command_whose_trust_check_failed(
     tmp_path: Path, failure: str
 ) -> None:
     """`verify_record` reads the key record's history on a thread (two git children) while it
-    finds the secret and loads the record; `console()` ends the process with os._exit. When the
-    main thread fails first, the process must not exit with that `git log` still running."""
+    loads the record; `console()` ends the process with os._exit. When the main thread fails
+    first (no key: no git at all), the process must not exit with a `git log` still running."""
     from helpers import fresh_project
 
     project = fresh_project(tmp_path)

@@ -3,7 +3,7 @@ call in the background.
 
 They let work that releases the GIL (zlib, ISA-L, writes) or waits (a git child) overlap with
 what the main thread does. The stdlib's concurrent.futures does the same, but importing it
-(it brings `logging`) cost a command about 6 ms: as much as a 1 MB `prepare` spends decrypting.
+(it brings `logging`) cost every command that reads or writes a large file about 6 ms.
 Every thread here is a daemon that ends with its work or is joined before `ordered_map`
 returns, so a command that finishes never leaves one behind (`cli.main.console` relies on it).
 """

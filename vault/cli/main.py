@@ -252,7 +252,7 @@ def console() -> NoReturn:
     at once.
 
     Python's own shutdown collects every object and tears down every module the command
-    imported: about 25 ms after a `prepare`, paid by every command and by nobody's benefit,
+    imported: 25-30 ms after a `prepare`, paid by every command and by nobody's benefit,
     since a finished command has closed its files, joined its threads and ended its children
     (every thread sst-vault starts is joined or a daemon, and no module of ours registers
     an `atexit` hook). What shutdown does that matters is done here: the standard streams are
