@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from vault.threads import Call, ordered_map
+from vault.threads import Call, ordered_map, produced_ahead
 
 
 def _ours(name: str) -> list[threading.Thread]:
@@ -138,3 +138,29 @@ def test_ordered_map_refuses_no_worker_or_no_window() -> None:
         list(ordered_map(lambda n: n, [1], workers=0, ahead=4, name="t-none"))
     with pytest.raises(ValueError):
         list(ordered_map(lambda n: n, [1], workers=2, ahead=0, name="t-none"))
+
+
+def test_produced_ahead_keeps_order_raises_errors_and_stops_with_its_consumer() -> None:
+    assert list(produced_ahead(iter(range(50)), depth=3, name="t-ahead")) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("read failed")
+
+    with pytest.raises(OSError, match="read failed"):
+        list(produced_ahead(failing(), depth=3, name="t-ahead-error"))
+
+    made: list[int] = []
+
+    def counted():
+        for n in range(1000):
+            made.append(n)
+            yield n
+
+    ahead = produced_ahead(counted(), depth=3, name="t-ahead-close")
+    assert next(ahead) == 0
+    ahead.close()
+    assert _ours("t-ahead") == []
+    count = len(made)
+    time.sleep(0.02)
+    assert len(made) == count < 10

@@ -36,7 +36,7 @@ one (tests/test_architecture.py holds the code to it, and to README's "Layout"):
   all-or-nothing file changes with a journal), `paths` (every path the tool touches),
   `envelope` (the file format: its docstring is the specification), `jsoncheck` (the state
   JSON check), `printable` (text from others, escaped for a terminal), `threads` (work on
-  other threads: an ordered map, a call in the background).
+  other threads: an ordered map, a call in the background, an iterator produced ahead).
 - `errors`: one hierarchy; every failure is a `vault.errors.VaultError` carrying a one-line
   hint, and `cli.main` maps it to an exit code.
 

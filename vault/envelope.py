@@ -1039,7 +1039,11 @@ def open_(
                 _open_stream(handle, _file_key(key, header, raw), path), path, header.size
             )
         if header.size > _THREAD_MIN:
-            pieces = _ahead(pieces)
+            from vault.threads import produced_ahead
+
+            # zlib and the AEAD release the GIL on large buffers: decrypting and inflating
+            # on a thread overlaps with the hashing and writing here.
+            pieces = produced_ahead(pieces, depth=4, name="sst-vault-reader")
         plain = _one_by_one(pieces)
     write = _batch_writer(out)
     size = 0
@@ -1194,46 +1198,6 @@ def _inflated_isal(chunks: Iterator[bytes], path: Path | str) -> Iterator[bytes]
         raise TamperedError(path, "corrupt compressed data", "restore it from git") from None
     if not decomp.eof or decomp.unused_data or trailing:
         raise TamperedError(path, "corrupt compressed data", "restore it from git")
-
-
-def _ahead(items: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
-    """Produce `items` in a worker thread, up to `depth` items ahead of the consumer.
-
-    zlib and the AEAD release the GIL on large buffers, so decrypting and decompressing there
-    overlaps with the consumer's hashing and writing on another core. Errors are re-raised in
-    the consumer; a consumer that stops early stops the worker before returning.
-    """
-    import queue
-
-    box: queue.Queue[object] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                box.put(item)
-            box.put(_END)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            box.put(exc)
-
-    worker = threading.Thread(target=work, name="sst-vault-reader", daemon=True)
-    worker.start()
-    try:
-        while (item := box.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        while worker.is_alive():
-            with contextlib.suppress(queue.Empty):
-                box.get(timeout=0.01)
-        worker.join()
-
-
-_END = object()
 
 
 def open_bytes(

@@ -1,5 +1,5 @@
-"""The threads sst-vault runs besides the main one: an ordered map over a few workers, and one
-call in the background.
+"""Work on threads besides the main one: an ordered map over a few workers, one call in the
+background, and an iterator produced ahead of its consumer.
 
 They let work that releases the GIL (zlib, ISA-L, writes) or waits (a git child) overlap with
 what the main thread does. The stdlib's concurrent.futures does the same, but importing it
@@ -10,6 +10,7 @@ returns, so a command that finishes never leaves one behind (`cli.main.console` 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import threading
@@ -102,3 +103,38 @@ def ordered_map(
             tasks.put(None)
         for thread in pool:
             thread.join()
+
+
+def produced_ahead(items: Iterator[T], *, depth: int, name: str) -> Iterator[T]:
+    """`items` produced on a thread, up to `depth` items ahead of the consumer.
+
+    Errors are re-raised in the consumer; a consumer that stops early stops the thread before
+    this returns.
+    """
+    box: queue.Queue[object] = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                box.put(item)
+            box.put(end)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            box.put(exc)
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    try:
+        while (item := box.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                box.get(timeout=0.01)
+        worker.join()
