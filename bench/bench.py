@@ -73,16 +73,45 @@ def median_time(
     setup: Callable[[int], None] | None = None,
 ) -> float:
     """Median wall time of running `cmds` one after the other; `setup(i)` is not timed."""
-    times = []
-    for i in range(runs + 1):  # run 0 warms caches (files, .pyc) and is dropped
-        if setup:
-            setup(i)
+    return paired_median_times(Timed(cmds, env, cwd, setup), None, runs)[0]
+
+
+@dataclass
+class Timed:
+    """Commands timed as one, in `cwd`; `setup(i)` runs before each run, untimed."""
+
+    cmds: Sequence[Sequence[str | Path]]
+    env: dict[str, str]
+    cwd: Path | None = None
+    setup: Callable[[int], None] | None = None
+
+    def once(self, i: int) -> float:
+        if self.setup:
+            self.setup(i)
         start = time.perf_counter()
-        for cmd in cmds:
-            sh(cmd, env, cwd)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for cmd in self.cmds:
+            sh(cmd, self.env, self.cwd)
+        return time.perf_counter() - start
+
+
+def paired_median_times(ours: Timed, theirs: Timed | None, runs: int) -> tuple[float, float]:
+    """Median wall times of `ours` and `theirs`, run in turns (ABBA ABBA ...).
+
+    A ratio's two sides run side by side, not one series after the other: on a busy machine
+    the baseline alone moved by a third between series minutes apart (`age -d` of 100 MB:
+    147-221 ms), which moved the ratio as much as any change to the code. Run 0 of each warms
+    caches (files, .pyc) and is dropped.
+    """
+    mine: list[float] = []
+    other: list[float] = []
+    for i in range(runs + 1):
+        order = [(ours, mine), (theirs, other)]
+        for timed, times in order if i % 2 == 0 else order[::-1]:
+            if timed is not None:
+                took = timed.once(i)
+                if i:
+                    times.append(took)
+    return statistics.median(mine), statistics.median(other) if theirs else 0.0
 
 
 def peak_rss(
@@ -262,8 +291,9 @@ class Bench:
 
 
 def bench_startup(b: Bench) -> float:
-    python = median_time([[PY, "-c", "pass"]], b.env, 15)
-    help_ = median_time([[b.sst_vault, "--help"]], b.env, 15)
+    help_, python = paired_median_times(
+        Timed([[b.sst_vault, "--help"]], b.env), Timed([[PY, "-c", "pass"]], b.env), 15
+    )
     compare("sst-vault --help", help_, "python -c pass", python, 3.0)
     return python
 
@@ -287,18 +317,20 @@ def bench_size(b: Bench, size: int, python: float, want_peak: bool) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
     prepare = b.vault("-q", "prepare", "prod", home=home)
-    t_prepare = median_time([prepare], b.env, runs, repo, wipe)
-    if {p: p.read_bytes() for p in (home / "state").rglob("*.json")} != saved:
-        raise BenchError("prepare did not restore the state byte for byte")
     enc = b.root / f"plain-{size}.age"
     sh(["age", "-e", "-r", b.age_pub, "-o", enc, plain], b.env)
     out = b.root / "out.json"
-    t_age_d = median_time(
-        [["age", "-d", "-i", b.age_key, "-o", out, enc]],
-        b.env,
+    t_prepare, t_age_d = paired_median_times(
+        Timed([prepare], b.env, repo, wipe),
+        Timed(
+            [["age", "-d", "-i", b.age_key, "-o", out, enc]],
+            b.env,
+            setup=lambda _: out.unlink(missing_ok=True),
+        ),
         runs,
-        setup=lambda _: out.unlink(missing_ok=True),
     )
+    if {p: p.read_bytes() for p in (home / "state").rglob("*.json")} != saved:
+        raise BenchError("prepare did not restore the state byte for byte")
     t_cp = median_time(
         [["cp", plain, out]], b.env, runs, setup=lambda _: out.unlink(missing_ok=True)
     )
@@ -327,10 +359,6 @@ def bench_size(b: Bench, size: int, python: float, want_peak: bool) -> None:
 
     before = sh(["git", "rev-parse", "HEAD"], b.env, repo)
     commit = b.vault("-q", "commit", "prod", home=home)
-    t_commit = median_time([commit], b.env, runs, repo, redeploy)
-    if sh(["git", "rev-parse", "HEAD"], b.env, repo) == before:
-        raise BenchError("commit made no commit")
-
     recipe = b.new_recipe(f"recipe-{size}")
     recipe_home = b.root / f"recipe-{size}-sst-home"
     b.deploy(recipe_home, "prod", state)
@@ -342,13 +370,18 @@ def bench_size(b: Bench, size: int, python: float, want_peak: bool) -> None:
         ["git", "add", "infra/state"],
         ["git", "commit", "-q", "-m", "deploy"],
     ]
-    t_recipe = median_time(
-        recipe_cmds,
-        b.env,
+    t_commit, t_recipe = paired_median_times(
+        Timed([commit], b.env, repo, redeploy),
+        Timed(
+            recipe_cmds,
+            b.env,
+            recipe,
+            lambda i: b.deploy(recipe_home, "prod", pulumi_state.variant(state, 1000 + i)),
+        ),
         runs,
-        recipe,
-        lambda i: b.deploy(recipe_home, "prod", pulumi_state.variant(state, 1000 + i)),
     )
+    if sh(["git", "rev-parse", "HEAD"], b.env, repo) == before:
+        raise BenchError("commit made no commit")
     t_age_e = median_time(
         [["age", "-e", "-r", b.age_pub, "-o", out, plain]],
         b.env,
