@@ -18,6 +18,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 @dataclass
 class Config:
+    """`sst-vault.toml`: settings only; nothing here decides who can read the vault."""
+
     app: str
     backend: str = "age"
     state_dir: str = DEFAULT_STATE_DIR

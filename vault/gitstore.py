@@ -413,6 +413,9 @@ def push_timeout(env: dict[str, str] | None = None) -> float:
 
 @dataclass
 class PushResult:
+    """Where a push landed: the branch and remote, the commit pushed, and how many rebases
+    and attempts a moving remote took."""
+
     branch: str
     remote: str
     head: str = ""

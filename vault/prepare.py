@@ -36,6 +36,8 @@ from vault.stagefiles import (
 
 @dataclass
 class PrepareReport:
+    """What `prepare` did, file by file."""
+
     actions: list[FileAction] = field(default_factory=list)
 
 

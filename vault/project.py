@@ -15,6 +15,9 @@ from vault.paths import HomeLayout, RepoLayout, default_sst_home, find_project
 
 @dataclass
 class Project:
+    """One vault: its folder, settings, SST home and repository layout; keys and trust are
+    read once, on first use."""
+
     root: Path
     config: Config
     home: HomeLayout

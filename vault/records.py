@@ -21,6 +21,8 @@ RECORDS_VERSION = 1
 
 @dataclass
 class SyncRecord:
+    """What was last prepared or committed for one stage and kind in this SST home."""
+
     serial: int
     fingerprint: str
     key_id: str

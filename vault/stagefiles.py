@@ -213,6 +213,8 @@ def diverged(stage: str, kind: str, repo_serial: int, synced_serial: int) -> Ref
 
 @dataclass
 class FileAction:
+    """What a command did to one file of a stage, for its report (and `--json`)."""
+
     stage: str
     kind: str
     action: str  # "written", "unchanged", "absent"

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Context:
+    """The global options, handed from the group to every command (`click.Context.obj`)."""
+
     project_dir: Path | None
     sst_home: Path | None
     verbose: int = 0
