@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from vault.errors import ResourceError
 from vault.threads import Call, ordered_map, produced_ahead
 
 
@@ -164,3 +165,27 @@ def test_produced_ahead_keeps_order_raises_errors_and_stops_with_its_consumer() 
     count = len(made)
     time.sleep(0.02)
     assert len(made) == count < 10
+
+
+def test_a_refused_worker_stops_the_ones_started_and_says_what_to_do(monkeypatch) -> None:
+    """The system lets the first worker start and refuses the second (a process limit hit
+    half way): the error is a ResourceError, nothing runs, and the first worker has ended.
+    (tests/test_thread_limit.py refuses every thread for real, through the CLI.)"""
+    real_start = threading.Thread.start
+
+    def second_refused(thread: threading.Thread) -> None:
+        if thread.name.endswith("-1"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", second_refused)
+    ran: list[int] = []
+    with pytest.raises(ResourceError, match="refused to start a thread") as refused:
+        list(ordered_map(ran.append, range(10), workers=2, ahead=4, name="t-refused"))
+    assert "pids.max" in str(refused.value) and ran == []
+    assert _ours("t-refused") == []
+    with pytest.raises(ResourceError):
+        Call(lambda: ran.append(1), "t-refused-call-1")
+    with pytest.raises(ResourceError):
+        list(produced_ahead(iter(range(3)), depth=2, name="t-refused-ahead-1"))
+    assert ran == []

@@ -153,6 +153,17 @@ class FileSystemError(VaultError):
     """The operating system refused a file operation: disk full, no permission, read-only."""
 
 
+class ResourceError(VaultError):
+    """The system refused a new thread (`threads.start`): a process limit or no memory."""
+
+
+# What to do when the system refuses a new thread or process (`EAGAIN` from fork, too).
+LIMIT_HINT = (
+    "a process limit is reached (ulimit -u, a container's pids.max) or memory is short:"
+    " wait for other jobs to end or raise the limit, then retry"
+)
+
+
 # errno -> what to do. Names, not numbers: the numbers differ between platforms.
 OS_HINTS = {
     "ENOSPC": "the disk is full: free space on that file system, then retry "
@@ -167,6 +178,7 @@ OS_HINTS = {
     "EISDIR": "a folder stands where a file is expected: move it away, then retry",
     "EMFILE": "too many open files: raise the limit (ulimit -n), then retry",
     "EIO": "the disk reported an I/O error: check the disk, then retry",
+    "EAGAIN": LIMIT_HINT,  # fork refused: a new git could not start
 }
 
 

@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from vault.errors import ConfigError, GitError, RefusedError, UsageError
+from vault import threads
+from vault.errors import ConfigError, GitError, RefusedError, ResourceError, UsageError
 from vault.printable import printable, remote_lines
 
 # Commits made by sst-vault when the user has no git identity (a bare CI runner).
@@ -302,9 +303,13 @@ def iter_blobs(
         except OSError:
             pass
 
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
+    writer = threading.Thread(target=feed, name="sst-vault-feed", daemon=True)
     try:
+        try:
+            threads.start(writer)
+        except ResourceError:
+            proc.stdin.close()  # git reads to the end of its input, then exits
+            raise
         for sha in wanted:
             line = proc.stdout.readline().decode().split()
             if len(line) != 3:
@@ -323,7 +328,8 @@ def iter_blobs(
     finally:
         proc.stdout.close()
         proc.wait()
-        writer.join()
+        if writer.ident is not None:  # started
+            writer.join()
 
 
 # What git prints when a lock file is in its way ("Unable to create '…/index.lock': File exists").

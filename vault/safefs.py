@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from vault import threads
 from vault.errors import BusyError, ConfigError, UnsafePathError
 
 TEMP_PREFIX = ".sst-vault-tmp-"
@@ -231,10 +232,9 @@ class _Writeback(io.RawIOBase):
         if self.unsynced >= WRITEBACK_STEP and not (self.thread and self.thread.is_alive()):
             self.file.flush()
             self.unsynced = 0
-            self.thread = threading.Thread(
-                target=self._sync, name="sst-vault-writeback", daemon=True
-            )
-            self.thread.start()
+            thread = threading.Thread(target=self._sync, name="sst-vault-writeback", daemon=True)
+            threads.start(thread)  # only then `wait` may join it
+            self.thread = thread
 
     def _sync(self) -> None:
         try:

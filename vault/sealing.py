@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vault import envelope, safefs
+from vault import envelope, safefs, threads
 from vault.envelope import FileKey, Header
-from vault.errors import InvalidStateError, RefusedError
+from vault.errors import InvalidStateError, RefusedError, ResourceError
 from vault.project import Project
 from vault.stagefiles import Discard
 
@@ -122,7 +122,11 @@ def _sync_early(file: BinaryIO) -> threading.Thread | None:
             os.close(fd)
 
     thread = threading.Thread(target=sync, name="sst-vault-fsync", daemon=True)
-    thread.start()
+    try:
+        threads.start(thread)
+    except ResourceError:
+        os.close(fd)
+        raise
     return thread
 
 
@@ -184,7 +188,7 @@ class Validation:
         return Tee()  # type: ignore[return-value]
 
     def __enter__(self) -> Validation:
-        self.thread.start()
+        threads.start(self.thread)
         return self
 
     def finish(self) -> None:

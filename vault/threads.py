@@ -6,6 +6,7 @@ what the main thread does. The stdlib's concurrent.futures does the same, but im
 (it brings `logging`) cost every command that reads or writes a large file about 6 ms.
 Every thread here is a daemon that ends with its work or is joined before `ordered_map`
 returns, so a command that finishes never leaves one behind (`cli.main.console` relies on it).
+Every thread of sst-vault starts through `start`: a system that refuses one is a one-line error.
 """
 
 from __future__ import annotations
@@ -18,8 +19,22 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
+from vault.errors import LIMIT_HINT, ResourceError
+
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def start(thread: threading.Thread) -> None:
+    """`thread.start()`; a system that refuses the thread (a process limit such as a
+    container's pids.max, or no memory for its stack) is a `ResourceError`, not a traceback.
+
+    Callers clean up what they began before it (a git child, a duplicated descriptor).
+    """
+    try:
+        thread.start()
+    except RuntimeError:  # CPython's "can't start new thread": pthread_create failed
+        raise ResourceError("the system refused to start a thread", LIMIT_HINT) from None
 
 
 class _Task(Generic[R]):
@@ -55,7 +70,7 @@ class Call(Generic[R]):
 
     def __init__(self, fn: Callable[[], R], name: str) -> None:
         self._task = _Task(fn)
-        threading.Thread(target=self._task.run, name=name, daemon=True).start()
+        start(threading.Thread(target=self._task.run, name=name, daemon=True))
 
     def result(self) -> R:
         return self._task.result()
@@ -83,11 +98,13 @@ def ordered_map(
         while (task := tasks.get()) is not None:
             task.run()
 
-    pool = [threading.Thread(target=serve, name=f"{name}-{n}", daemon=True) for n in range(workers)]
-    for thread in pool:
-        thread.start()
+    started: list[threading.Thread] = []
     pending: deque[_Task[R]] = deque()
     try:
+        for n in range(workers):
+            thread = threading.Thread(target=serve, name=f"{name}-{n}", daemon=True)
+            start(thread)
+            started.append(thread)
         for item in items:
             task = _Task(functools.partial(fn, item))
             pending.append(task)
@@ -99,9 +116,9 @@ def ordered_map(
     finally:
         for task in pending:
             task.cancelled = True
-        for _ in pool:
+        for _ in started:
             tasks.put(None)
-        for thread in pool:
+        for thread in started:
             thread.join()
 
 
@@ -126,7 +143,7 @@ def produced_ahead(items: Iterator[T], *, depth: int, name: str) -> Iterator[T]:
             box.put(exc)
 
     worker = threading.Thread(target=work, name=name, daemon=True)
-    worker.start()
+    start(worker)
     try:
         while (item := box.get()) is not end:
             if isinstance(item, BaseException):
