@@ -165,3 +165,38 @@ def test_run_never_pushes_a_new_stage_sealed_under_a_key_retired_during_the_depl
             f"pr1 landed after bob's removal sealed under {old_key_id}, which bob holds"
             f" (run exited {code}: {log.read_text()})"
         )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole in vault/: this machine's trust memory is keyed by the app name that"
+    " sst-vault.toml (writer-controlled) gives, so a renamed app is a vault never seen before",
+)
+def test_a_renamed_app_does_not_make_a_machine_forget_the_vault_it_trusts(team, tmp_path: Path):
+    """A writer renames the app in sst-vault.toml and puts in a vault of his own (his record,
+    his data key wrapped to the members' public keys, which the record shows). A machine that
+    remembers the vault must refuse it with no pin, also from a shallow clone."""
+    mallory = attacks.attacker_clone(team)
+    scratch = tmp_path / "mallory-vault"
+    env = {**mallory.env, "SST_VAULT_KEY": attacks.age_key(tmp_path / "m", "m").secret}
+    git("init", "-q", str(scratch), cwd=tmp_path, env=env)
+    (scratch / "sst.config.ts").write_text(
+        'export default $config({ app() { return { name: "evil", home: "local" }; } });\n'
+    )
+    git("add", ".", cwd=scratch, env=env)
+    git("commit", "-qm", "x", cwd=scratch, env=env)
+    mine = attacks.VaultProject(scratch, tmp_path / "m-home", env, env["SST_VAULT_KEY"])
+    ok(mine, "init", "--no-keyring", "--name", "m")
+    ok(mine, "recipients", "add", "ci", team.keys["ci"].public)
+    config = mallory.root / "sst-vault.toml"
+    config.write_text(config.read_text().replace('app = "demo-app"', 'app = "evil"'))
+    for name in ("key-record.jsonl", "data-key.age"):
+        (mallory.root / STATE / name).write_bytes((scratch / STATE / name).read_bytes())
+    attacks.attacker_push(mallory)
+    # ci's machine (its SST home remembers the vault), in a shallow clone.
+    shallow = tmp_path / "ci-shallow"
+    git("clone", "-q", "--depth", "1", f"file://{team.remote}", str(shallow), cwd=tmp_path)
+    ci = team.person("ci", shallow, home="ci-sst-home")
+    assert (ci.home / ".sst-vault" / "trust" / "demo-app.json").exists()
+    result = ci.cli("recipients", "list")
+    assert result.code != 0 and "m " not in result.out, result.output
