@@ -425,6 +425,7 @@ class _Run:
         timings.mark("lock")
         if self.remote:
             self.store.pull(self.remote)
+            self._reverify()
         timings.mark("pull")
         prepare(self.project, [self.stage], missing_ok=True)
         timings.mark("prepare")
@@ -436,6 +437,25 @@ class _Run:
         if self.remote and self.push:
             self._push()
         timings.mark("push")
+
+    def _reverify(self) -> None:
+        """The vault as the pull left it, every trust check applied again.
+
+        The keys were read (and checked) before the lock and the pull, from the clone as it was
+        then: a rotation pulled meanwhile (a member removed) must be what prepare opens and
+        commit seals under, or a new stage would be sealed under the data key the removed
+        member still holds (and his files under it would open); a record or data key that a
+        writer swapped in meanwhile must be refused like any other.
+        """
+        pulled = Project.open(self.project.root, self.project.home.root)
+        if pulled.app != self.project.app:
+            raise RefusedError(
+                f"the pull changed the app in sst-vault.toml from {self.project.app!r} to"
+                f" {printable(pulled.app)!r} while {self.stage}'s deploy lock was taken",
+                "review that commit; run again once the app name is settled",
+            )
+        pulled.keys  # noqa: B018 - verified now, before anything is prepared or sealed
+        self.project = pulled
 
     def _refuse_if_rescued(self) -> None:
         """A rescued state of this stage is newer than the branch's: deploying would fork it."""

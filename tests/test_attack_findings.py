@@ -1,0 +1,202 @@
+"""Attacks found by an independent review, played with the CLI, git and the `age` CLI only.
+
+Same team as test_trust_attacks.py (ci made the vault, bob and carol were added; prod and dev
+are committed and pushed).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import test_trust_attacks as attacks
+from conftest import git
+from helpers import vault_header
+from lockutil import DEPLOY
+from test_trust_attacks import RECORD, STATE, age_open, ok, pull, show
+
+# The attack team of test_trust_attacks.py, its fixtures shared.
+template = attacks.template
+team = attacks.team
+
+
+def _wait_for(proc: subprocess.Popen, path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}: {path.read_text()}")
+        time.sleep(0.05)
+    raise AssertionError(f"never said {text!r}: {path.read_text()}")
+
+
+def test_run_never_seals_under_a_data_key_retired_by_what_it_pulled(team, tmp_path: Path):
+    """CI's `run` reads the vault's keys before it pulls. A removal (a rotation) that lands in
+    between (here while `run` waits for the deploy lock of a new preview stage) must not leave
+    CI sealing the new stage under the data key the removed member still holds."""
+    runner = team.clone("ci", "runner-repo")  # a fresh CI clone, CI's key, pinned
+    runner.env["SST_VAULT_PIN"] = ok(runner, "key", "pin").out.strip().split("=")[-1]
+    carol = team.clone("carol", "carol-repo")
+    old_key_id = vault_header(runner.vault_file("app", "prod"))["key_id"]
+
+    # Someone holds pr1's deploy lock (a deploy of it is under way); CI's run waits for it.
+    ok(carol, "lock", "acquire", "--stage", "pr1")
+    script = tmp_path / "deploy.py"
+    script.write_text(DEPLOY)
+    tests = str(Path(__file__).resolve().parent)
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vault",
+                "--sst-home",
+                str(runner.home),
+                "run",
+                "--stage",
+                "pr1",
+                "--lock-timeout",
+                "120",
+                "--",
+                sys.executable,
+                str(script),
+                tests,
+                str(runner.home),
+                runner.app,
+                "pr1",
+            ],
+            cwd=runner.root,
+            env=runner.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for(proc, log, "waiting for the deploy lock")
+        # Meanwhile carol removes bob: a new data key, pushed.
+        ok(carol, "recipients", "remove", "bob", "--push")
+        ok(carol, "lock", "release", "--stage", "pr1")
+        assert proc.wait(120) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pull(carol)
+    newest = json.loads(show(carol.root, carol.env, "HEAD", RECORD).splitlines()[-1])["entry"]
+    assert newest["key_id"] != old_key_id
+    assert "bob" not in newest["recipients"]
+    committed = vault_header(carol.vault_file("app", "pr1"))
+    # Bob opens the data key of before his removal with his age key, from history.
+    rotation = git("log", "-1", "--format=%H", "--", RECORD, cwd=carol.root).strip()
+    old_wrapped = show(carol.root, carol.env, f"{rotation}~1", f"{STATE}/data-key.age")
+    assert age_open(old_wrapped, team.keys["bob"]) is not None
+    assert committed["key_id"] == newest["key_id"], (
+        f"CI sealed pr1 under {committed['key_id']}, the data key bob (removed) still holds"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole in vault/: a push rebased over a rotation carries files sealed under the"
+    " retired data key (GitStore.push protects only the stage's own files); a fix must re-seal"
+    " before the push, since a rescue ref would publish them too",
+)
+def test_run_never_pushes_a_new_stage_sealed_under_a_key_retired_during_the_deploy(
+    team, tmp_path: Path
+):
+    """The same race, later: the rotation lands while the deploy of a new preview stage runs
+    (it takes minutes; `recipients remove --push` locks only the stages the repo has). `run`
+    then seals under the data key it read at its start, its push is rejected, rebased over the
+    rotation (which did not touch the new stage's files) and lands after it."""
+    runner = team.clone("ci", "runner-repo")
+    carol = team.clone("carol", "carol-repo")
+    old_key_id = vault_header(runner.vault_file("app", "prod"))["key_id"]
+    script = tmp_path / "deploy.py"
+    script.write_text(DEPLOY)
+    tests = str(Path(__file__).resolve().parent)
+    go, started = tmp_path / "go", tmp_path / "started"
+    slow = (
+        f"touch {started}; {sys.executable} {script} {tests} {runner.home} {runner.app} pr1;"
+        f" while [ ! -f {go} ]; do sleep 0.05; done"
+    )
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vault",
+                "--sst-home",
+                str(runner.home),
+                "run",
+                "--stage",
+                "pr1",
+                "--",
+                "sh",
+                "-c",
+                slow,
+            ],
+            cwd=runner.root,
+            env=runner.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        ok(carol, "recipients", "remove", "bob", "--push")
+        go.touch()
+        code = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pull(carol)
+    newest = json.loads(show(carol.root, carol.env, "HEAD", RECORD).splitlines()[-1])["entry"]
+    assert "bob" not in newest["recipients"] and newest["key_id"] != old_key_id
+    landed = carol.vault_file("app", "pr1")
+    if landed.exists():  # pushed: it must be under the key of the record it landed after
+        assert vault_header(landed)["key_id"] == newest["key_id"], (
+            f"pr1 landed after bob's removal sealed under {old_key_id}, which bob holds"
+            f" (run exited {code}: {log.read_text()})"
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole in vault/: this machine's trust memory is keyed by the app name that"
+    " sst-vault.toml (writer-controlled) gives, so a renamed app is a vault never seen before",
+)
+def test_a_renamed_app_does_not_make_a_machine_forget_the_vault_it_trusts(team, tmp_path: Path):
+    """A writer renames the app in sst-vault.toml and puts in a vault of his own (his record,
+    his data key wrapped to the members' public keys, which the record shows). A machine that
+    remembers the vault must refuse it with no pin, also from a shallow clone."""
+    mallory = attacks.attacker_clone(team)
+    scratch = tmp_path / "mallory-vault"
+    env = {**mallory.env, "SST_VAULT_KEY": attacks.age_key(tmp_path / "m", "m").secret}
+    git("init", "-q", str(scratch), cwd=tmp_path, env=env)
+    (scratch / "sst.config.ts").write_text(
+        'export default $config({ app() { return { name: "evil", home: "local" }; } });\n'
+    )
+    git("add", ".", cwd=scratch, env=env)
+    git("commit", "-qm", "x", cwd=scratch, env=env)
+    mine = attacks.VaultProject(scratch, tmp_path / "m-home", env, env["SST_VAULT_KEY"])
+    ok(mine, "init", "--no-keyring", "--name", "m")
+    ok(mine, "recipients", "add", "ci", team.keys["ci"].public)
+    config = mallory.root / "sst-vault.toml"
+    config.write_text(config.read_text().replace('app = "demo-app"', 'app = "evil"'))
+    for name in ("key-record.jsonl", "data-key.age"):
+        (mallory.root / STATE / name).write_bytes((scratch / STATE / name).read_bytes())
+    attacks.attacker_push(mallory)
+    # ci's machine (its SST home remembers the vault), in a shallow clone.
+    shallow = tmp_path / "ci-shallow"
+    git("clone", "-q", "--depth", "1", f"file://{team.remote}", str(shallow), cwd=tmp_path)
+    ci = team.person("ci", shallow, home="ci-sst-home")
+    assert (ci.home / ".sst-vault" / "trust" / "demo-app.json").exists()
+    result = ci.cli("recipients", "list")
+    assert result.code != 0 and "m " not in result.out, result.output
