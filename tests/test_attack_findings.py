@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import test_trust_attacks as attacks
 from conftest import git
-from helpers import vault_header
+from helpers import assert_refused, deploy, vault_header
 from lockutil import DEPLOY
 from test_trust_attacks import RECORD, STATE, age_open, ok, pull, show
 
@@ -99,12 +99,6 @@ def test_run_never_seals_under_a_data_key_retired_by_what_it_pulled(team, tmp_pa
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole in vault/: a push rebased over a rotation carries files sealed under the"
-    " retired data key (GitStore.push protects only the stage's own files); a fix must re-seal"
-    " before the push, since a rescue ref would publish them too",
-)
 def test_run_never_pushes_a_new_stage_sealed_under_a_key_retired_during_the_deploy(
     team, tmp_path: Path
 ):
@@ -159,12 +153,18 @@ def test_run_never_pushes_a_new_stage_sealed_under_a_key_retired_during_the_depl
     pull(carol)
     newest = json.loads(show(carol.root, carol.env, "HEAD", RECORD).splitlines()[-1])["entry"]
     assert "bob" not in newest["recipients"] and newest["key_id"] != old_key_id
+    # run sealed pr1 again under the new data key and pushed that: the deploy's state landed,
+    # and nothing sealed under the data key bob holds ever reached the remote.
+    assert code == 0, log.read_text()
+    assert "sealing pr1's state again under the new data key" in log.read_text()
     landed = carol.vault_file("app", "pr1")
-    if landed.exists():  # pushed: it must be under the key of the record it landed after
-        assert vault_header(landed)["key_id"] == newest["key_id"], (
-            f"pr1 landed after bob's removal sealed under {old_key_id}, which bob holds"
-            f" (run exited {code}: {log.read_text()})"
-        )
+    assert vault_header(landed)["key_id"] == newest["key_id"], log.read_text()
+    pr1 = f"{STATE}/app/pr1.json.vault"
+    versions = git("rev-list", "--all", "--", pr1, cwd=team.remote).split()  # rescue refs too
+    assert versions
+    for sha in versions:
+        sealed = show(team.remote, carol.env, sha, pr1)
+        assert sealed is None or vault_header(sealed)["key_id"] != old_key_id, sha
 
 
 @pytest.mark.xfail(
@@ -200,3 +200,26 @@ def test_a_renamed_app_does_not_make_a_machine_forget_the_vault_it_trusts(team, 
     assert (ci.home / ".sst-vault" / "trust" / "demo-app.json").exists()
     result = ci.cli("recipients", "list")
     assert result.code != 0 and "m " not in result.out, result.output
+
+
+def test_commit_push_never_lands_state_sealed_under_a_key_retired_meanwhile(team):
+    """A member commits a new stage with --push while another removes bob: the push meets the
+    rotation, is refused in one line that says how to seal again, and nothing sealed under the
+    data key bob holds reaches the remote. Following the hint lands it under the new key."""
+    dev = team.clone("ci", "dev-repo")
+    carol = team.clone("carol", "carol-repo")
+    old_key_id = vault_header(dev.vault_file("app", "prod"))["key_id"]
+    deploy(dev, "pr2", "preview")
+    ok(carol, "recipients", "remove", "bob", "--push")
+    refused = dev.cli("commit", "pr2", "--push")
+    line = assert_refused(refused, 1, "changed the vault's keys", "git reset --keep", out=None)
+    assert "commit pr2 --push" in line
+    pr2 = f"{STATE}/app/pr2.json.vault"
+    assert git("rev-list", "--all", "--", pr2, cwd=team.remote).split() == []
+    # The hint, followed: drop the commit, pull, commit again.
+    git("reset", "-q", "--keep", "HEAD~1", cwd=dev.root, env=dev.env)
+    pull(dev)
+    ok(dev, "commit", "pr2", "--push")
+    newest = json.loads(show(team.remote, dev.env, "main", RECORD).splitlines()[-1])["entry"]
+    landed = show(team.remote, dev.env, "main", pr2)
+    assert landed and vault_header(landed)["key_id"] == newest["key_id"] != old_key_id

@@ -201,8 +201,22 @@ class Change:
         return result
 
     def push(self, timeout: float | None = None) -> None:
-        """Push the current branch (rebasing over others' pushes), still under the locks."""
-        self.store.push(self.project.config.remote, timeout=timeout)
+        """Push the current branch (rebasing over others' pushes), still under the locks; never
+        onto a change of the vault's keys (`key_paths`)."""
+        self.store.push(
+            self.project.config.remote, timeout=timeout, keys=key_paths(self.project, self.store)
+        )
+
+
+def key_paths(project: Project, store: GitStore) -> list[str]:
+    """The key record and the wrapped data key, repo-relative (age; Fernet keeps neither).
+
+    A push of sealed state must not land after a change to them: it was sealed under the data
+    key before, which a removal may have retired (`GitStore.push`'s `keys`).
+    """
+    if project.config.backend != "age":
+        return []
+    return [store.relative(p) for p in (project.repo.data_key_file, project.repo.record_file)]
 
 
 def own_files(project: Project, store: GitStore | None = None) -> list[Path]:
@@ -270,4 +284,4 @@ def pushed(
     return result
 
 
-__all__ = ["Change", "own_files", "pushed"]
+__all__ = ["Change", "key_paths", "own_files", "pushed"]

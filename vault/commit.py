@@ -97,7 +97,14 @@ def commit(
                 report.pushed_earlier = store.unpushed(
                     project.config.remote, store.current_branch()
                 )
-            change.push(push_timeout)
+            from vault.gitstore import KeysChangedError
+
+            try:
+                change.push(push_timeout)
+            except KeysChangedError as exc:
+                again = " ".join(stages)
+                exc.hint = f"{exc.hint} (`sst-vault commit {again} --push`: the SST home has it)"
+                raise
             report.pushed = True
     return report
 

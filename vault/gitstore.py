@@ -380,6 +380,12 @@ def diverged(theirs: str, path: str, who: str, outcome: str, hint: str) -> Diver
     )
 
 
+class KeysChangedError(DivergedError):
+    """The remote changed the vault's key record or wrapped data key under local commits that
+    carry state: they were sealed under the data key before, which a removal may have retired,
+    so they are never rebased onto it (nor pushed anywhere). Seal again under the new key."""
+
+
 def unrelated(theirs: str, ours: str) -> DivergedError:
     """Two histories with no common commit: most likely the wrong remote."""
     return DivergedError(
@@ -591,13 +597,20 @@ class GitStore:
         return ref.out.strip().removeprefix("refs/heads/")
 
     def push(
-        self, remote: str = "origin", protect: Iterable[str] = (), timeout: float | None = None
+        self,
+        remote: str = "origin",
+        protect: Iterable[str] = (),
+        timeout: float | None = None,
+        *,
+        keys: Iterable[str] = (),
     ) -> PushResult:
         """Push the current branch; when the remote moved, rebase and retry, never force.
 
         `protect` lists repo-relative paths (a stage's vault files) whose change on the remote
         means two writers diverged: then nothing is rebased and `DivergedError` keeps the local
-        commit. Files the local commits change are always protected as well. Retries go on
+        commit. Files the local commits change are always protected as well. `keys` lists the
+        vault's key record and wrapped data key, for a push of sealed state: their change on
+        the remote is `KeysChangedError` (see `integrate`). Retries go on
         until `timeout` seconds (default `push_timeout()`), then `PushTimeoutError`; a refusal
         for good is `PushRefusedError`, an unreachable remote `UnreachableError`.
         """
@@ -625,7 +638,9 @@ class GitStore:
                     "reachable",
                 ) from None
             if remote_sha is not None and not self.contains(remote_sha):
-                action = self.integrate(remote_sha, protect, remote=remote, branch=branch)
+                action = self.integrate(
+                    remote_sha, protect, remote=remote, branch=branch, keys=keys
+                )
                 if action == "rebased":
                     result.rebased += 1
             elif rejected.flag == "!" and not rejected.transient:
@@ -737,13 +752,21 @@ class GitStore:
         return self.integrate(remote_sha, protect, remote=remote, branch=branch)
 
     def integrate(
-        self, remote_sha: str, protect: Iterable[str], *, remote: str, branch: str
+        self,
+        remote_sha: str,
+        protect: Iterable[str],
+        *,
+        remote: str,
+        branch: str,
+        keys: Iterable[str] = (),
     ) -> str:
         """Bring `remote_sha` into the current branch without losing a local commit.
 
         Returns "up to date", "fast-forward" or "rebased"; raises DivergedError when the
         remote changed a protected path (or one the local commits changed) and leaves
-        everything as it was.
+        everything as it was. KeysChangedError when it changed one of `keys` (the vault's key
+        record and wrapped data key): local commits of state sealed under the data key before a
+        removal must not land after it, where the removed member could read them.
         """
         head = self.head()
         if self.git("merge-base", "--is-ancestor", remote_sha, head, check=False).code == 0:
@@ -756,6 +779,16 @@ class GitStore:
             raise unrelated(f"{remote}/{branch}", f"the local {branch}")
         local = set(self._changed(base, head))
         theirs = set(self._changed(base, remote_sha))
+        rekeyed = sorted(theirs & set(keys))
+        if rekeyed:
+            raise KeysChangedError(
+                f"{remote}/{branch} changed the vault's keys (commit "
+                f"{printable(self.last_commit(f'{base}..{remote_sha}', rekeyed))}): the local "
+                "commits hold state sealed under the data key before, so nothing was rebased or"
+                " pushed",
+                f"your commit {head[:12]} stays on the local {branch}; drop it with `git reset"
+                f" --keep {head[:12]}~1`, `git pull`, then commit the state again",
+            )
         clash = sorted(theirs & (local | set(protect)))
         if clash:
             raise diverged(

@@ -31,12 +31,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from vault.change import key_paths
 from vault.commit import commit
 from vault.errors import ConfigError, GitError, RefusedError, UsageError, VaultError
 from vault.gitstore import (
     DivergedError,
     GitStore,
+    KeysChangedError,
     PushRefusedError,
+    PushResult,
     PushTimeoutError,
     porcelain_status,
 )
@@ -502,9 +505,17 @@ class _Run:
         assert remote is not None
         if not (self.result.commit or store.unpushed(remote, store.current_branch())):
             return
-        protect = [store.relative(self.project.repo.vault_file(k, stage)) for k in KINDS]
         try:
-            pushed = store.push(remote, protect, timeout=self.push_timeout)
+            pushed = self._push_resealing()
+        except KeysChangedError as exc:
+            # Sealed under a data key a removal may have retired: not to a rescue ref either.
+            self.keep_lock = "its state is only in this clone"
+            exc.hint = (
+                f"{exc.hint}: the state is in {self.project.home.root / 'state'} (*/"
+                f"{self.project.app}/{stage}.json) on this machine"
+                + (f", and the deploy lock of {stage} stays held" if self.held else "")
+            )
+            raise
         except (DivergedError, PushRefusedError, PushTimeoutError) as exc:
             # A CI runner's clone is thrown away after the job: keep the commit on the remote,
             # and the stage locked, so nobody deploys from the state the branch still has.
@@ -545,6 +556,34 @@ class _Run:
                 f"({pushed.rebased} rebased onto others' pushes)"
             )
         self.result.pushed = True
+
+    def _push_resealing(self) -> PushResult:
+        """Push; when the remote changed the vault's keys meanwhile (a member removed during the
+        deploy), drop our commit, pull, verify again and commit the state again under the new
+        data key, then push that: the commit sealed under the data key before never leaves this
+        clone, not even to a rescue ref. Up to RESEALS times, then `KeysChangedError`."""
+        store, remote, stage = self.store, self.remote, self.stage
+        assert remote is not None
+        for attempt in range(RESEALS + 1):
+            protect = [store.relative(self.project.repo.vault_file(k, stage)) for k in KINDS]
+            keys = key_paths(self.project, store)
+            try:
+                return store.push(remote, protect, timeout=self.push_timeout, keys=keys)
+            except KeysChangedError:
+                if self.result.commit is None or attempt == RESEALS:
+                    raise  # not ours to drop (earlier commits of this clone), or no end to it
+                self.info(
+                    f"sst-vault: the vault's keys changed on {remote} during the deploy:"
+                    f" sealing {stage}'s state again under the new data key"
+                )
+                store.git("reset", "--quiet", "--keep", "HEAD~1")  # our commit, on top
+                self.result.commit = None
+                store.pull(remote)
+                self._reverify()
+                self._commit()
+                if self.result.commit is None:
+                    return store.push(remote, protect, timeout=self.push_timeout, keys=keys)
+        raise AssertionError("unreachable")
 
     def _rescue(self) -> str | None:
         """Push HEAD to a rescue ref and note it in our lock; the ref, or None if refused."""
@@ -590,6 +629,10 @@ class _Run:
                 self.info(f"{broken}; check that nobody else deployed {lock.stage} meanwhile")
             elif quiet:
                 self.info(f"sst-vault: released the deploy lock of {lock.name}")
+
+
+# How often `run` seals its state again when the vault's keys keep changing under its push.
+RESEALS = 3
 
 
 def rescue_ref(project: Project, stage: str, sha: str) -> str:
