@@ -9,7 +9,6 @@ a serial above both.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from helpers import (
     holding_flock,
     kill_at,
     other_home,
+    refusing_git,
     temp_files,
     vault_header,
 )
@@ -92,19 +92,6 @@ def test_a_conflicted_merge_is_never_resolved_silently(conflicted, tmp_path: Pat
     assert b.cli("prepare", "dev").code == 0
 
 
-# A `sitecustomize` that makes fork refuse every `git status` as a full pids.max does (EAGAIN):
-# a process limit cannot be set for root, and only this one git must fail.
-REFUSE_GIT_STATUS = """
-import errno, os, subprocess
-_execute_child = subprocess.Popen._execute_child
-def _refused(self, args, *rest, **kwargs):
-    if list(args)[:1] == ["git"] and "status" in args:
-        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-    return _execute_child(self, args, *rest, **kwargs)
-subprocess.Popen._execute_child = _refused
-"""
-
-
 def test_a_conflict_check_whose_git_cannot_start_refuses_and_keeps_the_conflict(
     conflicted, tmp_path: Path
 ) -> None:
@@ -113,11 +100,7 @@ def test_a_conflict_check_whose_git_cannot_start_refuses_and_keeps_the_conflict(
     seal over the conflict and unstage it (the merge then concluded with one side silently)
     and let `prepare` write one side into the SST home."""
     _, b = conflicted
-    site = tmp_path / "refuse-git-status"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(REFUSE_GIT_STATUS)
-    path = os.pathsep.join(p for p in (str(site), b.env.get("PYTHONPATH", "")) if p)
-    env = {**b.env, "PYTHONPATH": path}
+    env = refusing_git(b.env, tmp_path / "refuse-git-status", "status")
     deploy(b, "prod", "after-the-pull", secrets={"K": "b2"})
     unmerged = b.git("diff", "--name-only", "--diff-filter=U")
     assert "app/prod.json.vault" in unmerged
