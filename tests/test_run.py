@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sstfake
 from conftest import VaultProject, make_project
-from helpers import deploy, error_line
+from helpers import deploy, error_line, refusing_git
 from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, make_team, run_all
 
 
@@ -260,6 +260,27 @@ def test_commit_push_uses_the_same_rebase_logic(tmp_path: Path) -> None:
     assert result.code == 0, result.output
     assert_linear(team)
     assert remote_counter(team) == 5
+
+
+def test_a_push_that_cannot_start_keeps_the_commit_and_the_lock(tmp_path: Path, bump: Path) -> None:
+    """The deploy ran and its state is committed, but the `git push` of the branch cannot start
+    (fork refused at a process limit): as for an unreachable remote, the state is only in this
+    clone, so the deploy lock stays held and the message says so; releasing it let the next
+    runner deploy from the branch's older state while this clone was thrown away."""
+    team = seeded_team(tmp_path)
+    a = team.clone("a")
+    was = team.remote_git("rev-parse", "main")
+    env = refusing_git(a.env, tmp_path / "refuse-push", "push", ":refs/heads/main")
+    result = a.cli("run", "--stage", STAGE, "--", *bump_cmd(a, bump), env=env)
+    assert result.code == 1, result.output
+    line = error_line(result.err)
+    assert "pids.max" in line and "stays held" in line, line
+    assert "exited 0" in a.git("log", "-1", "--format=%s")  # the state is in the local commit
+    assert team.remote_git("rev-parse", "main") == was
+    assert "(this clone)" in a.cli("lock", "status", "--stage", STAGE).out
+    a.git("push", "-q", "origin", "main")
+    assert a.cli("lock", "release", "--stage", STAGE).code == 0
+    assert remote_counter(team) == 1
 
 
 @pytest.mark.parametrize("transport", ["file", "git-daemon"])

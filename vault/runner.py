@@ -478,6 +478,24 @@ class _Run:
         self.result.commit = report.commit
 
     def _push(self) -> None:
+        try:
+            self._push_or_rescue()
+        except OSError as exc:
+            # git could not even start (fork refused at a process limit): as for an unreachable
+            # remote, the state may be only in this clone, so the stage stays locked.
+            from vault.errors import from_os_error
+
+            error = from_os_error(exc)
+            self.keep_lock = "its state may be only in this clone"
+            error.hint = f"{error.hint}; the state is committed in {self.store.top}" + (
+                f" and the deploy lock of {self.stage} stays held until it is pushed: after "
+                f"`git push`, `sst-vault lock release --stage {self.stage}` from this clone"
+                if self.held is not None
+                else ": push it from there with `git push`"
+            )
+            raise error from None
+
+    def _push_or_rescue(self) -> None:
         store, remote, stage = self.store, self.remote, self.stage
         assert remote is not None
         if not (self.result.commit or store.unpushed(remote, store.current_branch())):
