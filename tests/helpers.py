@@ -289,26 +289,28 @@ def run_git(args: list[str], cwd: Path, env: dict[str, str]) -> bytes:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True).stdout
 
 
-# What `refusing_git` installs: the real fork's refusal (EAGAIN), for the chosen gits only.
-_REFUSE_GIT = """
+# What `refusing_fork` installs: the real fork's refusal (EAGAIN), for the chosen programs only.
+_REFUSE_FORK = """
 import errno, os, subprocess
-_WORDS = {words!r}
+_PROGRAM, _WORDS = {program!r}, {words!r}
 _execute_child = subprocess.Popen._execute_child
 def _refused(self, args, *rest, **kwargs):
-    if list(args)[:1] == ["git"] and all(any(w in a for a in args) for w in _WORDS):
+    args = [str(a) for a in args]
+    if args[:1] == [_PROGRAM] and all(any(w in a for a in args) for w in _WORDS):
         raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
     return _execute_child(self, args, *rest, **kwargs)
 subprocess.Popen._execute_child = _refused
 """
 
 
-def refusing_git(env: dict[str, str], folder: Path, *words: str) -> dict[str, str]:
-    """`env` for a CLI in which every `git` whose arguments contain each of `words` cannot
-    start: fork fails with EAGAIN, as at a full pids.max (a process limit does not bind root,
-    and only those gits must fail). A `sitecustomize` in `folder` does it, in every Python
-    process the CLI starts from that environment (`run` re-executes itself)."""
+def refusing_fork(env: dict[str, str], folder: Path, program: str, *words: str) -> dict[str, str]:
+    """`env` for a CLI in which every `program` (e.g. git) whose arguments contain each of
+    `words` cannot start: fork fails with EAGAIN, as at a full pids.max (a process limit does
+    not bind root, and only those processes must fail). A `sitecustomize` in `folder` does it,
+    in every Python process the CLI starts from that environment (`run` re-executes itself)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(_REFUSE_GIT.format(words=list(words)))
+    text = _REFUSE_FORK.format(program=program, words=list(words))
+    (folder / "sitecustomize.py").write_text(text)
     path = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH", "")) if p)
     return {**env, "PYTHONPATH": path}
 

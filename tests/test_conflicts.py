@@ -27,7 +27,7 @@ from helpers import (
     holding_flock,
     kill_at,
     other_home,
-    refusing_git,
+    refusing_fork,
     temp_files,
     vault_header,
 )
@@ -100,7 +100,7 @@ def test_a_conflict_check_whose_git_cannot_start_refuses_and_keeps_the_conflict(
     seal over the conflict and unstage it (the merge then concluded with one side silently)
     and let `prepare` write one side into the SST home."""
     _, b = conflicted
-    env = refusing_git(b.env, tmp_path / "refuse-git-status", "status")
+    env = refusing_fork(b.env, tmp_path / "refuse-git-status", "git", "status")
     deploy(b, "prod", "after-the-pull", secrets={"K": "b2"})
     unmerged = b.git("diff", "--name-only", "--diff-filter=U")
     assert "app/prod.json.vault" in unmerged

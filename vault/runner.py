@@ -21,6 +21,7 @@ this process's environment) and the command's environment is built without it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import signal
@@ -32,7 +33,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from vault.commit import commit
-from vault.errors import ConfigError, GitError, RefusedError, UsageError, VaultError
+from vault.errors import (
+    LIMIT_HINT,
+    ConfigError,
+    GitError,
+    RefusedError,
+    ResourceError,
+    UsageError,
+    VaultError,
+)
 from vault.gitstore import (
     DivergedError,
     GitStore,
@@ -180,6 +189,10 @@ class _Signals:
                 preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ENOMEM):  # fork refused: not the command's fault
+                raise ResourceError(
+                    f"cannot run {command[0]!r}: {exc.strerror or exc}", LIMIT_HINT
+                ) from None
             raise UsageError(
                 f"cannot run {command[0]!r}: {exc.strerror or exc}",
                 "check the command (it runs without a shell; everything after the options, "
