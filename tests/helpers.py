@@ -289,6 +289,36 @@ def run_git(args: list[str], cwd: Path, env: dict[str, str]) -> bytes:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True).stdout
 
 
+# What `refusing_fork` installs: the real fork's refusal (EAGAIN), for the chosen programs only.
+_REFUSE_FORK = """
+import errno, os, subprocess
+_PROGRAM, _WORDS, _LEFT = {program!r}, {words!r}, [{times!r}]
+_execute_child = subprocess.Popen._execute_child
+def _refused(self, args, *rest, **kwargs):
+    args = [str(a) for a in args]
+    if args[:1] == [_PROGRAM] and all(any(w in a for a in args) for w in _WORDS) and _LEFT[0] != 0:
+        _LEFT[0] = None if _LEFT[0] is None else _LEFT[0] - 1
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    return _execute_child(self, args, *rest, **kwargs)
+subprocess.Popen._execute_child = _refused
+"""
+
+
+def refusing_fork(
+    env: dict[str, str], folder: Path, program: str, *words: str, times: int | None = None
+) -> dict[str, str]:
+    """`env` for a CLI in which every `program` (e.g. git) whose arguments contain each of
+    `words` cannot start (the first `times` of them in each process, if given): fork fails
+    with EAGAIN, as at a full pids.max (a process limit does not bind root, and only those
+    processes must fail). A `sitecustomize` in `folder` does it, in every Python process the
+    CLI starts from that environment (`run` re-executes itself)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = _REFUSE_FORK.format(program=program, words=list(words), times=times)
+    (folder / "sitecustomize.py").write_text(text)
+    path = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path}
+
+
 # --- other processes: one stopped at a pause point, one holding a lock ------------------------
 
 

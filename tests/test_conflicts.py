@@ -27,6 +27,7 @@ from helpers import (
     holding_flock,
     kill_at,
     other_home,
+    refusing_fork,
     temp_files,
     vault_header,
 )
@@ -89,6 +90,26 @@ def test_a_conflicted_merge_is_never_resolved_silently(conflicted, tmp_path: Pat
     assert b.snapshot_home() == home and b.snapshot_repo() == repo
     # Another stage is not blocked by prod's conflict.
     assert b.cli("prepare", "dev").code == 0
+
+
+def test_a_conflict_check_whose_git_cannot_start_refuses_and_keeps_the_conflict(
+    conflicted, tmp_path: Path
+) -> None:
+    """The `git status` that finds unmerged vault files cannot start (fork: EAGAIN): the
+    command stops with the limit's advice. Taking "no answer" for "no conflict" let `commit`
+    seal over the conflict and unstage it (the merge then concluded with one side silently)
+    and let `prepare` write one side into the SST home."""
+    _, b = conflicted
+    env = refusing_fork(b.env, tmp_path / "refuse-git-status", "git", "status")
+    deploy(b, "prod", "after-the-pull", secrets={"K": "b2"})
+    unmerged = b.git("diff", "--name-only", "--diff-filter=U")
+    assert "app/prod.json.vault" in unmerged
+    for args in (("commit", "prod"), ("prepare", "prod", "--force")):
+        was = before(b)
+        result = b.cli(*args, env=env)
+        assert_refused(result, 1, "pids.max", "ulimit -u", out=None, project=b, was=was)
+        assert b.git("diff", "--name-only", "--diff-filter=U") == unmerged
+    assert_refused(b.cli("commit", "prod"), 1, "merge conflict", "sst-vault resolve prod")
 
 
 @pytest.mark.parametrize("side", ["theirs", "ours"])

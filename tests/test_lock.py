@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_project
-from helpers import error_line
+from helpers import error_line, refusing_fork
 from lockutil import STAGE, make_team
 
 from vault.lock import LockBrokenError, LockInfo, ci_run_url
@@ -201,3 +201,19 @@ def test_bad_stage_is_a_usage_error(tmp_path: Path) -> None:
 )
 def test_ci_run_is_recorded(env: dict[str, str], url: str | None) -> None:
     assert ci_run_url(env) == url
+
+
+def test_an_acquire_that_fails_after_its_push_takes_its_lock_back(tmp_path: Path) -> None:
+    """The lock commit got in, then the look that confirms it could not start (fork refused at
+    a process limit): `lock acquire` says so and removes its own lock, as `run` does. It used
+    to leave a lock that this clone could not release (no holder file) and that stopped every
+    deploy of the stage until someone broke it."""
+    team = make_team(tmp_path)
+    a = team.clone("a")
+    env = refusing_fork(a.env, tmp_path / "refuse-look", "git", "ls-remote", times=1)
+    result = a.cli("lock", "acquire", "--stage", STAGE, env=env)
+    assert result.code == 1, result.output
+    assert "pids.max" in error_line(result.err)
+    assert team.lock_refs() == []
+    assert a.cli("lock", "acquire", "--stage", STAGE).code == 0
+    assert a.cli("lock", "release", "--stage", STAGE).code == 0

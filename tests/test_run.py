@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sstfake
 from conftest import VaultProject, make_project
-from helpers import deploy, error_line
+from helpers import deploy, error_line, refusing_fork
 from lockutil import BUMP, STAGE, Daemon, Team, bump_cmd, counter_of, make_team, run_all
 
 
@@ -262,6 +262,27 @@ def test_commit_push_uses_the_same_rebase_logic(tmp_path: Path) -> None:
     assert remote_counter(team) == 5
 
 
+def test_a_push_that_cannot_start_keeps_the_commit_and_the_lock(tmp_path: Path, bump: Path) -> None:
+    """The deploy ran and its state is committed, but the `git push` of the branch cannot start
+    (fork refused at a process limit): as for an unreachable remote, the state is only in this
+    clone, so the deploy lock stays held and the message says so; releasing it let the next
+    runner deploy from the branch's older state while this clone was thrown away."""
+    team = seeded_team(tmp_path)
+    a = team.clone("a")
+    was = team.remote_git("rev-parse", "main")
+    env = refusing_fork(a.env, tmp_path / "refuse-push", "git", "push", ":refs/heads/main")
+    result = a.cli("run", "--stage", STAGE, "--", *bump_cmd(a, bump), env=env)
+    assert result.code == 1, result.output
+    line = error_line(result.err)
+    assert "pids.max" in line and "stays held" in line, line
+    assert "exited 0" in a.git("log", "-1", "--format=%s")  # the state is in the local commit
+    assert team.remote_git("rev-parse", "main") == was
+    assert "(this clone)" in a.cli("lock", "status", "--stage", STAGE).out
+    a.git("push", "-q", "origin", "main")
+    assert a.cli("lock", "release", "--stage", STAGE).code == 0
+    assert remote_counter(team) == 1
+
+
 @pytest.mark.parametrize("transport", ["file", "git-daemon"])
 def test_unreachable_remote_on_push_keeps_the_commit_and_reports_the_lock(
     tmp_path: Path, bump: Path, env: dict[str, str], transport: str
@@ -307,6 +328,20 @@ def test_usage_errors_release_the_lock(tmp_path: Path) -> None:
     assert team.lock_refs() == []
     assert a.cli("run", "--stage", "bad/stage", "--", "true").code == 2
     assert a.cli("run", "--stage", STAGE).code == 2
+
+
+def test_a_command_that_cannot_start_is_a_limit_not_a_usage_error(tmp_path: Path) -> None:
+    """fork refused for the command itself (EAGAIN at pids.max) says what to do about the
+    limit and exits 1, like every refused process; it was exit 2, "check the command"."""
+    team = make_team(tmp_path)
+    a = team.clone("a")
+    env = refusing_fork(a.env, tmp_path / "refuse-true", "true")
+    result = a.cli("run", "--stage", STAGE, "--", "true", env=env)
+    assert result.code == 1, result.output
+    line = error_line(result.err)
+    assert "cannot run 'true'" in line and "pids.max" in line, line
+    assert "check the command" not in line
+    assert team.lock_refs() == []
 
 
 def test_no_push_commits_locally(tmp_path: Path, bump: Path) -> None:

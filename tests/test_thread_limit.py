@@ -27,6 +27,7 @@ from helpers import (
     wipe_home,
 )
 from test_refusals import unchanged
+from test_trust_upgrade import legacy_vault
 
 from vault.errors import from_os_error
 
@@ -121,6 +122,20 @@ def test_scan_history_that_cannot_start_its_git_feeder_ends_git_and_says_so(
     result = without_threads(p, "scan", "--history")
     assert_thread_refused(result)
     assert p.cli("scan", "--history").code == 0
+
+
+def test_key_upgrade_needs_no_thread_and_prints_the_pin(tmp_path) -> None:
+    """`key upgrade` seals a 0.1 vault's small files without a thread: under the limit it
+    succeeds, and prints the pin of the record it signed. It used to verify that record again
+    to print the pin (a history thread), and so exited 1 after committing the upgrade."""
+    p = legacy_vault(tmp_path)
+    was = head(p)
+    result = without_threads(p, "key", "upgrade", "--yes")
+    assert result.code == 0, result.output
+    assert head(p) != was and p.git("status", "--porcelain") == ""
+    pin = p.cli("key", "pin")
+    assert pin.code == 0, pin.output
+    assert f"SST_VAULT_PIN={pin.out.strip()}" in result.out.splitlines()
 
 
 def test_a_refused_git_process_gets_the_same_advice() -> None:

@@ -154,7 +154,8 @@ class FileSystemError(VaultError):
 
 
 class ResourceError(VaultError):
-    """The system refused a new thread (`threads.start`): a process limit or no memory."""
+    """The system refused a new thread (`threads.start`) or process: a process limit or no
+    memory."""
 
 
 # What to do when the system refuses a new thread or process (`EAGAIN` from fork, too).

@@ -21,6 +21,7 @@ this process's environment) and the command's environment is built without it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import signal
@@ -33,7 +34,15 @@ from dataclasses import dataclass, field
 
 from vault.change import key_paths
 from vault.commit import commit
-from vault.errors import ConfigError, GitError, RefusedError, UsageError, VaultError
+from vault.errors import (
+    LIMIT_HINT,
+    ConfigError,
+    GitError,
+    RefusedError,
+    ResourceError,
+    UsageError,
+    VaultError,
+)
 from vault.gitstore import (
     DivergedError,
     GitStore,
@@ -183,6 +192,10 @@ class _Signals:
                 preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ENOMEM):  # fork refused: not the command's fault
+                raise ResourceError(
+                    f"cannot run {command[0]!r}: {exc.strerror or exc}", LIMIT_HINT
+                ) from None
             raise UsageError(
                 f"cannot run {command[0]!r}: {exc.strerror or exc}",
                 "check the command (it runs without a shell; everything after the options, "
@@ -501,6 +514,24 @@ class _Run:
         self.result.commit = report.commit
 
     def _push(self) -> None:
+        try:
+            self._push_or_rescue()
+        except OSError as exc:
+            # git could not even start (fork refused at a process limit): as for an unreachable
+            # remote, the state may be only in this clone, so the stage stays locked.
+            from vault.errors import from_os_error
+
+            error = from_os_error(exc)
+            self.keep_lock = "its state may be only in this clone"
+            error.hint = f"{error.hint}; the state is committed in {self.store.top}" + (
+                f" and the deploy lock of {self.stage} stays held until it is pushed: after "
+                f"`git push`, `sst-vault lock release --stage {self.stage}` from this clone"
+                if self.held is not None
+                else ": push it from there with `git push`"
+            )
+            raise error from None
+
+    def _push_or_rescue(self) -> None:
         store, remote, stage = self.store, self.remote, self.stage
         assert remote is not None
         if not (self.result.commit or store.unpushed(remote, store.current_branch())):

@@ -51,6 +51,7 @@ class RotationReport:
     files: list[Resealed] = field(default_factory=list)
     removed: str | None = None
     commit: str | None = None
+    identity: str | None = None  # `key upgrade`: the vault identity it signed (the pin)
 
     @property
     def stages(self) -> list[str]:
@@ -256,7 +257,9 @@ def upgrade(project: Project, recipients: dict[str, str] | None = None) -> Rotat
     attributes = _attributes_with_record(project)
     if attributes is not None:
         extra.append(((".gitattributes",), attributes))
-    report = RotationReport("age", old_key.key_id, new_key.key_id, recipients)
+    report = RotationReport(
+        "age", old_key.key_id, new_key.key_id, recipients, identity=record.identity
+    )
     message = f"sst-vault: signed key record {record.identity}, new data key {new_key.key_id}"
     _reseal_all(project, legacy, new_key, report, extra, message)
     project.config = config

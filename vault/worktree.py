@@ -32,8 +32,10 @@ def _git(root: Path, *args: str) -> GitResult | None:
         # `git status` would otherwise refresh the index under index.lock, which makes a commit
         # that another process runs at this moment fail.
         return run_git(root, *args, check=False, env={"GIT_OPTIONAL_LOCKS": "0"})
-    except (OSError, GitNotFoundError):
+    except GitNotFoundError:
         return None  # no git: nothing to say about the index
+    # Any other OSError (fork refused: EAGAIN at pids.max) propagates: a git that did not run
+    # said nothing, and taking that for "no conflict" let commit and prepare drop a side.
 
 
 @dataclass

@@ -125,7 +125,9 @@ def upgrade_cmd(ctx: Context, recipients: tuple[str, ...], yes: bool) -> None:
         f"{report.key_id}" + (f" in commit {report.commit[:12]}" if report.commit else "")
     )
     ctx.info("Push it, then set in CI:")
-    click.echo(f"SST_VAULT_PIN={project.trusted.record.identity}")
+    # The record just signed: verifying it again would only repeat the history read (a thread
+    # and two gits) after the upgrade is committed.
+    click.echo(f"SST_VAULT_PIN={report.identity}")
 
 
 @key_group.command(

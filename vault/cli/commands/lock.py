@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import asdict
@@ -51,6 +52,7 @@ def acquire_cmd(ctx: Context, stage: str, lock_timeout: float, lock_ttl: int | N
       ... several deploy steps, each with `sst-vault run --no-lock` ...
       sst-vault lock release --stage prod
     """
+    from vault.errors import LockHeldError, VaultError
     from vault.lock import DEFAULT_TTL
 
     lock = _open(ctx, stage)
@@ -58,13 +60,22 @@ def acquire_cmd(ctx: Context, stage: str, lock_timeout: float, lock_ttl: int | N
     if mine and lock.current_sha() == mine:
         ctx.info(f"This clone already holds the deploy lock of {lock.name}")
         return
-    info = lock.acquire(
-        timeout=lock_timeout,
-        ttl=DEFAULT_TTL if lock_ttl is None else lock_ttl,
-        command="sst-vault lock acquire",
-        on_wait=lambda h: ctx.info(f"Waiting for the deploy lock: {h.describe()}"),
-        on_takeover=lambda h: ctx.info(f"Took over the expired lock of {h.describe()}"),
-    )
+    try:
+        info = lock.acquire(
+            timeout=lock_timeout,
+            ttl=DEFAULT_TTL if lock_ttl is None else lock_ttl,
+            command="sst-vault lock acquire",
+            on_wait=lambda h: ctx.info(f"Waiting for the deploy lock: {h.describe()}"),
+            on_takeover=lambda h: ctx.info(f"Took over the expired lock of {h.describe()}"),
+        )
+    except LockHeldError:
+        raise
+    except BaseException:
+        # Our lock commit may have got in before the failure (an interrupt, a git that could
+        # not start to confirm it): take it back, as `run` does, or it blocks the stage.
+        with contextlib.suppress(VaultError, OSError):  # the first error is the one to report
+            lock.abandon()
+        raise
     ctx.info(f"Acquired the deploy lock of {lock.name} ({info.sha[:12]})")
 
 
