@@ -290,15 +290,14 @@ class Bench:
 # --- the figures -----------------------------------------------------------------------------
 
 
-def bench_startup(b: Bench) -> float:
+def bench_startup(b: Bench) -> None:
     help_, python = paired_median_times(
         Timed([[b.sst_vault, "--help"]], b.env), Timed([[PY, "-c", "pass"]], b.env), 15
     )
     compare("sst-vault --help", help_, "python -c pass", python, 3.0)
-    return python
 
 
-def bench_size(b: Bench, size: int, python: float, want_peak: bool) -> None:
+def bench_size(b: Bench, size: int, want_peak: bool) -> None:
     label = f"{size // MB} MB"
     state = pulumi_state.checkpoint(size)
     plain = b.root / f"plain-{label.replace(' ', '')}.json"
@@ -335,7 +334,7 @@ def bench_size(b: Bench, size: int, python: float, want_peak: bool) -> None:
         [["cp", plain, out]], b.env, runs, setup=lambda _: out.unlink(missing_ok=True)
     )
     if size <= MB:
-        # Its own pair: `python` above was timed minutes before, in bench_startup.
+        # A pair of its own, as every judged ratio: not bench_startup's `python -c pass`.
         t_small, python = paired_median_times(
             Timed([prepare], b.env, repo, wipe), Timed([[PY, "-c", "pass"]], b.env), runs
         )
@@ -721,9 +720,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.only_growth:
             no_site = median_time([[PY, "-S", "-c", "pass"]], b.env, 15)
             print(f"python -S -c pass (no site, no .pth files): {ms(no_site)}", flush=True)
-            python = bench_startup(b)
+            bench_startup(b)
             for size in sizes:
-                bench_size(b, size, python, want_peak=size == sizes[-1])
+                bench_size(b, size, want_peak=size == sizes[-1])
         if not args.skip_growth:
             bench_growth(b)
             bench_deploys(b, deploy_sizes, args.deploys)
