@@ -283,6 +283,28 @@ def test_a_push_that_cannot_start_keeps_the_commit_and_the_lock(tmp_path: Path, 
     assert remote_counter(team) == 1
 
 
+def test_a_commit_that_fails_after_the_command_keeps_the_lock(tmp_path: Path, bump: Path) -> None:
+    """The command deployed; its commit failed (here its `git commit` cannot start: a process
+    limit). A CI runner's SST home goes with it, so the stage stays locked: nobody deploys from
+    the older state on the branch until the state is committed from there."""
+    team = seeded_team(tmp_path)
+    a = team.clone("a")
+    was = team.remote_git("rev-parse", "main")
+    env = refusing_fork(a.env, tmp_path / "refuse-commit", "git", "commit", "--no-verify")
+    result = a.cli("run", "--stage", STAGE, "--", *bump_cmd(a, bump), env=env)
+    assert result.code == 1, result.output
+    line = error_line(result.err)
+    assert "pids.max" in line and f"still in {a.home / 'state'}" in line, line
+    assert f"lock release --stage {STAGE}" in line, line
+    assert "stays held" in result.err
+    assert team.remote_git("rev-parse", "main") == was
+    assert "(this clone)" in a.cli("lock", "status", "--stage", STAGE).out
+    # The hint, followed: the deployed state lands, then the lock goes.
+    assert a.cli("commit", STAGE, "--push").code == 0
+    assert a.cli("lock", "release", "--stage", STAGE).code == 0
+    assert remote_counter(team) == 1 and team.lock_refs() == []
+
+
 @pytest.mark.parametrize("transport", ["file", "git-daemon"])
 def test_unreachable_remote_on_push_keeps_the_commit_and_reports_the_lock(
     tmp_path: Path, bump: Path, env: dict[str, str], transport: str

@@ -38,10 +38,12 @@ from vault.errors import (
     LIMIT_HINT,
     ConfigError,
     GitError,
+    InvalidStateError,
     RefusedError,
     ResourceError,
     UsageError,
     VaultError,
+    from_os_error,
 )
 from vault.gitstore import (
     DivergedError,
@@ -504,13 +506,23 @@ class _Run:
                 "[skip ci]",
                 push=False,
             )
-        except VaultError as exc:
-            exc.hint = (exc.hint + "; " if exc.hint else "") + (
+        except (VaultError, OSError) as exc:
+            error = exc if isinstance(exc, VaultError) else from_os_error(exc)
+            # The command may have deployed, and a CI runner's SST home goes with the runner:
+            # the stage stays locked so nobody deploys from the older state on the branch,
+            # unless the state itself is what failed (not JSON: nothing there to keep).
+            keep = self.held is not None and not isinstance(error, InvalidStateError)
+            if keep:
+                self.keep_lock = "its state is only in this machine's SST home"
+            error.hint = (error.hint + "; " if error.hint else "") + (
                 f"the state the command left is still in {project.home.root / 'state'} "
                 f"(*/{project.app}/{stage}.json): commit it from this machine with "
                 f"`sst-vault commit {stage} --push`"
+                + (f", then `sst-vault lock release --stage {stage}`" if keep else "")
             )
-            raise
+            if error is exc:
+                raise
+            raise error from None
         self.result.commit = report.commit
 
     def _push(self) -> None:
@@ -519,8 +531,6 @@ class _Run:
         except OSError as exc:
             # git could not even start (fork refused at a process limit): as for an unreachable
             # remote, the state may be only in this clone, so the stage stays locked.
-            from vault.errors import from_os_error
-
             error = from_os_error(exc)
             self.keep_lock = "its state may be only in this clone"
             error.hint = f"{error.hint}; the state is committed in {self.store.top}" + (
