@@ -189,3 +189,14 @@ def test_a_refused_worker_stops_the_ones_started_and_says_what_to_do(monkeypatch
     with pytest.raises(ResourceError):
         list(produced_ahead(iter(range(3)), depth=2, name="t-refused-ahead-1"))
     assert ran == []
+
+
+def test_only_a_refused_thread_is_a_resource_error() -> None:
+    """A thread started twice is a bug, not a process limit: it keeps its own error."""
+    from vault.threads import start
+
+    thread = threading.Thread(target=int, name="t-twice")
+    start(thread)
+    thread.join()
+    with pytest.raises(RuntimeError, match="only be started once"):
+        start(thread)

@@ -33,7 +33,11 @@ def start(thread: threading.Thread) -> None:
     """
     try:
         thread.start()
-    except RuntimeError:  # CPython's "can't start new thread": pthread_create failed
+    except RuntimeError as exc:
+        # CPython's "can't start new thread" (pthread_create failed); any other RuntimeError
+        # ("threads can only be started once") is a bug, and says so as itself.
+        if "new thread" not in str(exc):
+            raise
         raise ResourceError("the system refused to start a thread", LIMIT_HINT) from None
 
 
