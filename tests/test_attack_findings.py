@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import test_trust_attacks as attacks
 from conftest import git
 from helpers import assert_refused, deploy, vault_header
@@ -167,15 +166,13 @@ def test_run_never_pushes_a_new_stage_sealed_under_a_key_retired_during_the_depl
         assert sealed is None or vault_header(sealed)["key_id"] != old_key_id, sha
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole in vault/: this machine's trust memory is keyed by the app name that"
-    " sst-vault.toml (writer-controlled) gives, so a renamed app is a vault never seen before",
-)
 def test_a_renamed_app_does_not_make_a_machine_forget_the_vault_it_trusts(team, tmp_path: Path):
     """A writer renames the app in sst-vault.toml and puts in a vault of his own (his record,
     his data key wrapped to the members' public keys, which the record shows). A machine that
-    remembers the vault must refuse it with no pin, also from a shallow clone."""
+    remembers the vault must refuse it with no pin, also from a shallow clone (no history to
+    compare with): it remembers where it used the vault (the clone's remote URL, which no push
+    changes, and sst-vault.toml's folder), not only under which app name."""
+    ok(team.ci, "recipients", "list")  # ci's machine uses the vault from its clone of the remote
     mallory = attacks.attacker_clone(team)
     scratch = tmp_path / "mallory-vault"
     env = {**mallory.env, "SST_VAULT_KEY": attacks.age_key(tmp_path / "m", "m").secret}
@@ -199,7 +196,18 @@ def test_a_renamed_app_does_not_make_a_machine_forget_the_vault_it_trusts(team, 
     ci = team.person("ci", shallow, home="ci-sst-home")
     assert (ci.home / ".sst-vault" / "trust" / "demo-app.json").exists()
     result = ci.cli("recipients", "list")
-    assert result.code != 0 and "m " not in result.out, result.output
+    assert_refused(result, 1, "trusted the vault of app 'demo-app'", "'evil'", "key trust")
+    assert "m " not in result.out and not (ci.home / ".sst-vault" / "trust" / "evil.json").exists()
+    # The same from a branch with no history in common (a full clone: nothing to compare with).
+    orphan = tmp_path / "ci-orphan"
+    git("clone", "-q", str(team.remote), str(orphan), cwd=tmp_path)
+    git("checkout", "-q", "--orphan", "fresh", cwd=orphan, env=ci.env)
+    git("commit", "-q", "-m", "fresh start", cwd=orphan, env=ci.env)
+    on_orphan = team.person("ci", orphan, home="ci-sst-home").cli("recipients", "list")
+    assert_refused(on_orphan, 1, "trusted the vault of app 'demo-app'", "key trust")
+    # What the hint names is what accepts it (after a review): `key trust`, from this place.
+    assert ci.cli("key", "trust", "--yes").code == 0
+    assert ci.cli("recipients", "list").code == 0
 
 
 def test_commit_push_never_lands_state_sealed_under_a_key_retired_meanwhile(team):
@@ -223,3 +231,14 @@ def test_commit_push_never_lands_state_sealed_under_a_key_retired_meanwhile(team
     newest = json.loads(show(team.remote, dev.env, "main", RECORD).splitlines()[-1])["entry"]
     landed = show(team.remote, dev.env, "main", pr2)
     assert landed and vault_header(landed)["key_id"] == newest["key_id"] != old_key_id
+
+
+def test_the_places_a_machine_remembers_hold_no_credentials(team):
+    """CI clones over https with a token in the URL: the memory keeps the place, never it."""
+    ci = team.clone("ci", "token-repo")
+    url = "https://x-access-token:ghs_SECRET123@example.invalid:8443/org/app.git"
+    git("remote", "set-url", "origin", url, cwd=ci.root, env=ci.env)
+    ok(ci, "prepare", "prod")  # the first prepare makes the SST home, and the memory in it
+    memory = json.loads((ci.home / ".sst-vault" / "trust" / "demo-app.json").read_text())
+    assert "https://example.invalid:8443/org/app#." in memory["places"], memory
+    assert "SECRET123" not in json.dumps(memory) and "x-access-token" not in json.dumps(memory)

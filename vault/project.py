@@ -102,14 +102,14 @@ class Project:
         # overlaps). They start once a key was found (no key: no git at all), and a failure
         # here waits for them: `cli.main.console` ends the process at once, and no git child
         # may outlive the command.
-        history = Call(self._record_history, "sst-vault-history")
+        history = Call(lambda: (self._record_history(), self._places()), "sst-vault-history")
         where = self.record_label
         try:
             record = trust.load_record(self.root, self.repo.record_parts, self.app)
         except BaseException:
             history.wait()
             raise
-        versions = history.result()
+        versions, places = history.result()
         memory = trust.recall(self.home, self.app)
         if record is None:
             self._refuse_downgrade(versions, memory)
@@ -125,6 +125,8 @@ class Project:
         trust.check_memory(
             memory, record, where, trust.last_change(self.root, where) if replaced else None
         )
+        if memory is None and not (accept_identity or pinned):
+            trust.check_place(self.home, self.app, places)
         accepted = accept_identity or pinned or (memory is not None)
         trust.check_history(record, versions, where, identity_accepted=accepted)
         data_key = keys.unwrap_data_key(
@@ -132,8 +134,9 @@ class Project:
         )
         trust.check_data_key(record, data_key, self.repo.data_key_file)
         trust.check_exact_pin(record.newest.key_id)
-        if remember and (memory is None or memory.seq != record.newest.seq):
-            trust.remember(self.home, self.app, record)
+        new_place = not set(places) <= set(memory.places) if memory is not None else True
+        if remember and (memory is None or memory.seq != record.newest.seq or new_place):
+            trust.remember(self.home, self.app, record, places=places)
         return trust.Trusted(record, data_key, versions)
 
     def refuse_downgrade(self) -> None:
@@ -169,6 +172,19 @@ class Project:
             if head.code != 0:
                 return []
             raise
+
+    def _places(self) -> tuple[str, ...]:
+        """Where this clone keeps the vault (`trust.place_of`): every remote's URL from the
+        clone's own git config, which no push can change, with sst-vault.toml's folder."""
+        from vault.gitstore import run_git
+
+        found = run_git(self.root, "config", "--get-regexp", r"^remote\..*\.url$", check=False)
+        if found.code != 0:
+            return ()
+        top = next((p for p in (self.root, *self.root.parents) if (p / ".git").exists()), None)
+        folder = self.root.relative_to(top).as_posix() if top else "."
+        urls = (line.partition(" ")[2].strip() for line in found.out.splitlines())
+        return tuple(sorted({trust.place_of(url, folder) for url in urls if url}))
 
     def review_key(self, key_id: str) -> keys.FileKey | None:
         """A key of the verified chain (age) or one of the keys given (fernet), by key id.

@@ -10,7 +10,11 @@ one named failure (TUF's trusted-set discipline: nothing unverified is handed on
    variable that is set but empty is an error, never "no pin";
 3. this machine's memory (`<sst-home>/.sst-vault/trust/<app>.json`): the identity it accepted
    and the newest entry it saw. Another identity is refused until `sst-vault key trust`; a
-   record that went back or forked is refused outright (a removed member reverting it);
+   record that went back or forked is refused outright (a removed member reverting it). The
+   memory also lists the places the vault was seen at (this clone's remote URLs, which no push
+   can change, with the folder of sst-vault.toml): an app this machine never saw, at a place
+   where it trusted another app, is refused until `key trust` or a pin (a writer renaming the
+   app in sst-vault.toml, which names the memory, must not make the machine forget it);
 4. the record's git history: every version of it in the history this clone has that verifies
    under this identity must be a prefix of the current one (so a fresh clone also refuses a
    record that went back or forked along history); a record deleted after it existed is
@@ -66,12 +70,14 @@ def env_pin(name: str) -> str | None:
 
 @dataclass
 class Memory:
-    """What this machine accepted last for one app: identity, newest entry seq and hash."""
+    """What this machine accepted last for one app: identity, newest entry seq and hash, and
+    the places (`place`) it was accepted at."""
 
     identity: str
     seq: int
     hash: str
     time: str = ""
+    places: tuple[str, ...] = ()
 
 
 def _memory_parts(app: str) -> tuple[str, ...]:
@@ -86,7 +92,12 @@ def recall(home: HomeLayout, app: str) -> Memory | None:
         data = json.loads(raw)
         if data.get("version") != MEMORY_VERSION:
             raise ValueError
-        memory = Memory(str(data["identity"]), int(data["seq"]), str(data["hash"]))
+        places = data.get("places", [])
+        if not isinstance(places, list) or not all(isinstance(p, str) for p in places):
+            raise ValueError
+        memory = Memory(
+            str(data["identity"]), int(data["seq"]), str(data["hash"]), places=tuple(places)
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ConfigError(
             f"{home.root.joinpath(*_memory_parts(app))} is damaged",
@@ -95,14 +106,27 @@ def recall(home: HomeLayout, app: str) -> Memory | None:
     return memory
 
 
-def remember(home: HomeLayout, app: str, record: Record, *, create: bool = False) -> None:
-    """Remember the newest entry in the SST home; nothing where the home does not exist yet
-    (`doctor` and `status` never create it; the first `prepare` does), unless `create` (`init`:
-    who made the vault trusts it)."""
+def remember(
+    home: HomeLayout,
+    app: str,
+    record: Record,
+    *,
+    places: tuple[str, ...] = (),
+    create: bool = False,
+) -> None:
+    """Remember the newest entry in the SST home, and `places` besides those already known for
+    this identity; nothing where the home does not exist yet (`doctor` and `status` never
+    create it; the first `prepare` does), unless `create` (`init`: who made the vault trusts
+    it)."""
     if create:
         home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not home.root.is_dir():
         return
+    try:
+        known = recall(home, app)
+    except ConfigError:
+        known = None  # a damaged memory is replaced, as before
+    kept = known.places if known is not None and known.identity == record.identity else ()
     newest = record.newest
     body = {
         "version": MEMORY_VERSION,
@@ -110,8 +134,58 @@ def remember(home: HomeLayout, app: str, record: Record, *, create: bool = False
         "seq": newest.seq,
         "hash": newest.hash,
         "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "places": sorted({*kept, *places}),
     }
     safefs.write_atomic(home.root, _memory_parts(app), json.dumps(body, indent=1).encode())
+
+
+def check_place(home: HomeLayout, app: str, places: tuple[str, ...]) -> None:
+    """With no memory of `app`: refuse if this machine trusted another app at one of `places`.
+
+    The memory is named by the app that sst-vault.toml gives, which a writer can edit: renaming
+    the app and putting in a key record and data key of his own must not make a machine that
+    used the vault here take his for a vault it never saw (a shallow clone, or a branch with no
+    history in common, has no record history to refuse it either).
+    """
+    folder = home.root.joinpath(".sst-vault", "trust")
+    if not places or not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.json")):
+        other = path.name.removesuffix(".json")
+        if other == app:
+            continue
+        try:
+            memory = recall(home, other)
+        except ConfigError:
+            continue  # damaged: says so when its own app is used
+        shared = sorted(set(places) & set(memory.places if memory else ()))
+        if memory is not None and shared:
+            raise KeyPinError(
+                f"this machine trusted the vault of app {other!r} ({memory.identity}) at"
+                f" {shared[0]}; sst-vault.toml there now names app {app!r}, a vault it never saw",
+                "a writer may have replaced the vault: review the commit that changed"
+                " sst-vault.toml; if a member renamed the app, accept it with `sst-vault key"
+                " trust` (or pin it)",
+            )
+
+
+def place_of(url: str, folder: str) -> str:
+    """A remote URL without credentials (a CI token), and the folder of sst-vault.toml."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if url.startswith("file://"):
+        url = url.removeprefix("file://")
+    elif "://" in url:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:  # not a number: keep it as written, but never the credentials
+            port = parts.netloc.rpartition("@")[2].rpartition(":")[2] or None
+        host = parts.hostname or ""
+        netloc = f"{host}:{port}" if port else host
+        url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    url = url.rstrip("/").removesuffix(".git")
+    return f"{url}#{folder or '.'}"
 
 
 def forget(home: HomeLayout, app: str) -> bool:
