@@ -242,3 +242,121 @@ def test_the_places_a_machine_remembers_hold_no_credentials(team):
     memory = json.loads((ci.home / ".sst-vault" / "trust" / "demo-app.json").read_text())
     assert "https://example.invalid:8443/org/app#." in memory["places"], memory
     assert "SECRET123" not in json.dumps(memory) and "x-access-token" not in json.dumps(memory)
+
+
+def _slow_run(runner, tmp_path: Path, stage: str = "pr1"):
+    """`run --stage STAGE` of a deploy that waits for the file `go` once it wrote its state."""
+    script = tmp_path / "deploy.py"
+    script.write_text(DEPLOY)
+    tests = str(Path(__file__).resolve().parent)
+    go, started = tmp_path / "go", tmp_path / "started"
+    slow = (
+        f"touch {started}; {sys.executable} {script} {tests} {runner.home} {runner.app} {stage};"
+        f" while [ ! -f {go} ]; do sleep 0.05; done"
+    )
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vault",
+                "--sst-home",
+                str(runner.home),
+                "run",
+                "--stage",
+                stage,
+                "--",
+                "sh",
+                "-c",
+                slow,
+            ],
+            cwd=runner.root,
+            env=runner.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(log.read_text())
+        time.sleep(0.05)
+    return proc, go, log
+
+
+def _finish(proc: subprocess.Popen, go: Path) -> int:
+    go.touch()
+    try:
+        return proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_run_that_cannot_seal_again_after_a_rotation_keeps_the_lock_and_says_where_the_state_is(
+    team, tmp_path: Path
+):
+    """CI pins the exact data key (SST_VAULT_KEY_ID). A removal lands during a preview deploy:
+    `run` drops its commit to seal again, and its check of the vault it pulled refuses the new
+    data key (the pin must be updated). The deployed state is then in no commit, only in the
+    runner's SST home: the stage must stay locked and the message must say so."""
+    runner = team.clone("ci", "runner-repo")
+    runner.env["SST_VAULT_KEY_ID"] = ok(runner, "key", "id").out.strip().split("=")[-1]
+    carol = team.clone("carol", "carol-repo")
+    proc, go, log = _slow_run(runner, tmp_path)
+    ok(carol, "recipients", "remove", "bob", "--push")
+    code = _finish(proc, go)
+    text = log.read_text()
+    assert code == 1, text
+    errors = [ln for ln in text.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1, text
+    assert "SST_VAULT_KEY_ID" in errors[0] and f"only in {runner.home / 'state'}" in errors[0]
+    assert "`sst-vault lock release --stage pr1`" in errors[0], errors[0]
+    assert "stays held" in text, text
+    assert "locked by" in ok(carol, "lock", "status", "--stage", "pr1").out
+    # The hint, followed: the new pin, then commit and release.
+    runner.env["SST_VAULT_KEY_ID"] = ok(carol, "key", "id").out.strip().split("=")[-1]
+    ok(runner, "commit", "pr1", "--push")
+    ok(runner, "lock", "release", "--stage", "pr1")
+    newest = json.loads(show(team.remote, runner.env, "main", RECORD).splitlines()[-1])["entry"]
+    landed = show(team.remote, runner.env, "main", f"{STATE}/app/pr1.json.vault")
+    assert landed and vault_header(landed)["key_id"] == newest["key_id"]
+
+
+def test_run_never_rescues_an_earlier_local_commit_as_its_state_after_a_rotation(
+    team, tmp_path: Path
+):
+    """A member's clone holds an unpushed commit of dev (sealed before bob's removal) when
+    `run --stage pr1` meets the rotation. Dropping only its own commit and pulling would meet
+    dev's clash; it then pushed the dev commit to a rescue ref named after pr1 and said pr1's
+    state was there. Now: nothing is dropped or pushed anywhere, the lock stays held."""
+    runner = team.clone("ci", "runner-repo")
+    carol = team.clone("carol", "carol-repo")
+    ok(runner, "prepare", "dev")
+    deploy(runner, "dev", "d2")
+    ok(runner, "commit", "dev")  # local, unpushed
+    proc, go, log = _slow_run(runner, tmp_path)
+    ok(carol, "recipients", "remove", "bob", "--push")
+    code = _finish(proc, go)
+    text = log.read_text()
+    assert code == 1, text
+    assert "changed the vault's keys" in text and "stays held" in text, text
+    assert git("for-each-ref", "refs/sst-vault/rescue", cwd=team.remote) == "", text
+    head = git("log", "-1", "--format=%B", cwd=runner.root, env=runner.env)
+    assert "run --stage pr1" in head, head  # pr1's commit was kept in this clone
+    assert "locked by" in ok(carol, "lock", "status", "--stage", "pr1").out
+
+
+def test_commit_push_rebases_over_a_recipient_added_meanwhile(team):
+    """`recipients add` wraps the same data key to one more member: nothing sealed under it
+    is retired, so a `commit --push` that meets it is rebased and lands as before."""
+    dev = team.clone("ci", "dev-repo")
+    carol = team.clone("carol", "carol-repo")
+    deploy(dev, "pr2", "preview")
+    ok(carol, "recipients", "add", "dave", team.keys["dave"].public)
+    git("push", "-q", "origin", "HEAD:main", cwd=carol.root, env=carol.env)
+    ok(dev, "commit", "pr2", "--push")
+    assert show(team.remote, dev.env, "main", f"{STATE}/app/pr2.json.vault")
+    record = show(team.remote, dev.env, "main", RECORD)
+    assert "dave" in json.loads(record.splitlines()[-1])["entry"]["recipients"]

@@ -780,7 +780,7 @@ class GitStore:
         local = set(self._changed(base, head))
         theirs = set(self._changed(base, remote_sha))
         rekeyed = sorted(theirs & set(keys))
-        if rekeyed:
+        if rekeyed and self._data_key_changed(base, remote_sha, keys):
             raise KeysChangedError(
                 f"{remote}/{branch} changed the vault's keys (commit "
                 f"{printable(self.last_commit(f'{base}..{remote_sha}', rekeyed))}): the local "
@@ -808,6 +808,27 @@ class GitStore:
                 f"your commit {head[:12]} is kept; rebase by hand, then push",
             )
         return "rebased"
+
+    def _data_key_changed(self, base: str, remote_sha: str, keys: Iterable[str]) -> bool:
+        """Whether the key record's newest data key differs between `base` and `remote_sha`.
+
+        A recipient added (the same data key, wrapped to one more) retires nothing: local
+        commits sealed under that data key may be rebased onto it. Anything unreadable, or no
+        record among `keys`, counts as a change (refused, never rebased)."""
+        from vault.errors import TrustError
+        from vault.keyrecord import parse
+
+        records = [k for k in keys if k.endswith(".jsonl")]
+        if len(records) != 1:
+            return True
+        newest = []
+        for rev in (base, remote_sha):
+            blob = show_blob(self.top, rev, records[0])
+            try:
+                newest.append(parse(blob, "history")[-1].key_id if blob else None)
+            except TrustError:
+                return True
+        return newest[0] is None or newest[0] != newest[1]
 
     def last_commit(self, span: str, paths: Iterable[str]) -> str:
         """The newest commit in `span` touching `paths`: "<short id> by <author> (<subject>)"."""

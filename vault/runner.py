@@ -394,6 +394,8 @@ class _Run:
         self.push_timeout: float | None = None
         # Set when the state did not reach the branch: the lock then stays held.
         self.keep_lock: str | None = None
+        # Set while the commit was dropped to seal it again: HEAD is not the state's then.
+        self.dropped = False
 
     def execute(self, use_lock: bool, lock_timeout: float, lock_ttl: int) -> None:
         try:
@@ -558,6 +560,8 @@ class _Run:
             )
             raise
         except (DivergedError, PushRefusedError, PushTimeoutError) as exc:
+            if self.dropped:
+                raise  # said already: the state is only in this SST home, no commit has it
             # A CI runner's clone is thrown away after the job: keep the commit on the remote,
             # and the stage locked, so nobody deploys from the state the branch still has.
             saved = self._rescue()
@@ -584,6 +588,8 @@ class _Run:
                 )
             raise
         except GitError as exc:  # unreachable, or broken off: no rescue ref can get there either
+            if self.dropped:
+                raise  # said already: the state is only in this SST home, no commit has it
             self.keep_lock = "its state is only in this clone"
             if self.held is not None:
                 exc.hint = (
@@ -611,20 +617,44 @@ class _Run:
             try:
                 return store.push(remote, protect, timeout=self.push_timeout, keys=keys)
             except KeysChangedError:
-                if self.result.commit is None or attempt == RESEALS:
-                    raise  # not ours to drop (earlier commits of this clone), or no end to it
+                ours_alone = store.unpushed(remote, store.current_branch()) == 1
+                if self.result.commit is None or not ours_alone or attempt == RESEALS:
+                    # Not ours to drop (earlier commits of this clone, which the pull would
+                    # rebase onto the new keys), or no end to it.
+                    raise
                 self.info(
                     f"sst-vault: the vault's keys changed on {remote} during the deploy:"
                     f" sealing {stage}'s state again under the new data key"
                 )
                 store.git("reset", "--quiet", "--keep", "HEAD~1")  # our commit, on top
                 self.result.commit = None
-                store.pull(remote)
-                self._reverify()
+                # From here until the new commit, the state is only in this SST home.
+                self.dropped = True
+                try:
+                    store.pull(remote)
+                    self._reverify()
+                except (VaultError, OSError) as exc:
+                    raise self._only_in_home(exc) from None
                 self._commit()
+                self.dropped = False
                 if self.result.commit is None:
                     return store.push(remote, protect, timeout=self.push_timeout, keys=keys)
         raise AssertionError("unreachable")
+
+    def _only_in_home(self, exc: VaultError | OSError) -> VaultError:
+        """`exc`, said as what it is after `run` dropped its commit to seal again: the state is
+        then only in this machine's SST home, and the stage stays locked."""
+        error = exc if isinstance(exc, VaultError) else from_os_error(exc)
+        stage = self.stage
+        if self.held is not None:
+            self.keep_lock = "its state is only in this machine's SST home"
+        error.hint = (error.hint + "; " if error.hint else "") + (
+            f"the state the command left is only in {self.project.home.root / 'state'} "
+            f"(*/{self.project.app}/{stage}.json): commit it from this machine with "
+            f"`sst-vault commit {stage} --push`"
+            + (f", then `sst-vault lock release --stage {stage}`" if self.held else "")
+        )
+        return error
 
     def _rescue(self) -> str | None:
         """Push HEAD to a rescue ref and note it in our lock; the ref, or None if refused."""
