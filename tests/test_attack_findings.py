@@ -360,3 +360,40 @@ def test_commit_push_rebases_over_a_recipient_added_meanwhile(team):
     assert show(team.remote, dev.env, "main", f"{STATE}/app/pr2.json.vault")
     record = show(team.remote, dev.env, "main", RECORD)
     assert "dave" in json.loads(record.splitlines()[-1])["entry"]["recipients"]
+
+
+def test_a_rotation_never_lands_over_a_stage_it_did_not_reseal(team, tmp_path: Path):
+    """carol removes bob. Between her pull and her push, a member's first deploy of pr3
+    (sealed under the data key before: no lock of hers covered a stage the repo did not have)
+    reaches the remote. Rebased onto it, the rotation would leave pr3 under the data key bob
+    holds, and no prepare would open it. The rotation is done again from what the remote has
+    instead (its first commit dropped, and what carol's machine remembered of it), so pr3 is
+    sealed under the new data key with the rest."""
+    carol = team.clone("carol", "carol-repo")
+    dev = team.clone("ci", "dev-repo")
+    deploy(dev, "pr3", "preview")
+    ok(dev, "commit", "pr3")  # pushed by the hook below, at the worst moment
+    hook = carol.root / ".git" / "hooks" / "pre-push"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "while read local_ref local_sha remote_ref remote_sha; do\n"
+        f'  if [ "$remote_ref" = refs/heads/main ] && [ ! -e "{tmp_path}/pushed" ]; then\n'
+        f'    touch "{tmp_path}/pushed"\n'
+        "    unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_PREFIX\n"
+        f'    git -C "{dev.root}" push -q origin HEAD:main || exit 1\n'
+        "  fi\n"
+        "done\n"
+    )
+    hook.chmod(0o755)
+    removed = carol.cli("recipients", "remove", "bob", "--push")
+    assert removed.code == 0, removed.output
+    assert "changed the state folder meanwhile" in removed.err
+    newest = json.loads(show(team.remote, carol.env, "main", RECORD).splitlines()[-1])["entry"]
+    assert "bob" not in newest["recipients"]
+    for kind in ("app", "passphrase"):
+        sealed = show(team.remote, carol.env, "main", f"{STATE}/{kind}/pr3.json.vault")
+        assert sealed and vault_header(sealed)["key_id"] == newest["key_id"]
+    # One rotation landed, after pr3: its first try never left carol's clone.
+    rotations = git("log", "--format=%s", "main", cwd=team.remote).count("remove recipient bob")
+    assert rotations == 1
+    assert ok(carol, "prepare", "pr3").code == 0  # and her machine trusts what landed

@@ -264,7 +264,8 @@ def pushed(
     someone else pushed meanwhile must not be lost). The deploy locks come first, before the
     local locks `Change` takes (see the module's locking order).
     """
-    from vault.gitstore import GitStore
+    from vault import trust
+    from vault.gitstore import DivergedError, GitStore
     from vault.lock import DEFAULT_TTL, holding
 
     project.keys  # noqa: B018 - a missing or wrong key must stop us before any lock is taken
@@ -272,16 +273,41 @@ def pushed(
     remote = project.config.remote
     store.require_remote(remote)
     branch = store.current_branch()
+    every_stage = stages is None
     if stages is None:
         store.pull(remote)
         stages = Project.open(project.root, project.home.root).repo.stages()
+    # `stages` None: the operation re-seals every stage (rotate, recipients remove). A stage
+    # that reaches the remote meanwhile (a first deploy: no lock of ours covers it) is still
+    # under the data key before, where a removed member reads it and no prepare opens it: no
+    # change in the state folder is rebased onto. The operation is done again instead, from
+    # what the remote has, after dropping its commit and what this machine remembered of it.
+    whole = [store.relative(project.repo.state_root)] if every_stage else []
     ttl = DEFAULT_TTL if lock_ttl is None else lock_ttl
     with holding(project, stages, store, timeout=lock_timeout, ttl=ttl, command=command, info=info):
-        store.pull(remote)
-        result = operation(Project.open(project.root, project.home.root))
-        if store.unpushed(remote, branch):
-            store.push(remote)
-    return result
+        for attempt in range(REDO_ALL + 1):
+            store.pull(remote)
+            remembered = trust.memory_bytes(project.home, project.app)
+            result = operation(Project.open(project.root, project.home.root))
+            if not store.unpushed(remote, branch):
+                return result
+            try:
+                store.push(remote, whole=whole)
+                return result
+            except DivergedError:
+                if not every_stage or attempt == REDO_ALL or store.unpushed(remote, branch) != 1:
+                    raise
+            info(
+                f"{remote}/{branch} changed the state folder meanwhile (a stage deployed for the"
+                f" first time?): doing `{command}` again from what it has now"
+            )
+            store.git("reset", "--quiet", "--keep", "HEAD~1")  # the operation's commit
+            trust.restore_memory(project.home, project.app, remembered)
+    raise AssertionError("unreachable")
+
+
+# How often `pushed` does a whole-vault operation again when the state folder keeps changing.
+REDO_ALL = 3
 
 
 __all__ = ["Change", "key_paths", "own_files", "pushed"]

@@ -603,6 +603,7 @@ class GitStore:
         timeout: float | None = None,
         *,
         keys: Iterable[str] = (),
+        whole: Iterable[str] = (),
     ) -> PushResult:
         """Push the current branch; when the remote moved, rebase and retry, never force.
 
@@ -610,7 +611,9 @@ class GitStore:
         means two writers diverged: then nothing is rebased and `DivergedError` keeps the local
         commit. Files the local commits change are always protected as well. `keys` lists the
         vault's key record and wrapped data key, for a push of sealed state: their change on
-        the remote is `KeysChangedError` (see `integrate`). Retries go on
+        the remote is `KeysChangedError` (see `integrate`). `whole` lists folders any change of
+        which on the remote means divergence (a rotation re-sealed every file in it, and a file
+        added meanwhile would stay under the data key before). Retries go on
         until `timeout` seconds (default `push_timeout()`), then `PushTimeoutError`; a refusal
         for good is `PushRefusedError`, an unreachable remote `UnreachableError`.
         """
@@ -639,7 +642,7 @@ class GitStore:
                 ) from None
             if remote_sha is not None and not self.contains(remote_sha):
                 action = self.integrate(
-                    remote_sha, protect, remote=remote, branch=branch, keys=keys
+                    remote_sha, protect, remote=remote, branch=branch, keys=keys, whole=whole
                 )
                 if action == "rebased":
                     result.rebased += 1
@@ -759,6 +762,7 @@ class GitStore:
         remote: str,
         branch: str,
         keys: Iterable[str] = (),
+        whole: Iterable[str] = (),
     ) -> str:
         """Bring `remote_sha` into the current branch without losing a local commit.
 
@@ -789,7 +793,9 @@ class GitStore:
                 f"your commit {head[:12]} stays on the local {branch}; drop it with `git reset"
                 f" --keep {head[:12]}~1`, `git pull`, then commit the state again",
             )
-        clash = sorted(theirs & (local | set(protect)))
+        folders = tuple(f"{folder.rstrip('/')}/" for folder in whole)
+        inside = {path for path in theirs if path.startswith(folders)}
+        clash = sorted(theirs & (local | set(protect)) | inside)
         if clash:
             raise diverged(
                 f"{remote}/{branch}",

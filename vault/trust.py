@@ -139,6 +139,21 @@ def remember(
     safefs.write_atomic(home.root, _memory_parts(app), json.dumps(body, indent=1).encode())
 
 
+def memory_bytes(home: HomeLayout, app: str) -> bytes | None:
+    """This machine's memory of `app` as stored, for `restore_memory`."""
+    return safefs.read_bytes(home.root, _memory_parts(app)) if home.root.is_dir() else None
+
+
+def restore_memory(home: HomeLayout, app: str, data: bytes | None) -> None:
+    """Put back what `memory_bytes` read: for an entry this machine signed and remembered but
+    never published (`change.pushed` dropped the commit that had it), so that the record the
+    remote has is not taken for one that went back."""
+    if data is None:
+        forget(home, app)
+    else:
+        safefs.write_atomic(home.root, _memory_parts(app), data)
+
+
 def check_place(home: HomeLayout, app: str, places: tuple[str, ...]) -> None:
     """With no memory of `app`: refuse if this machine trusted another app at one of `places`.
 
