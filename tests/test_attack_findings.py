@@ -12,11 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import test_trust_attacks as attacks
 from conftest import git
 from helpers import assert_refused, deploy, vault_header
 from lockutil import DEPLOY
 from test_trust_attacks import RECORD, STATE, age_open, ok, pull, show
+
+from vault import trust
 
 # The attack team of test_trust_attacks.py, its fixtures shared.
 template = attacks.template
@@ -397,3 +400,69 @@ def test_a_rotation_never_lands_over_a_stage_it_did_not_reseal(team, tmp_path: P
     rotations = git("log", "--format=%s", "main", cwd=team.remote).count("remove recipient bob")
     assert rotations == 1
     assert ok(carol, "prepare", "pr3").code == 0  # and her machine trusts what landed
+
+
+def _writer_vault(team, tmp_path: Path) -> Path:
+    """A vault of mallory's own (app "evil"), with ci's public key added (the record shows it)."""
+    scratch = tmp_path / "mallory-vault"
+    env = attacks.base_env(tmp_path)
+    env["SST_VAULT_KEY"] = attacks.age_key(tmp_path / "m", "m").secret
+    git("init", "-q", str(scratch), cwd=tmp_path, env=env)
+    (scratch / "sst.config.ts").write_text(
+        'export default $config({ app() { return { name: "evil", home: "local" }; } });\n'
+    )
+    git("add", ".", cwd=scratch, env=env)
+    git("commit", "-qm", "x", cwd=scratch, env=env)
+    mine = attacks.VaultProject(scratch, tmp_path / "m-home", env, env["SST_VAULT_KEY"])
+    ok(mine, "init", "--no-keyring", "--name", "m")
+    ok(mine, "recipients", "add", "ci", team.keys["ci"].public)
+    return scratch / STATE
+
+
+def test_a_renamed_app_in_another_folder_of_the_repo_is_refused_too(team, tmp_path: Path):
+    """The folder of sst-vault.toml is the writer's to choose as well: he moves the project
+    into a subfolder (or adds an sst-vault.toml above or below the remembered one, where a
+    member runs the CLI), renames the app and puts in his own record and data key. A machine
+    that used the vault in a clone of this repository refuses it with no pin, from a shallow
+    clone, whatever the folder."""
+    ok(team.ci, "recipients", "list")  # ci's machine remembers the vault at "<remote>#."
+    theirs = _writer_vault(team, tmp_path)
+    mallory = attacks.attacker_clone(team)
+    (mallory.root / "app").mkdir()
+    for name in ("sst-vault.toml", "sst.config.ts", "infra"):
+        git("mv", name, f"app/{name}", cwd=mallory.root, env=mallory.env)
+    config = mallory.root / "app" / "sst-vault.toml"
+    config.write_text(config.read_text().replace('app = "demo-app"', 'app = "evil"'))
+    for name in ("key-record.jsonl", "data-key.age"):
+        (mallory.root / "app" / STATE / name).write_bytes((theirs / name).read_bytes())
+    attacks.attacker_push(mallory)
+    shallow = tmp_path / "ci-shallow"
+    git("clone", "-q", "--depth", "1", f"file://{team.remote}", str(shallow), cwd=tmp_path)
+    ci = team.person("ci", shallow / "app", home="ci-sst-home")
+    result = ci.cli("recipients", "list")
+    assert_refused(result, 1, "trusted the vault of app 'demo-app'", "'evil'", "key trust")
+    assert "m " not in result.out and not (ci.home / ".sst-vault" / "trust" / "evil.json").exists()
+    # A folder whose name holds "#" (the separator of a place) changes nothing.
+    git("mv", "app", "a#b", cwd=shallow, env=ci.env)
+    moved = team.person("ci", shallow / "a#b", home="ci-sst-home").cli("recipients", "list")
+    assert_refused(moved, 1, "trusted the vault of app 'demo-app'", "key trust")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://x-access-token:SECRET1@example.invalid/org/app.git",
+        "https://SECRET1@example.invalid/org/app",
+        "ssh://git:SECRET1@example.invalid:22/org/app.git",
+        "https://example.invalid/org/app.git?token=SECRET1",
+        "https://u:SECRET1@[::1/org/app",  # does not parse: no crash, no credentials
+        "https://u:SECRET1@example.invalid:notaport/org/app",
+        "https://u:SEC#RET1@example.invalid/org/app",
+        "gcrypt::https://u:SECRET1@example.invalid/org/app",
+        "file://u:SECRET1@localhost/srv/app.git",
+    ],
+)
+def test_a_place_never_holds_credentials_whatever_the_url_form(url: str):
+    place = trust.place_of(url, "infra")
+    assert "SECRET1" not in place and "SEC" not in place, place
+    assert place.endswith("/org/app#infra") or place.endswith("/srv/app#infra"), place

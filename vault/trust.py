@@ -12,9 +12,10 @@ one named failure (TUF's trusted-set discipline: nothing unverified is handed on
    and the newest entry it saw. Another identity is refused until `sst-vault key trust`; a
    record that went back or forked is refused outright (a removed member reverting it). The
    memory also lists the places the vault was seen at (this clone's remote URLs, which no push
-   can change, with the folder of sst-vault.toml): an app this machine never saw, at a place
-   where it trusted another app, is refused until `key trust` or a pin (a writer renaming the
-   app in sst-vault.toml, which names the memory, must not make the machine forget it);
+   can change, with the folder of sst-vault.toml): an app this machine never saw, in a clone of
+   a repository where it trusted another app (any folder: the writer chooses the folder too),
+   is refused until `key trust` or a pin (a writer renaming the app in sst-vault.toml, which
+   names the memory, must not make the machine forget it);
 4. the record's git history: every version of it in the history this clone has that verifies
    under this identity must be a prefix of the current one (so a fresh clone also refuses a
    record that went back or forked along history); a record deleted after it existed is
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -155,16 +157,22 @@ def restore_memory(home: HomeLayout, app: str, data: bytes | None) -> None:
 
 
 def check_place(home: HomeLayout, app: str, places: tuple[str, ...]) -> None:
-    """With no memory of `app`: refuse if this machine trusted another app at one of `places`.
+    """With no memory of `app`: refuse if this machine trusted another app in a clone of the
+    same repository (a remote URL of `places`), whatever folder of it that app's vault was in.
 
     The memory is named by the app that sst-vault.toml gives, which a writer can edit: renaming
     the app and putting in a key record and data key of his own must not make a machine that
     used the vault here take his for a vault it never saw (a shallow clone, or a branch with no
-    history in common, has no record history to refuse it either).
+    history in common, has no record history to refuse it either). The folder of sst-vault.toml
+    is the writer's to choose too (he moves the project, or adds an sst-vault.toml in a folder
+    between the one a member works in and the remembered one): it never makes a place new. A
+    second vault of the same repository is accepted the same way, once (`key trust`, a pin),
+    as the record history of a full clone already asks.
     """
     folder = home.root.joinpath(".sst-vault", "trust")
     if not places or not folder.is_dir():
         return
+    here = {_remote_of(place) for place in places}
     for path in sorted(folder.glob("*.json")):
         other = path.name.removesuffix(".json")
         if other == app:
@@ -173,32 +181,48 @@ def check_place(home: HomeLayout, app: str, places: tuple[str, ...]) -> None:
             memory = recall(home, other)
         except ConfigError:
             continue  # damaged: says so when its own app is used
-        shared = sorted(set(places) & set(memory.places if memory else ()))
+        shared = sorted(p for p in (memory.places if memory else ()) if _remote_of(p) in here)
         if memory is not None and shared:
             raise KeyPinError(
                 f"this machine trusted the vault of app {other!r} ({memory.identity}) at"
-                f" {shared[0]}; sst-vault.toml there now names app {app!r}, a vault it never saw",
-                "a writer may have replaced the vault: review the commit that changed"
-                " sst-vault.toml; if a member renamed the app, accept it with `sst-vault key"
-                " trust` (or pin it)",
+                f" {shared[0]}; sst-vault.toml in this clone of that repository now names app"
+                f" {app!r}, a vault it never saw",
+                "a writer may have replaced the vault: review the commits that changed"
+                " sst-vault.toml; if a member renamed the app or made a second vault here,"
+                " accept it with `sst-vault key trust` (or pin it)",
             )
 
 
+def _remote_of(place: str) -> str:
+    """The remote URL of a place (`place_of`). Stored URLs have no `#` (no fragment); a folder,
+    which a writer names, may: the split is at the first one, so no folder changes the URL."""
+    return place.partition("#")[0]
+
+
+# Credentials sit between "://" and the host, also inside a remote helper's address
+# (`gcrypt::https://user:token@host/repo`) and when they hold `?` or `#`.
+_USERINFO = re.compile(r"://[^/]*@")
+
+
 def place_of(url: str, folder: str) -> str:
-    """A remote URL without credentials (a CI token), and the folder of sst-vault.toml."""
+    """A remote URL without credentials (a CI token) or query string, and the folder of
+    sst-vault.toml. Never fails: a URL that does not parse is kept as written, less the
+    credentials."""
     from urllib.parse import urlsplit, urlunsplit
 
+    url = _USERINFO.sub("://", url.strip())
     if url.startswith("file://"):
         url = url.removeprefix("file://")
     elif "://" in url:
-        parts = urlsplit(url)
+        url = re.split(r"[?#]", url, maxsplit=1)[0]
         try:
+            parts = urlsplit(url)
             port = parts.port
-        except ValueError:  # not a number: keep it as written, but never the credentials
-            port = parts.netloc.rpartition("@")[2].rpartition(":")[2] or None
-        host = parts.hostname or ""
-        netloc = f"{host}:{port}" if port else host
-        url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+            host = parts.hostname or ""
+            netloc = f"{host}:{port}" if port else host
+            url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        except ValueError:  # a port that is no number, a broken IPv6 host: as written
+            pass
     url = url.rstrip("/").removesuffix(".git")
     return f"{url}#{folder or '.'}"
 
