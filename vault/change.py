@@ -204,19 +204,50 @@ class Change:
         """Push the current branch (rebasing over others' pushes), still under the locks; never
         onto a change of the vault's keys (`key_paths`)."""
         self.store.push(
-            self.project.config.remote, timeout=timeout, keys=key_paths(self.project, self.store)
+            self.project.config.remote,
+            timeout=timeout,
+            keys=key_paths(self.project, self.store),
+            retired=data_key_retired(self.project, self.store),
         )
 
 
 def key_paths(project: Project, store: GitStore) -> list[str]:
     """The key record and the wrapped data key, repo-relative (age; Fernet keeps neither).
 
-    A push of sealed state must not land after a change to them: it was sealed under the data
-    key before, which a removal may have retired (`GitStore.push`'s `keys`).
+    A push of sealed state must not land after a change to them that retired the data key
+    (`data_key_retired`): it was sealed under the data key before, which a removed member
+    still holds (`GitStore.push`'s `keys`).
     """
     if project.config.backend != "age":
         return []
     return [store.relative(p) for p in (project.repo.data_key_file, project.repo.record_file)]
+
+
+def data_key_retired(project: Project, store: GitStore) -> Callable[[str, str], bool]:
+    """Whether the key record's newest data key differs between two commits.
+
+    A recipient added (the same data key, wrapped to one more) retires nothing: local commits
+    sealed under that data key may be rebased onto it. A record that is missing or does not
+    parse at either commit counts as a change (refused, never rebased). Nothing here is
+    trusted: it only decides between rebasing and refusing.
+    """
+    from vault.errors import TrustError
+    from vault.gitstore import show_blob
+    from vault.keyrecord import parse
+
+    record = store.relative(project.repo.record_file)
+
+    def retired(base: str, remote_sha: str) -> bool:
+        newest = []
+        for rev in (base, remote_sha):
+            blob = show_blob(store.top, rev, record)
+            try:
+                newest.append(parse(blob, "history")[-1].key_id if blob else None)
+            except (TrustError, IndexError):
+                return True
+        return newest[0] is None or newest[0] != newest[1]
+
+    return retired
 
 
 def own_files(project: Project, store: GitStore | None = None) -> list[Path]:
@@ -310,4 +341,4 @@ def pushed(
 REDO_ALL = 3
 
 
-__all__ = ["Change", "key_paths", "own_files", "pushed"]
+__all__ = ["Change", "data_key_retired", "key_paths", "own_files", "pushed"]

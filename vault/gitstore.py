@@ -41,7 +41,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -603,6 +603,7 @@ class GitStore:
         timeout: float | None = None,
         *,
         keys: Iterable[str] = (),
+        retired: Callable[[str, str], bool] | None = None,
         whole: Iterable[str] = (),
     ) -> PushResult:
         """Push the current branch; when the remote moved, rebase and retry, never force.
@@ -611,7 +612,8 @@ class GitStore:
         means two writers diverged: then nothing is rebased and `DivergedError` keeps the local
         commit. Files the local commits change are always protected as well. `keys` lists the
         vault's key record and wrapped data key, for a push of sealed state: their change on
-        the remote is `KeysChangedError` (see `integrate`). `whole` lists folders any change of
+        the remote is `KeysChangedError` (see `integrate`) when `retired(base, remote_sha)`
+        says the data key changed (None: any change counts). `whole` lists folders any change of
         which on the remote means divergence (a rotation re-sealed every file in it, and a file
         added meanwhile would stay under the data key before). Retries go on
         until `timeout` seconds (default `push_timeout()`), then `PushTimeoutError`; a refusal
@@ -642,7 +644,13 @@ class GitStore:
                 ) from None
             if remote_sha is not None and not self.contains(remote_sha):
                 action = self.integrate(
-                    remote_sha, protect, remote=remote, branch=branch, keys=keys, whole=whole
+                    remote_sha,
+                    protect,
+                    remote=remote,
+                    branch=branch,
+                    keys=keys,
+                    retired=retired,
+                    whole=whole,
                 )
                 if action == "rebased":
                     result.rebased += 1
@@ -762,6 +770,7 @@ class GitStore:
         remote: str,
         branch: str,
         keys: Iterable[str] = (),
+        retired: Callable[[str, str], bool] | None = None,
         whole: Iterable[str] = (),
     ) -> str:
         """Bring `remote_sha` into the current branch without losing a local commit.
@@ -769,8 +778,9 @@ class GitStore:
         Returns "up to date", "fast-forward" or "rebased"; raises DivergedError when the
         remote changed a protected path (or one the local commits changed) and leaves
         everything as it was. KeysChangedError when it changed one of `keys` (the vault's key
-        record and wrapped data key): local commits of state sealed under the data key before a
-        removal must not land after it, where the removed member could read them.
+        record and wrapped data key) and `retired(base, remote_sha)` (a new data key, not a
+        recipient added): local commits of state sealed under the data key before a removal
+        must not land after it, where the removed member could read them.
         """
         head = self.head()
         if self.git("merge-base", "--is-ancestor", remote_sha, head, check=False).code == 0:
@@ -784,7 +794,7 @@ class GitStore:
         local = set(self._changed(base, head))
         theirs = set(self._changed(base, remote_sha))
         rekeyed = sorted(theirs & set(keys))
-        if rekeyed and self._data_key_changed(base, remote_sha, keys):
+        if rekeyed and (retired is None or retired(base, remote_sha)):
             raise KeysChangedError(
                 f"{remote}/{branch} changed the vault's keys (commit "
                 f"{printable(self.last_commit(f'{base}..{remote_sha}', rekeyed))}): the local "
@@ -814,27 +824,6 @@ class GitStore:
                 f"your commit {head[:12]} is kept; rebase by hand, then push",
             )
         return "rebased"
-
-    def _data_key_changed(self, base: str, remote_sha: str, keys: Iterable[str]) -> bool:
-        """Whether the key record's newest data key differs between `base` and `remote_sha`.
-
-        A recipient added (the same data key, wrapped to one more) retires nothing: local
-        commits sealed under that data key may be rebased onto it. Anything unreadable, or no
-        record among `keys`, counts as a change (refused, never rebased)."""
-        from vault.errors import TrustError
-        from vault.keyrecord import parse
-
-        records = [k for k in keys if k.endswith(".jsonl")]
-        if len(records) != 1:
-            return True
-        newest = []
-        for rev in (base, remote_sha):
-            blob = show_blob(self.top, rev, records[0])
-            try:
-                newest.append(parse(blob, "history")[-1].key_id if blob else None)
-            except TrustError:
-                return True
-        return newest[0] is None or newest[0] != newest[1]
 
     def last_commit(self, span: str, paths: Iterable[str]) -> str:
         """The newest commit in `span` touching `paths`: "<short id> by <author> (<subject>)"."""

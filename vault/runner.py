@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from vault.change import key_paths
+from vault.change import data_key_retired, key_paths
 from vault.commit import commit
 from vault.errors import (
     LIMIT_HINT,
@@ -614,8 +614,11 @@ class _Run:
         for attempt in range(RESEALS + 1):
             protect = [store.relative(self.project.repo.vault_file(k, stage)) for k in KINDS]
             keys = key_paths(self.project, store)
+            retired = data_key_retired(self.project, store)
             try:
-                return store.push(remote, protect, timeout=self.push_timeout, keys=keys)
+                return store.push(
+                    remote, protect, timeout=self.push_timeout, keys=keys, retired=retired
+                )
             except KeysChangedError:
                 ours_alone = store.unpushed(remote, store.current_branch()) == 1
                 if self.result.commit is None or not ours_alone or attempt == RESEALS:
@@ -638,7 +641,9 @@ class _Run:
                 self._commit()
                 self.dropped = False
                 if self.result.commit is None:
-                    return store.push(remote, protect, timeout=self.push_timeout, keys=keys)
+                    return store.push(
+                        remote, protect, timeout=self.push_timeout, keys=keys, retired=retired
+                    )
         raise AssertionError("unreachable")
 
     def _only_in_home(self, exc: VaultError | OSError) -> VaultError:
