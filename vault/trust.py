@@ -73,7 +73,7 @@ def env_pin(name: str) -> str | None:
 @dataclass
 class Memory:
     """What this machine accepted last for one app: identity, newest entry seq and hash, and
-    the places (`place`) it was accepted at."""
+    the places (`place_of`) it was accepted at."""
 
     identity: str
     seq: int
