@@ -111,47 +111,9 @@ def test_run_never_pushes_a_new_stage_sealed_under_a_key_retired_during_the_depl
     runner = team.clone("ci", "runner-repo")
     carol = team.clone("carol", "carol-repo")
     old_key_id = vault_header(runner.vault_file("app", "prod"))["key_id"]
-    script = tmp_path / "deploy.py"
-    script.write_text(DEPLOY)
-    tests = str(Path(__file__).resolve().parent)
-    go, started = tmp_path / "go", tmp_path / "started"
-    slow = (
-        f"touch {started}; {sys.executable} {script} {tests} {runner.home} {runner.app} pr1;"
-        f" while [ ! -f {go} ]; do sleep 0.05; done"
-    )
-    log = tmp_path / "run.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vault",
-                "--sst-home",
-                str(runner.home),
-                "run",
-                "--stage",
-                "pr1",
-                "--",
-                "sh",
-                "-c",
-                slow,
-            ],
-            cwd=runner.root,
-            env=runner.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not started.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        ok(carol, "recipients", "remove", "bob", "--push")
-        go.touch()
-        code = proc.wait(120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, go, log = _slow_run(runner, tmp_path)
+    ok(carol, "recipients", "remove", "bob", "--push")
+    code = _finish(proc, go)
     pull(carol)
     newest = json.loads(show(carol.root, carol.env, "HEAD", RECORD).splitlines()[-1])["entry"]
     assert "bob" not in newest["recipients"] and newest["key_id"] != old_key_id
