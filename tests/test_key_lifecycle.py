@@ -8,6 +8,7 @@ developer whose key lives in the keyring, on her own SST home.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,15 @@ import sys
 import pytest
 import test_keyring
 from conftest import VaultProject, make_project, needs, new_key
-from helpers import assert_refused, deploy, head, public_of, trusted_of, vault_pin
+from helpers import (
+    add_remote,
+    assert_refused,
+    deploy,
+    head,
+    public_of,
+    trusted_of,
+    vault_pin,
+)
 from test_keyring import keyring_entry, keyring_env, new_repo, vault_id
 
 # The module-scoped gnome-keyring on a private D-Bus session, from test_keyring.py.
@@ -324,3 +333,32 @@ def test_a_forged_data_key_is_refused_pinned_or_not(team, tmp_path):
     assert_refused(alice.cli("key", "trust", "--yes"), 1, "data-key.age")
     assert trusted_of(alice) == remembered
     assert head(ci) == forged_head
+
+
+def test_import_for_a_second_vault_of_the_repository_stores_the_key_and_leaves_trust_to_review(
+    team, tmp_path
+):
+    """The repository has alice's first vault; a second one appears in a subfolder (a monorepo,
+    or a writer's: the machine cannot tell, `trust.check_place`). `key import` there stores the
+    key, says why the vault is not trusted yet, and remembers nothing; `key trust` decides.
+    `init` remembers where it made a vault, so its maker's machine knows the place at once."""
+    ci, alice = team
+    remote = add_remote(ci, tmp_path)
+    assert import_key(alice).code == 0
+    assert trusted_of(alice)["places"] == [f"{remote.with_suffix('')}#."]
+    sub = ci.root / "other"
+    sub.mkdir()
+    (sub / "sst.config.ts").write_text(
+        'export default $config({ app() { return { name: "other", home: "local" }; } });\n'
+    )
+    made = ci.cli("init", "--no-keyring", cwd=sub)
+    assert made.code == 0, made.output
+    ci_memory = json.loads((ci.home / ".sst-vault" / "trust" / "other.json").read_text())
+    assert ci_memory["places"] == [f"{remote.with_suffix('')}#other"]
+    assert ci.cli("recipients", "add", "alice", public_of(ci, alice.key), cwd=sub).code == 0
+    result = alice.cli("key", "import", input=alice.key + "\n", cwd=sub)
+    assert result.code == 0, result.output
+    assert "trusted the vault of app 'demo-app'" in result.err and "key trust" in result.err
+    assert not (alice.home / ".sst-vault" / "trust" / "other.json").exists()
+    assert alice.cli("key", "trust", "--yes", cwd=sub).code == 0
+    assert alice.cli("recipients", "list", cwd=sub).code == 0

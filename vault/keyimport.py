@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vault import keys, oskeyring, trust
-from vault.errors import NoKeyError, RefusedError
+from vault.errors import KeyPinError, NoKeyError, RefusedError
 
 if TYPE_CHECKING:
     from vault.project import Project
@@ -41,9 +41,18 @@ def import_key(project: Project, text: str, origin: str, *, replace: bool = Fals
         trusted = project.verify_record(source, accept_identity=True, remember=False)
         report = ImportReport(trusted.sealing.key_id, source.secrets[0].public())
         memory = trust.recall(project.home, project.app)
-        if memory is None or memory.identity == trusted.record.identity:
-            trust.remember(project.home, project.app, trusted.record, create=True)
+        places = project.places()
+        try:
+            if memory is None and not trust.env_pin(trust.ENV_PIN):  # new here: a renamed app?
+                trust.check_place(project.home, project.app, places)
+        except KeyPinError as exc:
+            report.warnings.append(f"{exc}; the key is stored, the vault is not trusted yet")
         else:
+            if memory is None or memory.identity == trusted.record.identity:
+                trust.remember(
+                    project.home, project.app, trusted.record, places=places, create=True
+                )
+        if memory is not None and memory.identity != trusted.record.identity:
             report.warnings.append(
                 f"this machine trusts the vault {memory.identity}, not {trusted.record.identity}"
                 ": review the change with `sst-vault key trust` before using the vault"

@@ -102,7 +102,7 @@ class Project:
         # overlaps). They start once a key was found (no key: no git at all), and a failure
         # here waits for them: `cli.main.console` ends the process at once, and no git child
         # may outlive the command.
-        history = Call(lambda: (self._record_history(), self._places()), "sst-vault-history")
+        history = Call(lambda: (self._record_history(), self.places()), "sst-vault-history")
         where = self.record_label
         try:
             record = trust.load_record(self.root, self.repo.record_parts, self.app)
@@ -173,9 +173,10 @@ class Project:
                 return []
             raise
 
-    def _places(self) -> tuple[str, ...]:
+    def places(self) -> tuple[str, ...]:
         """Where this clone keeps the vault (`trust.place_of`): every remote's URL from the
-        clone's own git config, which no push can change, with sst-vault.toml's folder."""
+        clone's own git config, which no push can change, with sst-vault.toml's folder. This
+        machine's memory of the vault lists them (`trust.check_place`)."""
         from vault.gitstore import run_git
 
         found = run_git(self.root, "config", "--get-regexp", r"^remote\..*\.url$", check=False)

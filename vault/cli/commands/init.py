@@ -79,7 +79,10 @@ def init_cmd(
         # Whoever made the vault trusts it: this SST home remembers its identity from now on.
         from vault import trust
 
-        trust.remember(ctx.project().home, report.config.app, report.record, create=True)
+        made = ctx.project()
+        trust.remember(
+            made.home, report.config.app, report.record, places=made.places(), create=True
+        )
     for warning in report.warnings:
         ctx.info(f"Warning: {warning}")
     ctx.info(
