@@ -509,19 +509,9 @@ class _Run:
                 push=False,
             )
         except (VaultError, OSError) as exc:
-            error = exc if isinstance(exc, VaultError) else from_os_error(exc)
-            # The command may have deployed, and a CI runner's SST home goes with the runner:
-            # the stage stays locked so nobody deploys from the older state on the branch,
-            # unless the state itself is what failed (not JSON: nothing there to keep).
-            keep = self.held is not None and not isinstance(error, InvalidStateError)
-            if keep:
-                self.keep_lock = "its state is only in this machine's SST home"
-            error.hint = (error.hint + "; " if error.hint else "") + (
-                f"the state the command left is still in {project.home.root / 'state'} "
-                f"(*/{project.app}/{stage}.json): commit it from this machine with "
-                f"`sst-vault commit {stage} --push`"
-                + (f", then `sst-vault lock release --stage {stage}`" if keep else "")
-            )
+            # The command may have deployed: the stage stays locked unless the state itself is
+            # what failed (not JSON: nothing there to keep).
+            error = self._in_home(exc, "still", keep=not isinstance(exc, InvalidStateError))
             if error is exc:
                 raise
             raise error from None
@@ -637,7 +627,7 @@ class _Run:
                     store.pull(remote)
                     self._reverify()
                 except (VaultError, OSError) as exc:
-                    raise self._only_in_home(exc) from None
+                    raise self._in_home(exc, "only") from None
                 self._commit()
                 self.dropped = False
                 if self.result.commit is None:
@@ -646,18 +636,23 @@ class _Run:
                     )
         raise AssertionError("unreachable")
 
-    def _only_in_home(self, exc: VaultError | OSError) -> VaultError:
-        """`exc`, said as what it is after `run` dropped its commit to seal again: the state is
-        then only in this machine's SST home, and the stage stays locked."""
+    def _in_home(self, exc: VaultError | OSError, how: str, *, keep: bool = True) -> VaultError:
+        """`exc` (an OSError made a `VaultError`), saying that the state the command left is
+        `how` ("still", "only") in this machine's SST home and how to commit it from there.
+
+        A CI runner's SST home goes with the runner: with `keep`, a held deploy lock stays
+        held, so nobody deploys from the older state on the branch meanwhile.
+        """
         error = exc if isinstance(exc, VaultError) else from_os_error(exc)
-        stage = self.stage
-        if self.held is not None:
+        stage, project = self.stage, self.project
+        keep = keep and self.held is not None
+        if keep:
             self.keep_lock = "its state is only in this machine's SST home"
         error.hint = (error.hint + "; " if error.hint else "") + (
-            f"the state the command left is only in {self.project.home.root / 'state'} "
-            f"(*/{self.project.app}/{stage}.json): commit it from this machine with "
+            f"the state the command left is {how} in {project.home.root / 'state'} "
+            f"(*/{project.app}/{stage}.json): commit it from this machine with "
             f"`sst-vault commit {stage} --push`"
-            + (f", then `sst-vault lock release --stage {stage}`" if self.held else "")
+            + (f", then `sst-vault lock release --stage {stage}`" if keep else "")
         )
         return error
 
